@@ -1,0 +1,759 @@
+"""Codec for the Open Inference Protocol (KServe v2) REST messages and Triton's extensions.
+
+Pure functions, no I/O and no engine: bytes in, validated numpy arrays out, and back.
+
+* Requests are JSON, or JSON followed by binary tensor data when the
+  ``Inference-Header-Content-Length`` header gives the JSON's length (Triton's binary tensor
+  data extension). Every tensor is checked: known datatype (case-sensitive, as the protocol
+  says), shape a list of non-negative ints, data length equal to the product of the shape,
+  element types that fit the datatype (no bool for an int, no NaN for an int, no int beyond
+  the datatype's range), nested or flat JSON data.
+* BF16 has no numpy dtype: tensors are carried as ``uint16`` bit patterns (the upper half of
+  a float32). JSON numbers given for BF16 are rounded to the nearest BF16, ties to even.
+* BYTES tensors are numpy object arrays of ``bytes``; in binary form each element is a
+  4-byte little-endian length followed by that many bytes.
+* Request parameters of the schedule-policy extension: ``priority`` (int >= 0; 0 means the
+  default priority, 1 the highest, as in Triton) and ``timeout`` in **microseconds**
+  (int >= 0; 0 means no timeout), the unit Triton uses. :attr:`InferRequest.timeout_s`
+  gives it in seconds, the unit of ``Engine.infer``.
+
+Anything malformed raises :class:`ProtocolError` with a 4xx status and a message that says
+what was wrong and what was expected. No other exception escapes :func:`parse_infer_request`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..types import DATATYPES
+
+try:  # optional accelerator: same results, several times faster on large JSON tensors
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
+
+__all__ = [
+    "INFERENCE_HEADER",
+    "MAX_NDIM",
+    "EncodedResponse",
+    "InferRequest",
+    "ProtocolError",
+    "RequestedOutput",
+    "bf16_bits_to_float32",
+    "deserialize_bytes_tensor",
+    "encode_error",
+    "encode_infer_response",
+    "float_to_bf16_bits",
+    "parse_header_length",
+    "parse_infer_request",
+    "serialize_bytes_tensor",
+]
+
+#: Header giving the length of the JSON part of a body that carries binary tensor data.
+INFERENCE_HEADER = "Inference-Header-Content-Length"
+
+#: Most dimensions a tensor may have (numpy allows 64; no model needs that many).
+MAX_NDIM = 32
+
+# Bound on the product of a shape's non-zero dimensions. A tensor with a zero dimension has
+# no elements, but numpy still refuses shapes whose other dimensions multiply past its index
+# range; this keeps such shapes a clean 400. 2**40 elements is far more than any body holds.
+_MAX_NONZERO_PRODUCT = 1 << 40
+_MAX_DIM = (1 << 63) - 1
+
+# Fixed-size datatypes: element size in bytes, little-endian numpy dtype of the wire format.
+_WIRE_DTYPES: dict[str, np.dtype] = {
+    name: dt.newbyteorder("<") for name, dt in DATATYPES.items() if name != "BYTES"
+}
+_INT_TYPES = frozenset(("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"))
+_FLOAT_TYPES = frozenset(("FP16", "FP32", "FP64", "BF16"))
+_U32 = struct.Struct("<I")
+
+
+class ProtocolError(Exception):
+    """A request that breaks the protocol. ``status`` is the HTTP status (always 4xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        if not 400 <= status < 500:
+            raise ValueError(f"ProtocolError status must be 4xx, got {status}")
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One entry of the request's ``outputs``: a name and how to return it.
+
+    ``binary_data`` is the output's own ``binary_data`` parameter, or ``None`` when it has
+    none (the request's ``binary_data_output`` then decides).
+    """
+
+    name: str
+    binary_data: bool | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    """A parsed, validated inference request.
+
+    ``inputs`` maps each input name to its array (BF16 as uint16 bits, BYTES as an object
+    array of ``bytes``), in the order the request gave them; ``datatypes`` holds the protocol
+    datatype of each, since uint16 alone cannot tell UINT16 from BF16.
+    """
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: list[RequestedOutput] | None = None
+    binary_data_output: bool = False
+    priority: int | None = None
+    timeout_us: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timeout_s(self) -> float | None:
+        """The ``timeout`` parameter in seconds; ``None`` when absent or 0 (no timeout)."""
+        if not self.timeout_us:
+            return None
+        return self.timeout_us / 1e6
+
+
+@dataclass(frozen=True)
+class EncodedResponse:
+    """An encoded inference response: the body and the headers that go with it."""
+
+    body: bytes
+    content_type: str
+    header_length: int | None  # value for Inference-Header-Content-Length, None for pure JSON
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = {"content-type": self.content_type}
+        if self.header_length is not None:
+            h[INFERENCE_HEADER.lower()] = str(self.header_length)
+        return h
+
+
+# --------------------------------------------------------------------------------- BF16
+
+
+def float_to_bf16_bits(values: Any) -> np.ndarray:
+    """BF16 bit patterns (uint16) of ``values``, rounded to nearest, ties to even.
+
+    Float64 input is first narrowed to float32 with round-to-odd, which makes the second
+    rounding to BF16 exact (float32 has more than 8 + 2 significand bits), so the result is
+    the correctly rounded BF16 of the float64 value. NaN becomes a quiet NaN with its sign;
+    values beyond BF16's range become infinities.
+    """
+    x = np.asarray(values)
+    if x.dtype == np.float32:
+        bits = x.view(np.uint32).copy()
+    else:
+        x64 = x.astype(np.float64, copy=False)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            f32 = x64.astype(np.float32)
+            back = f32.astype(np.float64)
+        bits = f32.view(np.uint32).copy()
+        inexact = (back != x64) & np.isfinite(back) & np.isfinite(x64)
+        if inexact.any():
+            # Round to odd: truncate toward zero, then set the lowest bit (sticky).
+            overshoot = inexact & (np.abs(back) > np.abs(x64))
+            bits[overshoot] -= np.uint32(1)
+            bits[inexact] |= np.uint32(1)
+    sign = (bits >> np.uint32(16)) & np.uint32(0x8000)
+    is_nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    bias = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    out: np.ndarray = ((bits + bias) >> np.uint32(16)).astype(np.uint16)
+    if is_nan.any():
+        out[is_nan] = (sign[is_nan] | np.uint32(0x7FC0)).astype(np.uint16)
+    return out
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """float32 values of BF16 bit patterns (exact: every BF16 is a float32)."""
+    wide = np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)
+    out: np.ndarray = wide.view(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------------- BYTES
+
+
+def serialize_bytes_tensor(array: np.ndarray) -> bytes:
+    """Binary form of a BYTES tensor: each element (row-major) as 4-byte LE length + bytes.
+
+    Elements may be ``bytes``, ``bytearray``, ``memoryview`` or ``str`` (encoded as UTF-8);
+    anything else raises ``TypeError``.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for item in np.asarray(array, dtype=object).ravel(order="C"):
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        elif isinstance(item, (bytearray, memoryview, np.bytes_)):
+            item = bytes(item)
+        elif not isinstance(item, bytes):
+            raise TypeError(f"BYTES element must be bytes or str, got {type(item).__name__}")
+        if len(item) > 0xFFFFFFFF:
+            raise ValueError("BYTES element longer than 2**32 - 1 bytes")
+        append(_U32.pack(len(item)))
+        append(item)
+    return b"".join(parts)
+
+
+def deserialize_bytes_tensor(buf: bytes | memoryview, count: int) -> np.ndarray:
+    """Parse exactly ``count`` length-prefixed elements that fill ``buf`` exactly.
+
+    Returns a 1-D object array of ``bytes``; raises :class:`ProtocolError` (400) when the
+    buffer is short, long, or a length runs past its end.
+    """
+    mv = memoryview(buf).cast("B")
+    n = len(mv)
+    # Each element takes at least its 4-byte prefix: a count beyond that cannot fit.
+    if count * 4 > n:
+        raise _bad(f"BYTES data of {n} bytes cannot hold {count} elements (4-byte prefix each)")
+    out = np.empty(count, dtype=object)
+    pos = 0
+    unpack = _U32.unpack_from
+    for i in range(count):
+        if pos + 4 > n:
+            raise _bad(f"BYTES data ends inside the length prefix of element {i}")
+        (length,) = unpack(mv, pos)
+        pos += 4
+        end = pos + length
+        if end > n:
+            raise _bad(f"BYTES element {i} claims {length} bytes but only {n - pos} remain")
+        out[i] = bytes(mv[pos:end])
+        pos = end
+    if pos != n:
+        raise _bad(f"BYTES data has {n - pos} bytes left over after {count} elements")
+    return out
+
+
+# --------------------------------------------------------------------------------- parsing
+
+
+def parse_header_length(value: str | bytes | None, body_length: int) -> int | None:
+    """Validate an ``Inference-Header-Content-Length`` value against the body's length."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    text = value.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 19:
+        raise _bad(f"{INFERENCE_HEADER} must be a non-negative decimal integer, got {value[:40]!r}")
+    length = int(text)
+    if length == 0 or length > body_length:
+        raise _bad(
+            f"{INFERENCE_HEADER} is {length} but the body has {body_length} bytes; it must "
+            "give the length of the JSON object at the start of the body"
+        )
+    return length
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int  # bool is a subclass of int and is not a number here
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}: 'parameters' must be a JSON object, got {_jtype(params)}")
+    return params
+
+
+def _jtype(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _bool_param(params: Mapping[str, Any], key: str, where: str) -> bool | None:
+    if key not in params:
+        return None
+    v = params[key]
+    if not isinstance(v, bool):
+        raise _bad(f"{where}: parameter '{key}' must be a boolean, got {_jtype(v)}")
+    return v
+
+
+def _uint_param(params: Mapping[str, Any], key: str, where: str) -> int | None:
+    if key not in params:
+        return None
+    v = params[key]
+    if not _is_int(v) or v < 0 or v > _MAX_DIM:
+        raise _bad(f"{where}: parameter '{key}' must be a non-negative integer, got {json_repr(v)}")
+    return int(v)
+
+
+def json_repr(v: Any, limit: int = 60) -> str:
+    """Short JSON-ish text of a value for an error message."""
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError, RecursionError):
+        text = _jtype(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shape(raw: Any, where: str) -> tuple[tuple[int, ...], int]:
+    """Validated shape and element count."""
+    if not isinstance(raw, list):
+        raise _bad(f"{where}: 'shape' must be an array of non-negative integers, got {_jtype(raw)}")
+    if len(raw) > MAX_NDIM:
+        raise _bad(f"{where}: shape has {len(raw)} dimensions; at most {MAX_NDIM} are allowed")
+    count = 1
+    nonzero = 1
+    for d in raw:
+        if not _is_int(d) or d < 0 or d > _MAX_DIM:
+            raise _bad(
+                f"{where}: 'shape' must be an array of non-negative integers, got {json_repr(raw)}"
+            )
+        count *= d
+        if d:
+            nonzero *= d
+            if nonzero > _MAX_NONZERO_PRODUCT:
+                raise _bad(f"{where}: shape {json_repr(raw)} is too large")
+    return tuple(raw), count
+
+
+def _flatten(data: list[Any], shape: tuple[int, ...], count: int, where: str) -> list[Any]:
+    """Row-major leaves of JSON ``data`` given flat, nested (natural form) or nested with
+    the trailing dimensions flattened. Nesting must be regular and match the shape."""
+    level: list[Any] = data
+    dims = [len(data)]
+    ndim = max(len(shape), 1)
+    while level:
+        first = level[0]
+        if not isinstance(first, list):
+            break
+        if len(dims) >= ndim:
+            raise _bad(f"{where}: 'data' is nested deeper than the shape {list(shape)} allows")
+        if not all(type(v) is list for v in level):
+            raise _bad(f"{where}: 'data' mixes arrays and values at the same depth")
+        lengths = set(map(len, level))
+        if len(lengths) != 1:
+            raise _bad(f"{where}: nested 'data' is ragged (rows of lengths {sorted(lengths)[:5]})")
+        dims.append(lengths.pop())
+        level = list(itertools.chain.from_iterable(level))
+    if len(level) != count:
+        raise _bad(
+            f"{where}: 'data' has {len(level)} elements but shape {list(shape)} needs {count}"
+        )
+    if len(dims) > 1 and tuple(dims[:-1]) != shape[: len(dims) - 1]:
+        raise _bad(
+            f"{where}: nested 'data' has dimensions {dims}, which do not match shape {list(shape)}"
+        )
+    return level
+
+
+def _json_tensor(
+    data: Any, datatype: str, shape: tuple[int, ...], count: int, where: str
+) -> np.ndarray:
+    if not isinstance(data, list):
+        raise _bad(f"{where}: 'data' must be an array, got {_jtype(data)}")
+    flat = _flatten(data, shape, count, where)
+    kinds = set(map(type, flat))
+    if datatype == "BYTES":
+        if kinds - {str}:
+            raise _bad(f"{where}: BYTES data must be strings, found {_kinds(kinds - {str})}")
+        arr = np.empty(count, dtype=object)
+        try:
+            arr[:] = [s.encode("utf-8") for s in flat]
+        except UnicodeEncodeError:
+            raise _bad(f"{where}: BYTES data holds a string that is not valid UTF-8") from None
+        return arr.reshape(shape)
+    if datatype == "BOOL":
+        if kinds - {bool}:
+            raise _bad(f"{where}: BOOL data must be true/false, found {_kinds(kinds - {bool})}")
+        return np.array(flat, dtype=np.bool_).reshape(shape)
+    if datatype in _INT_TYPES:
+        if kinds - {int}:
+            extra = kinds - {int}
+            floats = [v for v in flat if type(v) is float]
+            if extra == {float} and all(v.is_integer() and abs(v) >= 2**63 for v in floats):
+                # orjson reads integers beyond 64 bits as floats: still an integer out of range
+                raise _bad(
+                    f"{where}: value {int(floats[0])} is out of range for {datatype} "
+                    f"[{np.iinfo(DATATYPES[datatype]).min}, {np.iinfo(DATATYPES[datatype]).max}]"
+                )
+            nan = any(math.isnan(v) for v in floats)
+            found = "NaN" if nan else _kinds(extra)
+            raise _bad(f"{where}: {datatype} data must be integers, found {found}")
+        target = DATATYPES[datatype]
+        info = np.iinfo(target)
+        if not flat:
+            return np.empty(shape, dtype=target)
+        # Python ints: the exact range check needs no numpy overflow semantics.
+        lo, hi = min(flat), max(flat)
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise _bad(
+                f"{where}: value {bad} is out of range for {datatype} [{info.min}, {info.max}]"
+            )
+        return np.array(flat, dtype=target).reshape(shape)
+    if datatype in _FLOAT_TYPES:
+        if kinds - {int, float}:
+            raise _bad(
+                f"{where}: {datatype} data must be numbers, found {_kinds(kinds - {int, float})}"
+            )
+        try:
+            values = np.array(flat, dtype=np.float64)
+        except OverflowError:
+            raise _bad(f"{where}: an integer in {datatype} data is too large for a float") from None
+        if datatype == "BF16":
+            return float_to_bf16_bits(values).reshape(shape)
+        # Finite values beyond the datatype's range round to +-inf, as IEEE casts do.
+        with np.errstate(over="ignore"):
+            return values.astype(DATATYPES[datatype]).reshape(shape)
+    raise _bad(f"{where}: unknown datatype {datatype!r}")  # unreachable: checked by caller
+
+
+def _kinds(kinds: set[type]) -> str:
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        dict: "object",
+        list: "array",
+        type(None): "null",
+    }
+    return ", ".join(sorted(names.get(k, k.__name__) for k in kinds))
+
+
+def _binary_tensor(
+    chunk: memoryview, datatype: str, shape: tuple[int, ...], count: int, where: str
+) -> np.ndarray:
+    if datatype == "BYTES":
+        return deserialize_bytes_tensor(chunk, count).reshape(shape)
+    wire = _WIRE_DTYPES[datatype]
+    expected = count * wire.itemsize
+    if len(chunk) != expected:
+        raise _bad(
+            f"{where}: binary_data_size is {len(chunk)} bytes but shape {list(shape)} of "
+            f"{datatype} needs {expected}"
+        )
+    arr = np.frombuffer(chunk, dtype=wire, count=count)
+    if datatype == "BOOL":
+        raw = arr.view(np.uint8)
+        if count and int(raw.max()) > 1:
+            raise _bad(f"{where}: BOOL binary data must hold bytes 0 or 1")
+    native = DATATYPES[datatype]
+    if arr.dtype != native or not arr.flags.aligned:
+        # Big-endian host, or an element offset that is not a multiple of its size.
+        arr = arr.astype(native)
+    return arr.reshape(shape)
+
+
+_UNSUPPORTED_TENSOR_PARAMS = (
+    "shared_memory_region",
+    "shared_memory_byte_size",
+    "shared_memory_offset",
+)
+
+
+def parse_infer_request(
+    body: bytes | bytearray | memoryview,
+    header_length: str | bytes | int | None = None,
+    *,
+    max_json_bytes: int | None = None,
+) -> InferRequest:
+    """Parse and validate an inference request body.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header (text or int) or
+    ``None`` when the whole body is JSON. ``max_json_bytes`` bounds the JSON part (parsing
+    JSON costs about ten times its size in memory; binary data costs its size): a larger JSON
+    part is refused with 413. Raises :class:`ProtocolError` for anything malformed.
+    """
+    mv = memoryview(body).cast("B")
+    if isinstance(header_length, int) and not isinstance(header_length, bool):
+        header_length = str(header_length)
+    hl = parse_header_length(header_length, len(mv))  # type: ignore[arg-type]
+    json_end = len(mv) if hl is None else hl
+    if max_json_bytes is not None and json_end > max_json_bytes:
+        raise ProtocolError(
+            413,
+            f"the JSON part of the request is {json_end} bytes; the limit is {max_json_bytes} "
+            "(send large tensors as binary data)",
+        )
+    try:
+        doc = _loads(bytes(mv[:json_end]))
+    except RecursionError:
+        raise _bad("request JSON is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise _bad(f"request body is not valid JSON: {_short(str(e))}") from None
+    if not isinstance(doc, dict):
+        raise _bad(f"request body must be a JSON object, got {_jtype(doc)}")
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _bad(f"'id' must be a string, got {_jtype(request_id)}")
+
+    params = _parameters(doc, "request")
+    priority = _uint_param(params, "priority", "request")
+    timeout_us = _uint_param(params, "timeout", "request")
+    binary_out = _bool_param(params, "binary_data_output", "request") or False
+
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("'inputs' must be a non-empty array of input tensors")
+
+    tail = mv[json_end:]
+    offset = 0
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for i, raw in enumerate(raw_inputs):
+        if not isinstance(raw, dict):
+            raise _bad(f"input {i}: must be a JSON object, got {_jtype(raw)}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise _bad(f"input {i}: 'name' must be a non-empty string")
+        where = f"input '{_short(name, 80)}'"
+        if name in inputs:
+            raise _bad(f"{where} is given more than once")
+        datatype = raw.get("datatype")
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
+            raise _bad(
+                f"{where}: unknown datatype {json_repr(datatype)}; expected one of "
+                f"{', '.join(DATATYPES)}"
+            )
+        shape, count = _shape(raw.get("shape"), where)
+        tparams = _parameters(raw, where)
+        for key in _UNSUPPORTED_TENSOR_PARAMS:
+            if key in tparams:
+                raise _bad(f"{where}: parameter '{key}' (shared memory) is not supported")
+        size = _uint_param(tparams, "binary_data_size", where)
+        if size is not None:
+            if "data" in raw:
+                raise _bad(f"{where}: give either 'data' or 'binary_data_size', not both")
+            if hl is None:
+                raise _bad(
+                    f"{where} has binary_data_size but the request has no {INFERENCE_HEADER} header"
+                )
+            if offset + size > len(tail):
+                raise _bad(
+                    f"{where}: binary_data_size {size} runs past the end of the body "
+                    f"({len(tail) - offset} bytes of binary data remain)"
+                )
+            arr = _binary_tensor(tail[offset : offset + size], datatype, shape, count, where)
+            offset += size
+        else:
+            if "data" not in raw:
+                raise _bad(f"{where}: 'data' is missing (or give binary_data_size)")
+            arr = _json_tensor(raw["data"], datatype, shape, count, where)
+        inputs[name] = arr
+        datatypes[name] = datatype
+    if offset != len(tail):
+        raise _bad(
+            f"the body has {len(tail)} bytes after the JSON header but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise _bad(f"'outputs' must be an array, got {_jtype(raw_outputs)}")
+        outputs = []
+        seen: set[str] = set()
+        for i, raw in enumerate(raw_outputs):
+            if not isinstance(raw, dict):
+                raise _bad(f"output {i}: must be a JSON object, got {_jtype(raw)}")
+            name = raw.get("name")
+            if not isinstance(name, str) or not name:
+                raise _bad(f"output {i}: 'name' must be a non-empty string")
+            where = f"output '{_short(name, 80)}'"
+            if name in seen:
+                raise _bad(f"{where} is requested more than once")
+            seen.add(name)
+            oparams = _parameters(raw, where)
+            if "classification" in oparams:
+                raise _bad(f"{where}: the classification extension is not supported")
+            for key in _UNSUPPORTED_TENSOR_PARAMS:
+                if key in oparams:
+                    raise _bad(f"{where}: parameter '{key}' (shared memory) is not supported")
+            outputs.append(
+                RequestedOutput(name, _bool_param(oparams, "binary_data", where), oparams)
+            )
+
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        datatypes=datatypes,
+        outputs=outputs,
+        binary_data_output=binary_out,
+        priority=priority,
+        timeout_us=timeout_us,
+        parameters=params,
+    )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------- encoding
+
+
+def _json_values(arr: np.ndarray, datatype: str) -> list[Any] | np.ndarray | None:
+    """Flat JSON values: a list of str for BYTES (None when not valid UTF-8, so the tensor
+    must go as binary), otherwise a flat C-contiguous array that :func:`_dumps` writes."""
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        out: list[Any] = []
+        for item in flat:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, (bytes, bytearray, memoryview, np.bytes_)):
+                try:
+                    out.append(bytes(item).decode("utf-8"))
+                except UnicodeDecodeError:
+                    return None
+            else:
+                raise TypeError(f"BYTES output element is {type(item).__name__}")
+        return out
+    if datatype == "BF16":
+        return bf16_bits_to_float32(flat)
+    if datatype == "FP16":
+        return flat.astype(np.float32)  # exact; orjson has no float16
+    return np.ascontiguousarray(flat, dtype=DATATYPES[datatype])
+
+
+def _binary_values(arr: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return serialize_bytes_tensor(arr)
+    wire = _WIRE_DTYPES[datatype]
+    return np.ascontiguousarray(arr, dtype=wire).tobytes()
+
+
+def encode_infer_response(
+    *,
+    model_name: str,
+    model_version: str | int | None,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    datatypes: Mapping[str, str],
+    requested: Sequence[RequestedOutput] | None = None,
+    binary_data_output: bool = False,
+    parameters: Mapping[str, Any] | None = None,
+) -> EncodedResponse:
+    """Encode an inference response.
+
+    ``outputs`` holds the model's arrays and ``datatypes`` their protocol datatypes (needed for
+    BF16, which numpy sees as uint16). ``requested`` selects and orders the outputs (all of
+    them, in ``outputs`` order, when ``None``); a requested output's ``binary_data`` overrides
+    ``binary_data_output``. BYTES outputs that are not valid UTF-8 cannot be JSON strings and
+    are sent as binary data whatever was asked. When any output is binary the body is the
+    JSON header followed by the binary tensors and ``header_length`` is set.
+    """
+    if requested is None:
+        selection = [(name, binary_data_output) for name in outputs]
+    else:
+        selection = [
+            (r.name, binary_data_output if r.binary_data is None else r.binary_data)
+            for r in requested
+        ]
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, binary in selection:
+        arr = np.asarray(outputs[name])
+        datatype = datatypes[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        values = None if binary else _json_values(arr, datatype)
+        if values is None:
+            chunk = _binary_values(arr, datatype)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = values
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name}
+    if model_version is not None:
+        doc["model_version"] = str(model_version)
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    doc["outputs"] = entries
+    header = _dumps(doc, entries)
+    if not chunks:
+        return EncodedResponse(header, "application/json", None)
+    return EncodedResponse(header + b"".join(chunks), "application/octet-stream", len(header))
+
+
+def _dumps(doc: dict[str, Any], entries: list[dict[str, Any]]) -> bytes:
+    """JSON text of a response whose entries' ``data`` may be numpy arrays.
+
+    With orjson installed, arrays are written by it directly (about 25x faster than
+    ``tolist`` + ``json.dumps`` for float tensors). orjson writes NaN and infinities as
+    ``null``, so a tensor holding them goes through the standard library, which writes
+    ``NaN``/``Infinity``: not standard JSON, but what Triton's clients (rapidjson) and
+    Python's json read back.
+    """
+    if _orjson is not None:
+        finite = all(
+            not isinstance(d, np.ndarray) or d.dtype.kind != "f" or bool(np.isfinite(d).all())
+            for d in (e.get("data") for e in entries)
+        )
+        if finite:
+            try:
+                return _orjson.dumps(doc, option=_orjson.OPT_SERIALIZE_NUMPY)
+            except (TypeError, _orjson.JSONEncodeError):
+                pass  # something orjson cannot write (an int beyond 64 bits): use json
+    for e in entries:
+        data = e.get("data")
+        if isinstance(data, np.ndarray):
+            e["data"] = data.tolist()
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+# orjson (3.8 at least) recurses without a bound and crashes the process on JSON nested a
+# million deep. Nesting depth cannot exceed the number of opening brackets, which
+# ``bytes.count`` finds at memory speed, so orjson only sees documents that cannot be deep.
+_ORJSON_MAX_OPENERS = 512
+
+
+def _loads(data: bytes) -> Any:
+    """Parse JSON: orjson when installed and safe, else the standard library, which also
+    takes what orjson refuses (NaN/Infinity tokens, UTF-16/32 text) so the accepted
+    language does not depend on orjson being present."""
+    if _orjson is not None and data.count(b"[") + data.count(b"{") <= _ORJSON_MAX_OPENERS:
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def encode_error(message: str) -> bytes:
+    """The protocol's error body: ``{"error": message}``."""
+    return json.dumps({"error": message}).encode("utf-8")
