@@ -1,0 +1,52 @@
+// The interface every model backend implements: run one assembled batch on a worker thread.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+#include "inferline/block_pool.hpp"
+#include "inferline/request.hpp"
+
+namespace inferline {
+
+/// One batch, assembled by a worker: the inputs of `size` items gathered row after row into
+/// the regions of `inputs` (region i holds input i, `size * item_bytes(i)` bytes, 64-byte
+/// aligned). During warm-up `requests` is empty and the inputs are zeros or samples.
+struct batch {
+  std::size_t size = 0;                 ///< number of items (rows)
+  std::span<request* const> requests;   ///< the items, in row order; empty during warm-up
+  block* inputs = nullptr;              ///< pooled input block, one region per input
+  int instance = 0;                     ///< index of the worker (model instance) running it
+
+  /// Pointer to input `i` (rows back to back).
+  std::byte* input(std::size_t i) const noexcept { return inputs->region(i); }
+  /// True for a warm-up batch, whose outputs are checked and dropped.
+  bool warmup() const noexcept { return requests.empty(); }
+};
+
+/// A model implementation. `run` is called on a worker thread, concurrently from up to
+/// `instances` workers (each with its own `batch::instance`), never with the GIL held by the
+/// core. On success every request of the batch must carry its answer: either `result` (a
+/// payload the bindings understand) or `output` (a retained block) plus `row`. To fail the
+/// batch, throw: the exception's message becomes every item's `model_error`, and no request
+/// may then carry a payload. Implementations must be thread-safe across instances.
+class backend {
+ public:
+  virtual ~backend() = default;
+
+  /// Computes one batch (see the class comment for the contract).
+  virtual void run(batch& b) = 0;
+
+  /// Called on each worker thread before its first batch. Default: nothing.
+  virtual void on_worker_start(int /*instance*/) {}
+
+  /// Releases a payload left in `request::result` by this backend when the request is
+  /// recycled without being answered through the bindings. Default: nothing to release.
+  virtual void discard_result(void* /*result*/) noexcept {}
+
+  /// Short name for metadata and logs ("python", "onnxruntime", "native").
+  virtual std::string platform() const = 0;
+};
+
+}  // namespace inferline

@@ -1,0 +1,91 @@
+// Completion chain and event-loop wake-up (eventfd on Linux, a non-blocking pipe elsewhere).
+#include "inferline/completion_queue.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <system_error>
+
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
+
+namespace inferline {
+
+completion_queue::completion_queue() {
+#ifdef __linux__
+  read_fd_ = write_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (read_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+#else
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::system_error(errno, std::generic_category(), "pipe");
+  for (int fd : fds) {
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  read_fd_ = fds[0];
+  write_fd_ = fds[1];
+#endif
+}
+
+completion_queue::~completion_queue() {
+  if (read_fd_ >= 0) ::close(read_fd_);
+  if (write_fd_ >= 0 && write_fd_ != read_fd_) ::close(write_fd_);
+}
+
+void completion_queue::push(request* first, request* last) noexcept {
+  request* head = head_.load(std::memory_order_relaxed);
+  do {
+    last->next = head;
+    // acq_rel: release publishes the answers in the chain to the draining thread; acquire
+    // synchronises with take_all's exchange, so its disarm (armed_ = false) is visible below.
+  } while (!head_.compare_exchange_weak(head, first, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed));
+  // acq_rel: a push that follows a drain sees armed_ == false and wakes the loop.
+  if (!armed_.exchange(true, std::memory_order_acq_rel)) wake();
+}
+
+request* completion_queue::take_all() noexcept {
+  clear_wake();
+  // acq_rel: acquire makes every answer in the chain visible; release carries the disarm above
+  // to the next push, which then wakes the loop again.
+  request* chain = head_.exchange(nullptr, std::memory_order_acq_rel);
+  // The chain is newest first; reverse it so callers answer in completion order.
+  request* ordered = nullptr;
+  while (chain != nullptr) {
+    request* next = chain->next;
+    chain->next = ordered;
+    ordered = chain;
+    chain = next;
+  }
+  return ordered;
+}
+
+void completion_queue::wake() noexcept {
+#ifdef __linux__
+  const std::uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = ::write(write_fd_, &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+#else
+  const char one = 1;
+  ssize_t n;
+  do {
+    n = ::write(write_fd_, &one, 1);
+  } while (n < 0 && errno == EINTR);
+#endif
+  // EAGAIN means the fd is already readable, which is all a wake-up needs.
+}
+
+void completion_queue::clear_wake() noexcept {
+  // Ordered before take_all's exchange (program order, then its release).
+  armed_.store(false, std::memory_order_relaxed);
+  char buf[64];
+  while (::read(read_fd_, buf, sizeof buf) > 0) {
+  }
+}
+
+}  // namespace inferline
