@@ -1,0 +1,160 @@
+"""Backends that turn a repository version into a batch callable plus its signature.
+
+:func:`load_version` is the one call the engine needs per ``(model, version)``: it verifies
+the folder, loads the ONNX graph or the ``model.py``, settles the signature (declared in
+model.toml, read from the graph, or both, checked against each other) and the effective
+batching (an ONNX graph without a dynamic batch dimension forces ``max_batch_size = 1``), and
+returns a :class:`LoadedModel`. Any failure is a RepositoryError naming the file and, where
+it applies, the model.toml field, so the engine can mark that version failed and go on.
+The native backend (``backend = "native"``) is built by the engine from ``config.native``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..repository import (
+    BatchingConfig,
+    ModelConfig,
+    RepositoryError,
+    make_warmup_inputs,
+    read_artifact,
+    resolve_inside,
+    verify_version,
+)
+from ..types import TensorSpec
+from .onnx import OnnxModel
+from .python_file import load_python_model
+
+__all__ = ["LoadedModel", "OnnxModel", "load_python_model", "load_version"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded version, ready for ``engine.register``.
+
+    ``fn`` takes batched arrays in ``inputs`` order and returns one array (one output) or a
+    tuple in ``outputs`` order. ``outputs`` carry ``finite=True`` where model.toml asks for
+    it (per output or ``[output_checks] finite``). ``batching`` is the effective batching
+    (``max_batch_size`` forced to 1 when the backend cannot batch); ``notes`` says why, for
+    logs and ``engine.models()``. ``backend`` is the OnnxModel or the entry function.
+    """
+
+    config: ModelConfig
+    version: int
+    fn: Callable[..., Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: BatchingConfig
+    notes: tuple[str, ...] = ()
+    backend: Any = None
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self.batching.max_batch_size
+
+    @property
+    def platform(self) -> str:
+        """The protocol's platform name: ``onnxruntime_onnx`` or ``python``."""
+        return "onnxruntime_onnx" if self.config.backend == "onnx" else self.config.backend
+
+    def warmup_sizes(self, default_max_batch_size: int) -> tuple[int, ...]:
+        """Warm-up batch sizes; ``default_max_batch_size`` is the engine's default when
+        model.toml leaves ``batching.max_batch_size`` out."""
+        mbs = self.batching.max_batch_size or default_max_batch_size
+        return self.config.warmup.sizes_for(mbs)
+
+    def warmup_inputs(self, batch_size: int) -> list[np.ndarray]:
+        """One warm-up batch per ``[warmup] inputs`` (zeros, seeded random or the version's
+        sample file), arrays in input order: fits ``engine.register(warmup_inputs=...)``.
+        ``[warmup] repeats`` says how many times to run each size."""
+        return make_warmup_inputs(
+            self.config.warmup, self.inputs, batch_size, config=self.config, version=self.version
+        )
+
+
+def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> LoadedModel:
+    """Load one version of a model from its repository folder (onnx or python backend).
+
+    With ``verify`` the folder is checked first (:func:`inferline.repository.verify_version`:
+    files present, sha256, no escaping symlinks); the main file's digest is checked again on
+    the bytes actually loaded either way. Raises RepositoryError.
+    """
+    va = verify_version(config, version) if verify else config.version(version)
+    notes: list[str] = []
+    batching = config.batching
+    if config.backend == "onnx":
+        assert config.onnx is not None and va.artifact is not None
+        data = read_artifact(config, version)
+        model = OnnxModel(
+            data,
+            intra_op_threads=config.onnx.intra_op_threads,
+            inter_op_threads=config.onnx.inter_op_threads,
+            external_data_dir=resolve_inside(config.root, va.directory),
+            source=va.artifact,
+        )
+        inputs, outputs = model.check_against_config(
+            config.inputs, config.outputs, source=config.config_file
+        )
+        if not model.batch_dynamic:
+            assert model.batching_note is not None
+            notes.append(model.batching_note)
+            batching = dataclasses.replace(batching, max_batch_size=1)
+            if config.batching.max_batch_size not in (None, 1):
+                notes.append(
+                    f"batching.max_batch_size = {config.batching.max_batch_size} in "
+                    f"{config.config_file} is overridden to 1"
+                )
+        fn: Callable[..., Any] = model
+        backend: Any = model
+    elif config.backend == "python":
+        assert config.python is not None and va.artifact is not None
+        fn = load_python_model(
+            va.artifact,
+            allow_code=config.python.allow_code,
+            entry=config.python.entry,
+            root=config.root,
+            source=read_artifact(config, version),
+            module_name=f"{config.name}_v{version}",
+        )
+        inputs, outputs = config.inputs, config.outputs
+        backend = fn
+    else:
+        raise RepositoryError(
+            config.config_file,
+            "backend",
+            f"backend = {config.backend!r} is built by the engine from config.native; "
+            "load_version loads 'onnx' and 'python' models",
+        )
+
+    if config.output_checks.finite:
+        outputs = tuple(dataclasses.replace(s, finite=True) for s in outputs)
+    by_name = {s.name: s for s in outputs}
+    for name in config.output_checks.probabilities:
+        if name not in by_name:
+            raise RepositoryError(
+                config.config_file,
+                "output_checks.probabilities",
+                f"no output named {name!r}; outputs: {', '.join(map(repr, by_name))}",
+            )
+        if by_name[name].datatype not in ("FP16", "FP32", "FP64", "BF16"):
+            raise RepositoryError(
+                config.config_file,
+                "output_checks.probabilities",
+                f"output {name!r} is {by_name[name].datatype}; expected a floating-point output",
+            )
+    return LoadedModel(
+        config=config,
+        version=version,
+        fn=fn,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        batching=batching,
+        notes=tuple(notes),
+        backend=backend,
+    )
