@@ -1,0 +1,270 @@
+"""The HTTP layer against a scripted engine: argument mapping, error mapping, repository
+control, statistics shape and cancellation, each checked exactly where the real engine would
+make it hard to observe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from inferline import (
+    DeadlineExceeded,
+    EngineStopped,
+    InvalidInput,
+    ModelError,
+    ModelNotFound,
+    ModelNotReady,
+    QueueFullError,
+    TensorSpec,
+)
+from inferline.server import create_app
+from inferline.server.app import _triton_stats
+from test_server import ServerThread
+
+
+@dataclass
+class Info:
+    name: str
+    version: int
+    versions: list[int]
+    state: str
+    reason: str | None
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    aliases: dict[str, int] = field(default_factory=dict)
+    default: bool = True
+
+
+class FakeEngine:
+    """Records every call; ``behaviour`` decides what ``infer_batch`` does."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.behaviour: Any = None  # None: echo; an exception: raise it; "hang": never answer
+        self.cancelled = 0
+        self.loaded: list[tuple[str, Any]] = []
+        self.unloaded: list[tuple[str, Any]] = []
+        self.state = "ready"
+        self.ready = True
+
+    def model_info(self, name: str, version: int | str | None = None) -> Info:
+        if name != "m":
+            raise ModelNotFound(f"no model named {name!r}")
+        if version not in (None, 3, "stable"):
+            raise ModelNotFound(f"model 'm' has no version {version!r}")
+        return Info(
+            "m",
+            3,
+            [3],
+            "ready",
+            None,
+            "python",
+            [TensorSpec("x", "INT32", (2,))],
+            [TensorSpec("x", "INT32", (2,))],
+            4,
+        )
+
+    def models(self) -> list[Info]:
+        return [self.model_info("m")]
+
+    def stats(self, name: str, version: Any = None) -> dict[str, Any]:
+        self.model_info(name, version)
+        return {
+            "requests": {"success": 5, "queue_full": 1},
+            "batches": 2,
+            "queue_depth": 0,
+            "in_flight": 0,
+            "batch_sizes": {4: 1, 1: 1},
+            "queue_wait": {"count": 6, "sum": 0.5},
+            "compute": {"count": 2, "sum": 0.25},
+            "request": {"count": 6, "sum": 1.2},
+            "batch_size": {"count": 2, "sum": 5},
+        }
+
+    async def infer_batch(self, name: str, inputs: dict[str, np.ndarray], **kw: Any) -> Any:
+        self.calls.append({"name": name, "inputs": inputs, **kw})
+        if isinstance(self.behaviour, BaseException):
+            raise self.behaviour
+        if self.behaviour == "hang":
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return dict(inputs)
+
+    async def load(self, name: str, version: Any = None) -> None:
+        if name != "m":
+            raise ModelNotFound(f"no model named {name!r} in the repository")
+        self.loaded.append((name, version))
+
+    async def unload(self, name: str, version: Any = None) -> None:
+        self.model_info(name)
+        self.unloaded.append((name, version))
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[tuple[FakeEngine, ServerThread]]:
+    engine = FakeEngine()
+    with ServerThread(create_app(engine, manage_engine=False, retry_after_s=7)) as s:
+        yield engine, s
+
+
+BODY = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 2], "data": [1, 2, 3, 4]}]}
+
+
+def post(s: ServerThread, path: str, doc: Any, **kw: Any) -> httpx.Response:
+    return httpx.post(s.base + path, json=doc, timeout=10, **kw)
+
+
+def test_priority_timeout_and_version_reach_the_engine(
+    fake: tuple[FakeEngine, ServerThread],
+) -> None:
+    engine, s = fake
+    engine.behaviour = None
+    cases = [
+        ({}, 0, None),
+        ({"priority": 0}, 0, None),  # 0: the default level
+        ({"priority": 1}, 0, None),  # 1: the highest (Triton), engine level 0
+        ({"priority": 3, "timeout": 250_000}, 2, 0.25),  # timeout in microseconds
+        ({"timeout": 0}, 0, None),  # 0: no timeout
+    ]
+    for params, priority, timeout in cases:
+        r = post(s, "/v2/models/m/versions/stable/infer", {**BODY, "parameters": params})
+        assert r.status_code == 200, r.text
+        call = engine.calls[-1]
+        assert call["priority"] == priority and call["timeout"] == timeout
+        assert call["version"] == "stable"
+        np.testing.assert_array_equal(call["inputs"]["x"], [[1, 2], [3, 4]])
+    r = post(s, "/v2/models/m/infer", BODY)
+    assert engine.calls[-1]["version"] == 3  # the version the metadata named, fixed per request
+    assert r.json()["model_version"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "retry"),
+    [
+        (QueueFullError("queue of model 'm' is full (1024 waiting)"), 503, True),
+        (ModelNotReady("model 'm' version 3 is warming"), 503, True),
+        (EngineStopped("the engine is draining"), 503, True),
+        (DeadlineExceeded("no answer within the 0.1s timeout"), 504, False),
+        (InvalidInput("input 'x' contains NaN or Inf"), 400, False),
+        (ModelError("model 'm' failed: boom"), 500, False),
+        (ModelNotFound("model 'm' has no version 9"), 404, False),
+        (RuntimeError("engine bug"), 500, False),
+    ],
+)
+def test_engine_errors_map_to_status_codes(
+    fake: tuple[FakeEngine, ServerThread], exc: Exception, status: int, retry: bool
+) -> None:
+    engine, s = fake
+    engine.behaviour = exc
+    try:
+        r = post(s, "/v2/models/m/infer", BODY)
+    finally:
+        engine.behaviour = None
+    assert r.status_code == status
+    assert ("retry-after" in r.headers) == retry
+    if retry:
+        assert r.headers["retry-after"] == "7"
+    message = r.json()["error"]
+    if isinstance(exc, RuntimeError):
+        assert message == "internal error: RuntimeError"  # no internals leak to clients
+    else:
+        assert message == str(exc)
+
+
+def test_disconnect_cancels_the_engine_call(fake: tuple[FakeEngine, ServerThread]) -> None:
+    engine, s = fake
+    engine.behaviour = "hang"
+    body = json.dumps(BODY).encode()
+    try:
+        before = engine.cancelled
+        n_calls = len(engine.calls)
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        sock.sendall(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        deadline = time.monotonic() + 10
+        while len(engine.calls) == n_calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.close()
+        while engine.cancelled == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.cancelled == before + 1
+    finally:
+        engine.behaviour = None
+
+
+def test_repository_load_unload(fake: tuple[FakeEngine, ServerThread]) -> None:
+    engine, s = fake
+    assert post(s, "/v2/repository/models/m/load", {}).status_code == 200
+    assert httpx.post(s.base + "/v2/repository/models/m/load", timeout=10).status_code == 200
+    assert (
+        post(s, "/v2/repository/models/m/load", {"parameters": {"version": 3}}).status_code == 200
+    )
+    assert engine.loaded == [("m", None), ("m", None), ("m", 3)]
+    r = post(s, "/v2/repository/models/zz/load", {})
+    assert r.status_code == 404 and "no model named 'zz'" in r.json()["error"]
+    r = post(s, "/v2/repository/models/m/load", {"parameters": {"config": "{}"}})
+    assert r.status_code == 400 and "not supported" in r.json()["error"]
+    r = post(s, "/v2/repository/models/m/load", [1])
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]
+    r = post(s, "/v2/repository/models/m/unload", {"parameters": {"unload_dependents": False}})
+    assert r.status_code == 200 and engine.unloaded == [("m", None)]
+    index = post(s, "/v2/repository/index", {"ready": True}).json()
+    assert index == [{"name": "m", "version": "3", "state": "READY", "reason": ""}]
+
+
+def test_statistics_mapping_to_triton_shape() -> None:
+    engine = FakeEngine()
+    st = _triton_stats("m", 3, engine.stats("m"), 1234)
+    assert st["name"] == "m" and st["version"] == "3" and st["last_inference"] == 1234
+    assert st["inference_count"] == 5 and st["execution_count"] == 2
+    inf = st["inference_stats"]
+    assert inf["success"] == {"count": 5, "ns": 1_000_000_000}  # 5/6 of 1.2 s
+    assert inf["fail"] == {"count": 1, "ns": 200_000_000}
+    assert inf["queue"] == {"count": 6, "ns": 500_000_000}
+    assert inf["compute_infer"] == {"count": 2, "ns": 250_000_000}
+    assert [b["batch_size"] for b in st["batch_stats"]] == [1, 4]
+    assert st["batch_stats"][1]["compute_infer"]["count"] == 1
+    assert st["inferline"]["requests"] == {"success": 5, "queue_full": 1}
+    empty = _triton_stats("m", 1, {}, 0)
+    assert empty["inference_stats"]["success"] == {"count": 0, "ns": 0}
+
+
+def test_stats_routes(fake: tuple[FakeEngine, ServerThread]) -> None:
+    _, s = fake
+    for path in ("/v2/models/stats", "/v2/models/m/stats", "/v2/models/m/versions/3/stats"):
+        r = httpx.get(s.base + path, timeout=10)
+        assert r.status_code == 200 and r.json()["model_stats"][0]["name"] == "m"
+    r = httpx.get(s.base + "/v2/models/m/versions/9/stats", timeout=10)
+    assert r.status_code == 404 and "no version 9" in r.json()["error"]
+
+
+def test_readiness_follows_the_engine(fake: tuple[FakeEngine, ServerThread]) -> None:
+    engine, s = fake
+    engine.ready = False
+    try:
+        assert httpx.get(s.base + "/v2/health/ready", timeout=10).status_code == 400
+    finally:
+        engine.ready = True
+    assert httpx.get(s.base + "/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_create_app_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="max_body_bytes must be a positive int"):
+        create_app(FakeEngine(), max_body_bytes=0)
+    with pytest.raises(ValueError, match="max_json_bytes must be a positive int"):
+        create_app(FakeEngine(), max_json_bytes=-1)
