@@ -1,0 +1,199 @@
+"""Load benchmark: inferline's engine against a pure-asyncio batcher, in the same run.
+
+Both serve the same model (128x128 float32 matmul + relu) with the same batch policy
+(max_batch_size, max_queue_delay). The baseline is what one writes without inferline: an
+asyncio.Queue, a batcher task that waits for max_batch_size items or max_queue_delay since the
+oldest, ``np.stack``, the model in a thread executor, then ``set_result`` per future.
+
+    python bench/python/engine_bench.py [--seconds 3] [--concurrency 1 64 256] [--uvloop]
+
+Prints requests/s and p50/p99 latency per concurrency for both, and the ratios. Machines here
+are shared and noisy: compare ratios from one run, not absolute figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+
+if __name__ == "__main__":
+    # BLAS's own thread pool spins on the cores the event loop and the workers need; both
+    # contenders run with the same setting (before numpy loads). --blas-threads changes it.
+    _threads = sys.argv[sys.argv.index("--blas-threads") + 1] if "--blas-threads" in sys.argv else "1"
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+import inferline
+
+DIM = 128
+
+
+def make_model() -> Callable[[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((DIM, DIM)) / np.sqrt(DIM)).astype(np.float32)
+
+    def mlp(batch: np.ndarray) -> np.ndarray:
+        return np.maximum(batch @ w, 0)
+
+    return mlp
+
+
+class AsyncioBatcher:
+    """The baseline: a pure-asyncio dynamic batcher with the model in a thread executor."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
+                 max_queue_delay_ms: float) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.delay = max_queue_delay_ms / 1000.0
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = (
+            asyncio.Queue()
+        )
+        self.full = asyncio.Event()  # set by producers once a whole batch is waiting
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((x, fut, time.monotonic()))
+        if self.queue.qsize() >= self.max_batch_size:
+            self.full.set()
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            items = [first]
+            # Wait for a full batch or until the oldest item has waited max_queue_delay.
+            left = first[2] + self.delay - time.monotonic()
+            if self.queue.qsize() + 1 < self.max_batch_size and left > 0:
+                self.full.clear()
+                try:
+                    await asyncio.wait_for(self.full.wait(), left)
+                except TimeoutError:
+                    pass
+            while len(items) < self.max_batch_size and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            batch = np.stack([x for x, _, _ in items])
+            try:
+                out = await loop.run_in_executor(None, self.fn, batch)
+            except Exception as exc:  # one failing batch fails its callers only
+                for _, fut, _ in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for i, (_, fut, _) in enumerate(items):
+                if not fut.done():
+                    fut.set_result(out[i])
+
+
+async def drive(infer: Callable[[np.ndarray], Awaitable[Any]], concurrency: int,
+                seconds: float, max_requests: int) -> dict[str, float]:
+    """Runs `concurrency` closed-loop clients for `seconds`; returns rps, p50, p99 (ms)."""
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal(DIM).astype(np.float32) for _ in range(64)]
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    budget = [max_requests]
+
+    async def client(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop_at and budget[0] > 0:
+            budget[0] -= 1
+            t0 = time.perf_counter()
+            await infer(inputs[i % len(inputs)])
+            latencies.append(time.perf_counter() - t0)
+            i += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [
+        latencies[0]
+    ] * 99
+    return {"rps": len(latencies) / elapsed, "p50": q[49] * 1e3, "p99": q[98] * 1e3,
+            "n": float(len(latencies))}
+
+
+async def run(args: argparse.Namespace) -> None:
+    fn = make_model()
+    rows = []
+    for c in args.concurrency:
+        engine = inferline.Engine()
+        engine.register(
+            "mlp", fn,
+            inputs=[inferline.TensorSpec("x", "FP32", (DIM,))],
+            outputs=[inferline.TensorSpec("y", "FP32", (DIM,))],
+            batching=inferline.Batching(max_batch_size=args.max_batch_size,
+                                        max_queue_delay_ms=args.max_queue_delay_ms,
+                                        max_queue_size=4096,
+                                        idle_spin_us=args.idle_spin_us),
+            instances=args.instances,
+        )
+        base = AsyncioBatcher(fn, args.max_batch_size, args.max_queue_delay_ms)
+        await engine.start()
+        await base.start()
+        # Short warm runs, then alternate the two so drift on a shared machine hits both.
+        await drive(lambda x: engine.infer("mlp", x), c, 0.3, 10**9)
+        await drive(base.infer, c, 0.3, 10**9)
+        res_i = await drive(lambda x: engine.infer("mlp", x), c, args.seconds, 10**9)
+        res_b = await drive(base.infer, c, args.seconds, 10**9)
+        stats = engine.stats("mlp")
+        await engine.stop()
+        await base.stop()
+        rows.append((c, res_i, res_b, stats["batch_size"]["mean"]))
+
+    print(f"model: {DIM}x{DIM} float32 matmul+relu, max_batch_size={args.max_batch_size}, "
+          f"max_queue_delay={args.max_queue_delay_ms}ms, loop={args.loop}, "
+          f"BLAS threads={os.environ.get('OPENBLAS_NUM_THREADS')}, instances={args.instances}")
+    print(f"{'conc':>5} | {'inferline rps':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} | "
+          f"{'asyncio rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9}")
+    for c, a, b, mean_batch in rows:
+        print(f"{c:>5} | {a['rps']:>13,.0f} {a['p50']:>7.3f} {a['p99']:>7.3f} {mean_batch:>6.1f} | "
+              f"{b['rps']:>11,.0f} {b['p50']:>7.3f} {b['p99']:>7.3f} | "
+              f"{a['rps'] / b['rps']:>8.2f}x {a['p99'] / b['p99']:>8.2f}x")
+    print("rps ratio = inferline / asyncio baseline (higher is better); "
+          "p99 ratio = inferline / baseline (lower is better)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--idle-spin-us", type=float, default=0.0)
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    p.add_argument("--blas-threads", default="1", help="BLAS threads for both contenders")
+    args = p.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(args))
+    else:
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
