@@ -1,0 +1,497 @@
+"""The asyncio engine over the native core: batching, priorities, deadlines, errors, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inferline
+from inferline import Batching, TensorSpec
+
+DIM = 8
+X = [TensorSpec("x", "FP32", (DIM,))]
+Y = [TensorSpec("y", "FP32", (DIM,))]
+
+
+class Recorder:
+    """A batch model that records what it saw and can be held at a gate."""
+
+    def __init__(self, fn: Callable[[np.ndarray], Any] | None = None) -> None:
+        self.fn = fn or (lambda b: b * 2.0)
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> Any:
+        self.entered.set()
+        self.gate.wait(10)
+        with self.lock:
+            self.batches.append(batch.copy())
+        return self.fn(batch)
+
+    def seen_markers(self) -> set[float]:
+        with self.lock:
+            return {float(row[0]) for b in self.batches for row in b}
+
+    def sizes(self) -> list[int]:
+        with self.lock:
+            return [len(b) for b in self.batches]
+
+
+def item(marker: float) -> np.ndarray:
+    return np.full(DIM, marker, dtype=np.float32)
+
+
+def make_engine(model: Any, **batching: Any) -> inferline.Engine:
+    engine = inferline.Engine()
+    opts = {"max_batch_size": 8, "max_queue_delay_ms": 2.0, "max_queue_size": 1024}
+    opts.update(batching)
+    engine.register("m", model, inputs=X, outputs=Y, batching=Batching(**opts), warmup=False)
+    return engine
+
+
+async def hold_worker(engine: inferline.Engine, model: Recorder) -> asyncio.Task[Any]:
+    """Blocks the single worker inside the model with one request; returns that request."""
+    model.gate.clear()
+    model.entered.clear()
+    blocker = asyncio.ensure_future(engine.infer("m", item(-1.0)))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 10)
+    return blocker
+
+
+@pytest.mark.asyncio
+async def test_thousand_concurrent_requests_each_get_their_own_row() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=32) as engine:
+        xs = [np.arange(DIM, dtype=np.float32) + i for i in range(1000)]
+        ys = await asyncio.gather(*(engine.infer("m", x) for x in xs))
+        for x, y in zip(xs, ys, strict=True):
+            np.testing.assert_array_equal(y, x * 2.0)
+        stats = engine.stats("m")
+    assert stats["requests"]["success"] == 1000
+    assert stats["in_flight"] == 0 and stats["queue_depth"] == 0
+    sizes = model.sizes()
+    assert sum(sizes) == 1000
+    assert max(sizes) <= 32
+    assert max(sizes) > 1, "concurrent requests should share batches"
+    assert stats["batch_size"]["max"] <= 32
+
+
+@pytest.mark.asyncio
+async def test_batches_never_exceed_max_batch_size_under_concurrency() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=5, max_queue_delay_ms=20) as engine:
+        await asyncio.gather(*(engine.infer("m", item(i)) for i in range(203)))
+    sizes = model.sizes()
+    assert max(sizes) == 5
+    assert sum(sizes) == 203
+    assert len(sizes) >= 41
+
+
+@pytest.mark.asyncio
+async def test_lone_request_reaches_model_within_max_queue_delay() -> None:
+    calls: list[float] = []
+
+    def model(b: np.ndarray) -> np.ndarray:
+        calls.append(time.monotonic())
+        return b
+
+    delay_ms = 30.0
+    async with make_engine(model, max_batch_size=16, max_queue_delay_ms=delay_ms) as engine:
+        t0 = time.monotonic()
+        y = await engine.infer("m", item(3))
+        np.testing.assert_array_equal(y, item(3))
+    waited = calls[0] - t0
+    # It must wait for company no longer than the delay (plus scheduling slack), and a lone
+    # request in a 16-batch is dispatched by the delay, not by a full batch.
+    assert waited < delay_ms / 1000 + 0.25
+    assert waited >= delay_ms / 1000 * 0.5
+
+
+@pytest.mark.asyncio
+async def test_zero_delay_dispatches_at_once() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=64, max_queue_delay_ms=0) as engine:
+        y = await asyncio.wait_for(engine.infer("m", item(1)), 5)
+    np.testing.assert_array_equal(y, item(2))
+
+
+@pytest.mark.asyncio
+async def test_higher_priority_served_first_under_saturation() -> None:
+    model = Recorder()
+    engine = make_engine(model, max_batch_size=4, max_queue_delay_ms=1, priority_levels=3)
+    async with engine:
+        blocker = await hold_worker(engine, model)
+        low = [asyncio.ensure_future(engine.infer("m", item(100 + i), priority=2)) for i in range(8)]
+        mid = [asyncio.ensure_future(engine.infer("m", item(200 + i), priority=1)) for i in range(4)]
+        high = [asyncio.ensure_future(engine.infer("m", item(300 + i), priority=0)) for i in range(4)]
+        await asyncio.sleep(0.02)
+        assert engine.stats("m")["queue_depth"] == 16
+        model.gate.set()
+        await asyncio.gather(blocker, *low, *mid, *high)
+    order = [float(r[0]) for b in model.batches[1:] for r in b]
+    assert order[:4] == [300.0, 301.0, 302.0, 303.0]
+    assert order[4:8] == [200.0, 201.0, 202.0, 203.0]
+    assert sorted(order[8:]) == [100.0 + i for i in range(8)]
+
+
+@pytest.mark.asyncio
+async def test_queue_full_raises_at_once() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2, max_queue_size=3) as engine:
+        blocker = await hold_worker(engine, model)
+        waiting = [asyncio.ensure_future(engine.infer("m", item(i))) for i in range(3)]
+        await asyncio.sleep(0)
+        t0 = time.monotonic()
+        with pytest.raises(inferline.QueueFullError, match=r"queue is full \(3 requests"):
+            await engine.infer("m", item(99))
+        assert time.monotonic() - t0 < 0.1
+        model.gate.set()
+        await asyncio.gather(blocker, *waiting)
+        stats = engine.stats("m")
+    assert stats["requests"]["queue_full"] == 1
+    assert 99.0 not in model.seen_markers()
+
+
+@pytest.mark.asyncio
+async def test_expired_deadline_is_answered_without_compute() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2) as engine:
+        blocker = await hold_worker(engine, model)
+        t0 = time.monotonic()
+        with pytest.raises(inferline.DeadlineExceeded, match="timeout"):
+            await engine.infer("m", item(42), timeout=0.05)
+        assert time.monotonic() - t0 < 1.0
+        model.gate.set()
+        await blocker
+        # A later request flushes the queue; the expired one must have been skipped.
+        await engine.infer("m", item(43))
+        stats = engine.stats("m")
+    assert 42.0 not in model.seen_markers()
+    assert 43.0 in model.seen_markers()
+    assert stats["requests"]["deadline_exceeded"] == 1
+    assert stats["in_flight"] == 0 and stats["queue_depth"] == 0
+
+
+@pytest.mark.asyncio
+async def test_deadline_exceeded_is_a_timeout_error_while_computing() -> None:
+    model = Recorder(lambda b: (time.sleep(0.3), b)[1])
+    async with make_engine(model) as engine:
+        with pytest.raises(TimeoutError):
+            await engine.infer("m", item(1), timeout=0.05)
+        await asyncio.sleep(0.4)
+        stats = engine.stats("m")
+    assert 1.0 in model.seen_markers()  # it was computing when the timeout passed
+    assert stats["requests"]["deadline_exceeded"] == 1
+    assert stats["in_flight"] == 0
+
+
+@pytest.mark.asyncio
+async def test_cancelled_request_is_not_computed_and_nothing_leaks() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2) as engine:
+        blocker = await hold_worker(engine, model)
+        victim = asyncio.ensure_future(engine.infer("m", item(7)))
+        await asyncio.sleep(0.01)
+        victim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        model.gate.set()
+        await blocker
+        await engine.infer("m", item(8))
+        stats = engine.stats("m")
+    assert 7.0 not in model.seen_markers()
+    assert stats["requests"]["cancelled"] == 1
+    assert stats["queue_depth"] == 0
+    assert stats["in_flight"] == 0
+
+
+@pytest.mark.asyncio
+async def test_raising_model_fails_only_its_batch() -> None:
+    def model(b: np.ndarray) -> np.ndarray:
+        if (b[:, 0] == 13).any():
+            raise RuntimeError("unlucky row")
+        return b
+
+    async with make_engine(model, max_batch_size=1) as engine:
+        results = await asyncio.gather(
+            *(engine.infer("m", item(i)) for i in range(20)), return_exceptions=True
+        )
+        after = await engine.infer("m", item(5))
+        stats = engine.stats("m")
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1
+    assert isinstance(errors[0], inferline.ModelError)
+    assert "model 'm' failed: RuntimeError: unlucky row" in str(errors[0])
+    np.testing.assert_array_equal(after, item(5))
+    assert stats["requests"]["model_error"] == 1
+    assert stats["requests"]["success"] == 20
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda b: b[:, :3], r"output 'y' has shape \(\d+, 3\); expected \(\d+, 8\)"),
+        (lambda b: b[:1] if len(b) > 1 else b[:0], r"expected a leading batch dimension"),
+        (lambda b: b.astype(np.float64), r"output 'y' has dtype float64; expected float32"),
+        (lambda b: "nope", r"model returned str"),
+    ],
+)
+async def test_bad_model_output_is_a_model_error(fn: Callable[..., Any], message: str) -> None:
+    async with make_engine(fn) as engine:
+        with pytest.raises(inferline.ModelError, match=message):
+            await engine.infer("m", item(1))
+        assert engine.stats("m")["in_flight"] == 0
+
+
+@pytest.mark.asyncio
+async def test_invalid_inputs_raise_clear_errors() -> None:
+    engine = inferline.Engine()
+    engine.register(
+        "f",
+        lambda b: b,
+        inputs=[TensorSpec("x", "FP32", (4,), finite=True)],
+        outputs=[TensorSpec("y", "FP32", (4,))],
+        warmup=False,
+    )
+    async with engine:
+        with pytest.raises(inferline.InvalidInput, match=r"dtype float64; expected FP32"):
+            await engine.infer("f", np.zeros(4))
+        with pytest.raises(inferline.InvalidInput, match=r"shape \(3,\); expected \(4,\)"):
+            await engine.infer("f", np.zeros(3, np.float32))
+        with pytest.raises(inferline.InvalidInput, match="use infer_batch"):
+            await engine.infer("f", np.zeros((1, 4), np.float32))
+        with pytest.raises(inferline.InvalidInput, match="NaN or Inf"):
+            await engine.infer("f", np.array([0, np.nan, 0, 0], np.float32))
+        with pytest.raises(inferline.InvalidInput, match="not array-like|holds"):
+            await engine.infer("f", ["a", "b", "c", "d"])
+        with pytest.raises(inferline.InvalidInput, match="priority must be an int >= 0"):
+            await engine.infer("f", np.zeros(4, np.float32), priority=-1)
+        with pytest.raises(inferline.InvalidInput, match=r"priority 1 is out of range; expected 0..0"):
+            await engine.infer("f", np.zeros(4, np.float32), priority=1)
+        with pytest.raises(inferline.InvalidInput, match="timeout must be a positive"):
+            await engine.infer("f", np.zeros(4, np.float32), timeout=0)
+        with pytest.raises(inferline.ModelNotFound, match="no model named 'g'"):
+            await engine.infer("g", np.zeros(4, np.float32))
+        # Lists and non-contiguous arrays are converted.
+        y = await engine.infer("f", [1, 2, 3, 4])
+        np.testing.assert_array_equal(y, np.array([1, 2, 3, 4], np.float32))
+        strided = np.arange(8, dtype=np.float32)[::2]
+        np.testing.assert_array_equal(await engine.infer("f", strided), strided)
+        stats = engine.stats("f")
+    assert stats["in_flight"] == 0
+
+
+@pytest.mark.asyncio
+async def test_several_inputs_and_outputs_as_dicts() -> None:
+    def model(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"sum": batch["a"] + batch["b"], "first": batch["a"][:, :1].astype(np.int64)}
+
+    engine = inferline.Engine()
+    engine.register(
+        "two",
+        model,
+        inputs=[TensorSpec("a", "FP32", (3,)), TensorSpec("b", "FP32", (3,))],
+        outputs=[TensorSpec("sum", "FP32", (3,)), TensorSpec("first", "INT64", (1,))],
+        batching=Batching(max_batch_size=4),
+    )
+    async with engine:
+        outs = await asyncio.gather(
+            *(
+                engine.infer("two", {"a": np.full(3, i, np.float32), "b": np.ones(3, np.float32)})
+                for i in range(10)
+            )
+        )
+        with pytest.raises(inferline.InvalidInput, match=r"missing \['b'\]"):
+            await engine.infer("two", {"a": np.zeros(3, np.float32)})
+        with pytest.raises(inferline.InvalidInput, match="pass a dict"):
+            await engine.infer("two", np.zeros(3, np.float32))
+        batch = await engine.infer_batch(
+            "two", {"a": np.zeros((5, 3), np.float32), "b": np.ones((5, 3), np.float32)}
+        )
+    for i, o in enumerate(outs):
+        np.testing.assert_array_equal(o["sum"], np.full(3, i + 1, np.float32))
+        assert o["first"].dtype == np.int64 and o["first"][0] == i
+    assert batch["sum"].shape == (5, 3) and batch["first"].shape == (5, 1)
+
+
+@pytest.mark.asyncio
+async def test_model_gets_zero_copy_view_and_may_return_it() -> None:
+    seen: list[bool] = []
+
+    def identity(b: np.ndarray) -> np.ndarray:
+        seen.append(b.flags.owndata)
+        return b  # the answers are views of the pooled batch buffer
+
+    async with make_engine(identity, max_batch_size=4) as engine:
+        first = await asyncio.gather(*(engine.infer("m", item(i)) for i in range(4)))
+        second = await asyncio.gather(*(engine.infer("m", item(100 + i)) for i in range(4)))
+    assert seen and not any(seen)
+    # Earlier answers stay intact after later batches reuse the pool.
+    for i, y in enumerate(first):
+        np.testing.assert_array_equal(y, item(i))
+    for i, y in enumerate(second):
+        np.testing.assert_array_equal(y, item(100 + i))
+
+
+@pytest.mark.asyncio
+async def test_warmup_runs_every_batch_size_before_ready() -> None:
+    sizes: list[int] = []
+
+    def model(b: np.ndarray) -> np.ndarray:
+        sizes.append(len(b))
+        return b
+
+    engine = inferline.Engine()
+    engine.register("w", model, inputs=X, outputs=Y, batching=Batching(max_batch_size=4))
+    assert not engine.ready
+    await engine.start()
+    assert sizes == [1, 2, 3, 4]
+    assert engine.ready and engine.model_info("w").state == "ready"
+    await engine.stop()
+    assert engine.state == "stopped"
+
+
+@pytest.mark.asyncio
+async def test_failed_warmup_leaves_model_not_ready_with_reason() -> None:
+    def broken(b: np.ndarray) -> np.ndarray:
+        raise ValueError("weights missing")
+
+    engine = inferline.Engine()
+    engine.register("bad", broken, inputs=X, outputs=Y)
+    engine.register("good", lambda b: b, inputs=X, outputs=Y)
+    async with engine:
+        info = engine.model_info("bad")
+        assert info.state == "failed"
+        assert info.reason is not None and "weights missing" in info.reason
+        with pytest.raises(inferline.ModelNotReady, match="no ready version"):
+            await engine.infer("bad", item(1))
+        np.testing.assert_array_equal(await engine.infer("good", item(1)), item(1))
+        assert not engine.ready
+
+
+@pytest.mark.asyncio
+async def test_stop_drains_accepted_work() -> None:
+    model = Recorder(lambda b: (time.sleep(0.01), b)[1])
+    engine = make_engine(model, max_batch_size=4)
+    await engine.start()
+    tasks = [asyncio.ensure_future(engine.infer("m", item(i))) for i in range(40)]
+    await asyncio.sleep(0)
+    await engine.stop(drain_timeout=10)
+    results = await asyncio.gather(*tasks)
+    assert len(results) == 40
+    with pytest.raises(inferline.EngineStopped):
+        await engine.infer("m", item(1))
+
+
+@pytest.mark.asyncio
+async def test_stop_answers_the_rest_engine_stopped_after_drain_timeout() -> None:
+    model = Recorder()
+    engine = make_engine(model, max_batch_size=1)
+    await engine.start()
+    blocker = await hold_worker(engine, model)
+    waiting = [asyncio.ensure_future(engine.infer("m", item(i))) for i in range(5)]
+    await asyncio.sleep(0)
+    threading.Timer(0.3, model.gate.set).start()
+    await engine.stop(drain_timeout=0.05)
+    results = await asyncio.gather(blocker, *waiting, return_exceptions=True)
+    assert isinstance(results[0], np.ndarray)  # the running batch finished
+    assert all(isinstance(r, inferline.EngineStopped) for r in results[1:])
+    assert "engine stopped" in str(results[1])
+    stats = engine.stats("m")
+    assert stats["requests"]["engine_stopped"] == 5
+    assert stats["in_flight"] == 0
+
+
+@pytest.mark.asyncio
+async def test_stats_readable_while_traffic_runs() -> None:
+    model = Recorder(lambda b: (time.sleep(0.001), b)[1])
+    async with make_engine(model, max_batch_size=8) as engine:
+        load = asyncio.ensure_future(
+            asyncio.gather(*(engine.infer("m", item(i)) for i in range(400)))
+        )
+        snapshots = []
+        while not load.done():
+            snapshots.append(engine.stats("m"))
+            await asyncio.sleep(0.005)
+        await load
+        final = engine.stats("m")
+    assert final["requests"]["success"] == 400
+    for key in ("queue_wait", "compute", "request", "batch_size"):
+        h = final[key]
+        assert h["count"] > 0
+        assert 0 <= h["p50"] <= h["p90"] <= h["p99"] <= h["max"] * 1.0001
+    assert final["request"]["p50"] > 0
+    assert any(s["in_flight"] > 0 for s in snapshots)
+    counts = [s["requests"]["success"] for s in snapshots]
+    assert counts == sorted(counts)
+
+
+@pytest.mark.asyncio
+async def test_batch_decorator() -> None:
+    calls: list[int] = []
+
+    @inferline.batch(max_batch_size=16, max_queue_delay_ms=5)
+    def double(b: np.ndarray) -> np.ndarray:
+        calls.append(len(b))
+        return b * 2
+
+    outs = await asyncio.gather(*(double(np.full(3, i, np.float32)) for i in range(50)))
+    for i, o in enumerate(outs):
+        np.testing.assert_array_equal(o, np.full(3, 2 * i, np.float32))
+    assert max(calls) > 1 and max(calls) <= 16
+    assert double.stats()["requests"]["success"] == 50
+    with pytest.raises(inferline.InvalidInput, match="expected"):
+        await double(np.zeros(4, np.float32))
+    await double.stop()
+
+
+def test_works_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    model = Recorder()
+
+    async def main() -> list[np.ndarray]:
+        async with make_engine(model, max_batch_size=16) as engine:
+            return await asyncio.gather(*(engine.infer("m", item(i)) for i in range(300)))
+
+    outs = uvloop.run(main())
+    for i, o in enumerate(outs):
+        np.testing.assert_array_equal(o, item(2 * i))
+    assert max(model.sizes()) > 1
+
+
+def test_register_validation_messages() -> None:
+    engine = inferline.Engine()
+    with pytest.raises(ValueError, match="max_batch_size must be a positive int"):
+        Batching(max_batch_size=0)
+    with pytest.raises(ValueError, match="max_queue_delay_ms must be a number >= 0"):
+        Batching(max_queue_delay_ms=-1)
+    with pytest.raises(ValueError, match="every dimension must be a positive int"):
+        TensorSpec("x", "FP32", (0,))
+    with pytest.raises(ValueError, match="unknown datatype"):
+        TensorSpec("x", "FP33", (1,))
+    with pytest.raises(ValueError, match="inputs must list at least one TensorSpec"):
+        engine.register("m", lambda b: b, inputs=[])
+    with pytest.raises(TypeError, match="model must be callable"):
+        engine.register("m", 42, inputs=X)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="BYTES tensors cannot be batched"):
+        engine.register("m", lambda b: b, inputs=[TensorSpec("s", "BYTES", (1,))])
+    engine.register("m", lambda b: b, inputs=X)
+    with pytest.raises(ValueError, match="version 1 is already registered"):
+        engine.register("m", lambda b: b, inputs=X)
+
+
+def test_build_info_reports_cuda() -> None:
+    info = inferline.build_info()
+    assert isinstance(info["cuda_compiled"], bool)
+    assert info["cuda_device_count"] >= 0
+    assert info["version"] == inferline.__version__
