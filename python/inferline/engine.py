@@ -359,7 +359,15 @@ class Engine:
     engine was started on; ``infer`` must be awaited on that loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, blas_threads: int | None = None) -> None:
+        """``blas_threads``: when set, limits the BLAS/OpenMP thread pools of the process to
+        that many threads while the engine runs (through threadpoolctl). Batching already
+        gives BLAS large matrices; a BLAS pool that spins on the same cores as the event loop
+        and the workers costs far more than it gives on small machines."""
+        if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
+            raise ValueError(f"blas_threads must be a positive int or None, got {blas_threads!r}")
+        self._blas_threads = blas_threads
+        self._blas_limit: Any = None
         self._core = _core.Core()
         self._models: dict[str, _Model] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -434,6 +442,10 @@ class Engine:
         if self._state != "created":
             raise InferlineError(f"engine cannot start from state {self._state!r}")
         self._loop = asyncio.get_running_loop()
+        if self._blas_threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            self._blas_limit = threadpool_limits(limits=self._blas_threads)
         self._loop.add_reader(self._core.fd, self._on_answers)
         self._state = "loading"
         failures = []
@@ -501,6 +513,9 @@ class Engine:
             self._loop.remove_reader(self._core.fd)
         self._state = "stopped"
         self._core.reap()
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
 
     def _in_flight(self, versions: Iterable[_Version]) -> int:
         return sum(v.sched.in_flight for v in versions)

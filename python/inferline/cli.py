@@ -1,0 +1,181 @@
+"""The ``inferline`` command: ``demo`` (an embedded model under load) and ``serve REPO``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _demo_model(dim: int) -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+    w2 = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+
+    def mlp(batch: np.ndarray) -> np.ndarray:
+        return np.maximum(np.maximum(batch @ w1, 0) @ w2, 0)
+
+    return mlp
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import inferline
+
+    dim = args.dim
+    engine = inferline.Engine(blas_threads=args.blas_threads)
+    engine.register(
+        "demo-mlp",
+        _demo_model(dim),
+        inputs=[inferline.TensorSpec("x", "FP32", (dim,))],
+        outputs=[inferline.TensorSpec("y", "FP32", (dim,))],
+        batching=inferline.Batching(
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_ms=args.max_queue_delay_ms,
+            max_queue_size=max(1024, 2 * args.concurrency),
+        ),
+        instances=args.instances,
+    )
+    print(
+        f"inferline {inferline.__version__} demo: a {dim}x{dim} two-layer MLP (float32), "
+        f"{args.concurrency} concurrent callers, max_batch_size={args.max_batch_size}, "
+        f"max_queue_delay={args.max_queue_delay_ms}ms, {args.seconds:g}s"
+    )
+    info = inferline.build_info()
+    print(f"native core: {info['compiler']}, CUDA compiled: {info['cuda_compiled']}, "
+          f"CUDA devices: {info['cuda_device_count']}")
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal(dim).astype(np.float32) for _ in range(256)]
+    reference = _demo_model(dim)
+    stop_at = time.monotonic() + args.seconds
+    answered = [0]
+    wrong = [0]
+
+    async def caller(k: int) -> None:
+        i = k
+        while time.monotonic() < stop_at:
+            x = inputs[i % len(inputs)]
+            y = await engine.infer("demo-mlp", x)
+            if i % 997 == 0 and not np.allclose(y, reference(x[None])[0], rtol=1e-4, atol=1e-5):
+                wrong[0] += 1
+            answered[0] += 1
+            i += args.concurrency
+
+    async def reporter() -> None:
+        last_n, last_t = 0, time.monotonic()
+        last_batches = 0
+        last_items = 0
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(1.0)
+            s = engine.stats("demo-mlp")
+            now = time.monotonic()
+            n = answered[0]
+            batches = s["batches"]
+            rate = (n - last_n) / (now - last_t)
+            items = s["items_computed"]
+            mean_batch = (items - last_items) / max(1, batches - last_batches)
+            last_items = items
+            r = s["request"]
+            print(
+                f"  {rate:>10,.0f} req/s | mean batch {mean_batch:5.1f} | latency p50 "
+                f"{r['p50'] * 1e3:6.3f} ms  p90 {r['p90'] * 1e3:6.3f} ms  p99 "
+                f"{r['p99'] * 1e3:6.3f} ms | queue {s['queue_depth']:>4}",
+                flush=True,
+            )
+            last_n, last_t, last_batches = n, now, batches
+
+    async with engine:
+        t0 = time.monotonic()
+        await asyncio.gather(reporter(), *(caller(k) for k in range(args.concurrency)))
+        elapsed = time.monotonic() - t0
+        s = engine.stats("demo-mlp")
+    r = s["request"]
+    print(
+        f"done: {answered[0]:,} requests in {elapsed:.1f}s = {answered[0] / elapsed:,.0f} req/s, "
+        f"{s['batches']:,} batches (mean {s['batch_size']['mean']:.1f}, max "
+        f"{s['batch_size']['max']:.0f}), latency p50 {r['p50'] * 1e3:.3f} ms p99 "
+        f"{r['p99'] * 1e3:.3f} ms, outcomes {s['requests']}"
+    )
+    if wrong[0]:
+        print(f"error: {wrong[0]} answers differed from the reference", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve_repository
+
+    return serve_repository(
+        args.repository,
+        host=args.host,
+        port=args.port,
+        watch=args.watch,
+        poll_interval=args.poll_interval,
+        max_body_bytes=args.max_body_mib * 1024 * 1024,
+        drain_timeout=args.drain_timeout,
+    )
+
+
+def _default_repository() -> str:
+    here = Path(__file__).resolve()
+    for candidate in (here.parent / "examples" / "repository",
+                      here.parents[2] / "examples" / "repository"):
+        if candidate.is_dir():
+            return str(candidate)
+    return "examples/repository"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferline", description="Serve AI models with a native batching core.")
+    parser.add_argument("--log-level", default=os.environ.get("INFERLINE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="serve an embedded model to many concurrent callers")
+    demo.add_argument("--seconds", type=float, default=5.0)
+    demo.add_argument("--concurrency", type=int, default=256)
+    demo.add_argument("--max-batch-size", type=int, default=32)
+    demo.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    demo.add_argument("--instances", type=int, default=1)
+    demo.add_argument("--dim", type=int, default=128)
+    demo.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    demo.add_argument("--blas-threads", type=int, default=1,
+                      help="BLAS threads while serving (default 1: batching feeds BLAS already)")
+
+    serve = sub.add_parser("serve", help="serve a model repository over HTTP (Open Inference Protocol v2)")
+    serve.add_argument("repository", nargs="?", default=None,
+                       help="model repository folder (default: the bundled example repository)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--watch", action="store_true", help="poll the repository for new versions")
+    serve.add_argument("--poll-interval", type=float, default=5.0)
+    serve.add_argument("--max-body-mib", type=int, default=64)
+    serve.add_argument("--drain-timeout", type=float, default=30.0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        if args.concurrency < 1 or args.seconds <= 0:
+            parser.error("--concurrency must be >= 1 and --seconds > 0")
+        if args.uvloop:
+            import uvloop
+
+            return int(uvloop.run(_demo(args)))
+        return asyncio.run(_demo(args))
+    if args.repository is None:
+        args.repository = _default_repository()
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test suite: C++ unit tests (and the CUDA sources' compile), the same core tests under
+# ThreadSanitizer, then the Python tests against the installed package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs="${INFERLINE_TEST_JOBS:-2}"
+py="${PYTHON:-python3}"
+common=(-G Ninja -DINFERLINE_BUILD_PYTHON=OFF -DINFERLINE_BUILD_TESTS=ON)
+
+echo "== C++ tests (Release; CUDA sources compiled when nvcc is found) =="
+cmake -S . -B build/ctest "${common[@]}" -DINFERLINE_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build/ctest -j"$jobs"
+ctest --test-dir build/ctest --output-on-failure -j"$jobs"
+
+echo "== C++ core tests under ThreadSanitizer =="
+cmake -S . -B build/tsan "${common[@]}" -DINFERLINE_CUDA=OFF -DINFERLINE_SANITIZE=thread \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/tsan -j"$jobs"
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  ctest --test-dir build/tsan --output-on-failure -j"$jobs" -E 'Kernel|Cuda|Native'
+
+echo "== Python tests =="
+"$py" -m pytest -q "$@"
