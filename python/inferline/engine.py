@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,11 +34,16 @@ from .errors import (
     ModelNotReady,
     QueueFullError,
 )
+from .cache import ResultCache, input_key
 from .types import TensorSpec
+
+if TYPE_CHECKING:
+    from .repository import ModelConfig
 
 __all__ = ["Batching", "Engine", "ModelInfo"]
 
 log = logging.getLogger("inferline")
+trace_log = logging.getLogger("inferline.requests")
 
 _NO_DEADLINE = (1 << 63) - 1
 _FLOAT_KIND = {"FP16": 1, "FP32": 2, "FP64": 3, "BF16": 4}
@@ -107,6 +114,7 @@ class ModelInfo:
     max_batch_size: int
     aliases: dict[str, int] = field(default_factory=dict)
     default: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 def _spec_tuple(spec: TensorSpec) -> tuple[str, np.dtype, tuple[int, ...], bool, int]:
@@ -155,8 +163,15 @@ class _Version:
         warmup: Sequence[int] | bool,
         warmup_inputs: Callable[[int], list[np.ndarray | None]] | None,
         platform: str | None,
+        warmup_repeats: int = 1,
+        cache: ResultCache | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.warmup_repeats = max(1, int(warmup_repeats))
+        self.cache = cache
+        self.notes = list(notes)
+        self.drained: asyncio.Event | None = None
         self.version = version
         self.inputs = inputs
         self.outputs = outputs
@@ -291,6 +306,7 @@ class _Version:
             max_batch_size=self.batching.max_batch_size,
             aliases={a: v for a, v in aliases.items() if v == self.version},
             default=default,
+            notes=list(self.notes),
         )
 
 
@@ -303,6 +319,8 @@ class _Model:
         self.aliases: dict[str, int] = {}
         self.default_policy: int | str = "latest"
         self.serving: _Version | None = None  # the default version, swapped atomically
+        self.failures: dict[int, str] = {}  # versions that failed to load, with the reason
+        self.from_repository = False
 
     def resolve(self, version: int | str | None) -> _Version:
         if version is None:
@@ -335,7 +353,8 @@ class _Model:
         if not ready:
             return None
         if isinstance(self.default_policy, int):
-            return ready.get(self.default_policy)
+            # A pinned version that is not ready yet leaves the current one serving.
+            return ready.get(self.default_policy) or self.serving
         if self.default_policy in self.aliases:
             return ready.get(self.aliases[self.default_policy])
         return ready[max(ready)]
@@ -357,6 +376,12 @@ class Engine:
     Life: created -> (``start``) loading/warming -> ready -> (``stop``) draining -> stopped.
     Use ``async with engine:`` to start and stop it. All methods are for the event loop the
     engine was started on; ``infer`` must be awaited on that loop.
+
+    Models have versions. A request without a version goes to the model's default version
+    (the latest ready one unless ``set_default`` says otherwise); aliases such as ``"stable"``
+    name versions and can be moved at run time. A new version is loaded and warmed beside the
+    serving one, then becomes the default in one step; the old one finishes what it accepted
+    and is unloaded (``load``/``unload``, or repository polling with ``watch=True``).
     """
 
     def __init__(self, *, blas_threads: int | None = None) -> None:
@@ -372,8 +397,18 @@ class Engine:
         self._models: dict[str, _Model] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = "created"
+        self._not_ready_reason: str | None = None
         self._drained: asyncio.Event | None = None
         self._retired: list[_Version] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        # Repository-backed engines.
+        self._repo: Path | None = None
+        self._repo_failures: dict[str, str] = {}  # model name -> why it could not load
+        self._failed_marks: dict[tuple[str, int], tuple[float, ...]] = {}
+        self._watch = False
+        self._poll_interval = 5.0
+        self._watch_task: asyncio.Task[None] | None = None
+        self._load_lock: asyncio.Lock | None = None
         _live_engines.add(self)
 
     # -- registration -------------------------------------------------------------------------
@@ -389,7 +424,9 @@ class Engine:
         version: int = 1,
         warmup: Sequence[int] | bool = True,
         warmup_inputs: Callable[[int], list[np.ndarray | None]] | None = None,
+        warmup_repeats: int = 1,
         platform: str | None = None,
+        cache: tuple[int, int] | None = None,
     ) -> None:
         """Registers ``model`` (a batch callable, or a native ``_core.Backend``) as ``name``.
 
@@ -397,8 +434,35 @@ class Engine:
         such views when the model has several inputs), valid only during the call; it returns
         an array ``[B, *shape]`` (a dict, or a tuple in output order, for several outputs).
         ``warmup``: True runs one batch of every size 1..max_batch_size at ``start``; a list
-        names the sizes; False skips warm-up.
+        names the sizes; False skips warm-up. ``cache=(max_entries, max_bytes)`` turns on the
+        result cache for this version. Registering while the engine runs loads and warms the
+        version in the background; it serves once ready.
         """
+        self._register(name, model, inputs=inputs, outputs=outputs, batching=batching,
+                       instances=instances, version=version, warmup=warmup,
+                       warmup_inputs=warmup_inputs, warmup_repeats=warmup_repeats,
+                       platform=platform, cache=cache)
+        if self._state == "ready" and self._loop is not None:
+            entry = self._models[name]
+            self._spawn(self._bring_up(entry, entry.versions[version]))
+
+    def _register(
+        self,
+        name: str,
+        model: Callable[..., Any] | _core.Backend,
+        *,
+        inputs: Sequence[TensorSpec] | TensorSpec,
+        outputs: Sequence[TensorSpec] | TensorSpec | None,
+        batching: Batching | None,
+        instances: int,
+        version: int,
+        warmup: Sequence[int] | bool,
+        warmup_inputs: Callable[[int], list[np.ndarray | None]] | None,
+        warmup_repeats: int,
+        platform: str | None,
+        cache: tuple[int, int] | None,
+        notes: Sequence[str] = (),
+    ) -> _Version:
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"model name must be a non-empty string without '/', got {name!r}")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -417,14 +481,287 @@ class Engine:
         entry = self._models.get(name)
         if entry is not None and version in entry.versions:
             raise ValueError(f"model {name!r} version {version} is already registered")
+        result_cache = ResultCache(*cache) if cache is not None else None
         v = _Version(self, name, version, model, in_specs, out_specs, batching, instances,
-                     warmup, warmup_inputs, platform)
+                     warmup, warmup_inputs, platform, warmup_repeats, result_cache, notes)
         if entry is None:
             entry = self._models[name] = _Model(name)
         entry.versions[version] = v
-        if self._state == "ready" and self._loop is not None:
-            # Registered while running: it loads and warms beside what is serving now.
-            self._loop.create_task(self._bring_up(entry, v))
+        self._repo_failures.pop(name, None)
+        return v
+
+    # -- repository ---------------------------------------------------------------------------
+    @classmethod
+    def from_repository(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        watch: bool = False,
+        poll_interval: float = 5.0,
+        blas_threads: int | None = None,
+    ) -> Engine:
+        """An engine serving every model of a repository folder (``<model>/model.toml`` plus
+        numbered version folders). Models load and warm up at ``start``; one that fails is
+        reported by ``models()`` with its reason while the others serve. ``watch=True`` polls
+        the folder every ``poll_interval`` seconds and loads, swaps and unloads versions."""
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"model repository {str(root)!r} is not a folder")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        engine = cls(blas_threads=blas_threads)
+        engine._repo = root
+        engine._watch = watch
+        engine._poll_interval = float(poll_interval)
+        return engine
+
+    @property
+    def repository(self) -> Path | None:
+        """The repository folder this engine serves, if any."""
+        return self._repo
+
+    def _scan(self) -> Any:
+        from .repository import load_repository
+
+        assert self._repo is not None
+        return load_repository(self._repo, verify=False)
+
+    async def _load_repository(self) -> None:
+        assert self._loop is not None
+        scan = await self._loop.run_in_executor(None, self._scan)
+        for name, err in scan.errors.items():
+            self._repo_failures[name] = str(err)
+            log.error("model %s failed to load: %s", name, err)
+        for name in sorted(scan.configs):
+            await self._sync_model(scan.configs[name], None)
+
+    async def _sync_model(self, cfg: ModelConfig, only: int | None) -> list[str]:
+        """Loads the versions ``cfg`` wants (or just ``only``), makes the default serve, and
+        retires versions it no longer wants. Returns the failures."""
+        from .backends import load_version
+
+        assert self._loop is not None
+        loop = self._loop
+        entry = self._models.get(cfg.name)
+        wanted = set(cfg.versions_to_load) if only is None else {only}
+        failures: list[str] = []
+        for number in sorted(wanted):
+            if entry is not None and number in entry.versions and (
+                entry.versions[number].state in ("ready", "warming", "loading")
+            ):
+                continue
+            try:
+                loaded = await loop.run_in_executor(None, load_version, cfg, number)
+                v = self._register_loaded(cfg, loaded)
+            except Exception as exc:  # a broken version fails alone; the rest keeps serving
+                reason = str(exc)
+                failures.append(f"version {number}: {reason}")
+                self._note_failure(cfg, number, reason)
+                continue
+            entry = self._models[cfg.name]
+            await self._bring_up(entry, v, set_default=False)
+            if v.state == "failed":
+                failures.append(f"version {number}: {v.reason}")
+                self._note_failure(cfg, number, v.reason or "failed")
+                del entry.versions[number]
+                self._retired.append(v)
+        entry = self._models.get(cfg.name)
+        if entry is None:
+            self._repo_failures[cfg.name] = "; ".join(failures) or "no version could be loaded"
+            return failures
+        # Aliases and the default policy come from model.toml; moved aliases win at run time.
+        for alias, number in cfg.version_policy.aliases.items():
+            entry.aliases.setdefault(alias, number)
+        entry.default_policy = cfg.version_policy.default
+        self._swap_default(entry)
+        if only is None:
+            for number, v in list(entry.versions.items()):
+                if number not in wanted and v.state == "ready" and v is not entry.serving:
+                    self._spawn(self._retire(entry, v))
+        return failures
+
+    def _register_loaded(self, cfg: ModelConfig, loaded: Any) -> _Version:
+        from .checks import with_output_checks
+
+        fn = loaded.fn
+        in_names = [s.name for s in loaded.inputs]
+        if len(in_names) > 1:
+            raw = fn
+            fn = lambda batch, _raw=raw, _names=in_names: _raw(*[batch[n] for n in _names])  # noqa: E731
+        checks = cfg.output_checks
+        if checks.probabilities:
+            fn = with_output_checks(fn, loaded.outputs, probabilities=checks.probabilities,
+                                    tolerance=checks.probabilities_tolerance)
+        batching = Batching(**loaded.batching.as_kwargs())
+        cache = (cfg.cache.max_entries, cfg.cache.max_bytes) if cfg.cache.enabled else None
+        v = self._register(
+            cfg.name, fn, inputs=list(loaded.inputs), outputs=list(loaded.outputs),
+            batching=batching, instances=cfg.instances, version=loaded.version,
+            warmup=list(loaded.warmup_sizes(batching.max_batch_size)),
+            warmup_inputs=loaded.warmup_inputs, warmup_repeats=cfg.warmup.repeats,
+            platform=loaded.platform, cache=cache, notes=loaded.notes,
+        )
+        self._models[cfg.name].from_repository = True
+        return v
+
+    def _note_failure(self, cfg: ModelConfig, number: int, reason: str) -> None:
+        log.error("model %s version %s failed to load: %s", cfg.name, number, reason)
+        self._failed_marks[(cfg.name, number)] = self._fingerprint(cfg, number)
+        if cfg.name not in self._models or not self._models[cfg.name].versions:
+            self._repo_failures[cfg.name] = f"version {number}: {reason}"
+        else:
+            entry = self._models[cfg.name]
+            entry.failures[number] = reason
+
+    @staticmethod
+    def _fingerprint(cfg: ModelConfig, number: int) -> tuple[float, ...]:
+        marks = []
+        for p in (cfg.config_file, cfg.directory / str(number)):
+            try:
+                st = p.stat()
+                marks.append(st.st_mtime)
+            except OSError:
+                marks.append(-1.0)
+        try:
+            for child in (cfg.directory / str(number)).iterdir():
+                marks.append(child.stat().st_mtime)
+        except OSError:
+            pass
+        return tuple(marks)
+
+    async def load(self, name: str, version: int | None = None) -> ModelInfo:
+        """Loads (or reloads the wanted versions of) model ``name`` from the repository.
+
+        The new version is loaded and warmed beside the serving one and then becomes the
+        default in one step (when the policy says so); versions the model no longer wants
+        finish their accepted requests and are unloaded. If the new version fails to load or
+        warm up, the old one keeps serving and ``ModelError`` says why."""
+        from .repository import RepositoryError, check_model_name, load_model_config, model_directory
+
+        if self._repo is None:
+            raise ModelNotFound(f"engine has no repository to load {name!r} from")
+        if self._state != "ready":
+            raise EngineStopped(f"the engine is {self._state}; it cannot load models now")
+        assert self._loop is not None and self._load_lock is not None
+        try:
+            check_model_name(name)
+            directory = model_directory(self._repo, name)
+        except RepositoryError as exc:
+            raise ModelNotFound(f"no model {name!r} in the repository: {exc}") from None
+        if not (directory / "model.toml").is_file():
+            raise ModelNotFound(f"no model {name!r} in the repository {str(self._repo)!r}")
+        async with self._load_lock:
+            try:
+                cfg = await self._loop.run_in_executor(
+                    None, lambda: load_model_config(directory, root=self._repo, verify=False)
+                )
+            except RepositoryError as exc:
+                self._repo_failures[name] = str(exc)
+                raise ModelError(f"model {name!r} failed to load: {exc}") from None
+            if version is not None and version not in cfg.version_numbers:
+                raise ModelNotFound(
+                    f"model {name!r} has no version {version} in the repository "
+                    f"(versions {list(cfg.version_numbers)})"
+                )
+            failures = await self._sync_model(cfg, version)
+        if failures:
+            raise ModelError(f"model {name!r} failed to load: " + "; ".join(failures))
+        return self.model_info(name, version)
+
+    async def unload(self, name: str, version: int | None = None) -> None:
+        """Unloads one version (or every version) of ``name`` after it finishes what it
+        accepted. Requests then get ``ModelNotFound`` (or the next default version)."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"no model named {name!r} (models: {sorted(self._models)})")
+        if version is None:
+            targets = list(entry.versions.values())
+        else:
+            if version not in entry.versions:
+                raise ModelNotFound(
+                    f"model {name!r} has no version {version} (versions {sorted(entry.versions)})"
+                )
+            targets = [entry.versions[version]]
+        await asyncio.gather(*(self._retire(entry, v) for v in targets))
+        if not entry.versions:
+            del self._models[name]
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Every model of the repository (loaded or not) with its versions' states."""
+        out: list[dict[str, Any]] = []
+        names: set[str] = set(self._models) | set(self._repo_failures)
+        if self._repo is not None:
+            try:
+                names |= set(self._scan().models)
+            except Exception as exc:  # the index still lists what is loaded
+                log.warning("repository scan failed: %s", exc)
+        for name in sorted(names):
+            entry = self._models.get(name)
+            if entry is None:
+                reason = self._repo_failures.get(name)
+                out.append({"name": name, "version": "", "state": "UNAVAILABLE",
+                            "reason": reason or "not loaded"})
+                continue
+            for number in sorted(entry.versions):
+                v = entry.versions[number]
+                out.append({"name": name, "version": str(number), "state": v.state.upper(),
+                            "reason": v.reason or ""})
+            for number, reason in sorted(entry.failures.items()):
+                if number not in entry.versions:
+                    out.append({"name": name, "version": str(number), "state": "UNAVAILABLE",
+                                "reason": reason})
+        return out
+
+    # -- aliases and default version ----------------------------------------------------------
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Points ``alias`` (e.g. ``"stable"``) of model ``name`` at ``version`` (moves it if it
+        exists). Usable wherever a version is accepted."""
+        entry = self._entry(name)
+        if not isinstance(alias, str) or not alias or alias.isdigit() or alias == "latest":
+            raise ValueError(f"alias must be a non-numeric name other than 'latest', got {alias!r}")
+        if version not in entry.versions:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version} (versions {sorted(entry.versions)})"
+            )
+        entry.aliases[alias] = version
+        self._swap_default(entry)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """Removes an alias of model ``name``."""
+        entry = self._entry(name)
+        if entry.aliases.pop(alias, None) is None:
+            raise ModelNotFound(f"model {name!r} has no alias {alias!r}")
+        self._swap_default(entry)
+
+    def set_default(self, name: str, version: int | str) -> None:
+        """Which version answers requests naming none: a number, an alias (followed when it
+        moves) or ``"latest"`` (the highest ready version)."""
+        entry = self._entry(name)
+        if isinstance(version, int) and not isinstance(version, bool):
+            if version not in entry.versions:
+                raise ModelNotFound(
+                    f"model {name!r} has no version {version} (versions {sorted(entry.versions)})"
+                )
+        elif version != "latest" and version not in entry.aliases:
+            raise ModelNotFound(f"model {name!r} has no alias {version!r}")
+        entry.default_policy = version
+        self._swap_default(entry)
+
+    def _entry(self, name: str) -> _Model:
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"no model named {name!r} (models: {sorted(self._models)})")
+        return entry
+
+    def _swap_default(self, entry: _Model) -> None:
+        # One assignment on the loop thread: a request routes to the old or the new version,
+        # never to neither; the old one keeps answering what it accepted.
+        new = entry.pick_default()
+        if new is not entry.serving:
+            old = entry.serving
+            entry.serving = new
+            log.info("model %s now serves version %s (was %s)", entry.name,
+                     new.version if new else None, old.version if old else None)
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -435,30 +772,54 @@ class Engine:
     @property
     def ready(self) -> bool:
         """True when started, not draining, and every model has a ready default version."""
-        return self._state == "ready" and all(m.serving is not None for m in self._models.values())
+        return (
+            self._state == "ready"
+            and self._not_ready_reason is None
+            and not self._repo_failures
+            and all(m.serving is not None for m in self._models.values())
+        )
+
+    def mark_draining(self, reason: str = "shutting down") -> None:
+        """Turns readiness false (for load balancers) while requests are still accepted."""
+        self._not_ready_reason = reason
 
     async def start(self) -> None:
         """Starts the workers and warms every model up; models become ready one by one."""
         if self._state != "created":
             raise InferlineError(f"engine cannot start from state {self._state!r}")
         self._loop = asyncio.get_running_loop()
+        self._load_lock = asyncio.Lock()
         if self._blas_threads is not None:
             from threadpoolctl import threadpool_limits
 
             self._blas_limit = threadpool_limits(limits=self._blas_threads)
         self._loop.add_reader(self._core.fd, self._on_answers)
+        if trace_log.isEnabledFor(logging.DEBUG):
+            self._core.set_trace(_trace_request)
         self._state = "loading"
         failures = []
         for entry in list(self._models.values()):
             for v in list(entry.versions.values()):
+                if v.started:
+                    continue
                 await self._bring_up(entry, v)
                 if v.state == "failed":
                     failures.append(f"{entry.name} v{v.version}: {v.reason}")
+        if self._repo is not None:
+            await self._load_repository()
         self._state = "ready"
         if failures:
             log.error("models failed to start: %s", "; ".join(failures))
+        if self._watch:
+            self._watch_task = self._loop.create_task(self._watch_repository())
 
-    async def _bring_up(self, entry: _Model, v: _Version) -> None:
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _bring_up(self, entry: _Model, v: _Version, *, set_default: bool = True) -> None:
         assert self._loop is not None
         v.sched.start()
         v.started = True
@@ -473,18 +834,89 @@ class Engine:
             await self._loop.run_in_executor(None, v.sched.shutdown)
             return
         v.state = "ready"
-        entry.serving = entry.pick_default()
-        log.info("model %s version %s ready", v.name, v.version)
+        entry.failures.pop(v.version, None)
+        log.info("model %s version %s ready%s", v.name, v.version,
+                 f" ({'; '.join(v.notes)})" if v.notes else "")
+        if set_default:
+            self._swap_default(entry)
 
     async def _warm(self, v: _Version) -> None:
         assert self._loop is not None
         for b in v.warmup_sizes:
-            arrays: list[np.ndarray | None]
-            if v.warmup_inputs is not None:
-                arrays = list(v.warmup_inputs(b))
-            else:
-                arrays = [None] * len(v.inputs)
-            await self._loop.run_in_executor(None, v.sched.warmup, b, arrays)
+            for _ in range(v.warmup_repeats):
+                arrays: list[np.ndarray | None]
+                if v.warmup_inputs is not None:
+                    arrays = list(v.warmup_inputs(b))
+                else:
+                    arrays = [None] * len(v.inputs)
+                await self._loop.run_in_executor(None, v.sched.warmup, b, arrays)
+
+    async def _retire(self, entry: _Model, v: _Version, drain_timeout: float = 60.0) -> None:
+        """Takes a version out of service: no new requests, accepted ones finish, unload."""
+        if v.state in ("draining", "unloaded"):
+            return
+        assert self._loop is not None
+        v.state = "draining"
+        if entry.serving is v:
+            entry.serving = None
+            self._swap_default(entry)
+        v.sched.close()
+        if v.sched.in_flight:
+            v.drained = asyncio.Event()
+            self._retired.append(v)
+            try:
+                await asyncio.wait_for(v.drained.wait(), drain_timeout)
+            except TimeoutError:
+                log.warning("model %s version %s did not drain in %.0fs", v.name, v.version,
+                            drain_timeout)
+        await self._loop.run_in_executor(None, v.sched.shutdown)
+        self._core.drain()
+        v.state = "unloaded"
+        if v.cache is not None:
+            v.cache.clear()
+        if entry.versions.get(v.version) is v:
+            del entry.versions[v.version]
+        entry.aliases = {a: n for a, n in entry.aliases.items() if n in entry.versions}
+        if v in self._retired and v.sched.in_flight == 0:
+            self._retired.remove(v)
+        self._core.reap()
+        log.info("model %s version %s unloaded", v.name, v.version)
+
+    async def _watch_repository(self) -> None:
+        from .repository import load_repository
+
+        assert self._loop is not None and self._repo is not None and self._load_lock is not None
+        root = self._repo
+        while self._state == "ready":
+            await asyncio.sleep(self._poll_interval)
+            if self._state != "ready":
+                break
+            try:
+                scan = await self._loop.run_in_executor(None, lambda: load_repository(root, verify=False))
+            except Exception as exc:
+                log.warning("repository poll failed: %s", exc)
+                continue
+            async with self._load_lock:
+                for name, err in scan.errors.items():
+                    if name not in self._models:
+                        self._repo_failures[name] = str(err)
+                for name, cfg in sorted(scan.configs.items()):
+                    wanted = set(cfg.versions_to_load)
+                    entry = self._models.get(name)
+                    have = set(entry.versions) if entry else set()
+                    fresh = {
+                        n for n in wanted - have
+                        if self._failed_marks.get((name, n)) != self._fingerprint(cfg, n)
+                    }
+                    stale = have - wanted
+                    if fresh or stale or (entry and entry.default_policy != cfg.version_policy.default):
+                        try:
+                            await self._sync_model(cfg, None)
+                        except Exception:
+                            log.exception("model %s: repository sync failed", name)
+                for name in set(self._models) - set(scan.models):
+                    if self._models[name].from_repository:
+                        await self.unload(name)
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuses new work, lets accepted requests finish for up to ``drain_timeout`` seconds,
@@ -495,8 +927,9 @@ class Engine:
             return
         loop = asyncio.get_running_loop()
         self._state = "draining"
-        versions = [v for m in self._models.values() for v in m.versions.values()]
-        versions += self._retired
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        versions = self._all_versions()
         for v in versions:
             v.sched.close()
         self._drained = asyncio.Event()
@@ -509,29 +942,36 @@ class Engine:
         for v in versions:
             await loop.run_in_executor(None, v.sched.shutdown)
         self._core.drain()
+        for task in list(self._background):
+            task.cancel()
         if self._loop is not None:
             self._loop.remove_reader(self._core.fd)
+        self._core.set_trace(None)
         self._state = "stopped"
         self._core.reap()
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
 
+    def _all_versions(self) -> list[_Version]:
+        versions = [v for m in self._models.values() for v in m.versions.values()]
+        return versions + [v for v in self._retired if v not in versions]
+
     def _in_flight(self, versions: Iterable[_Version]) -> int:
         return sum(v.sched.in_flight for v in versions)
 
     def _shutdown_now(self) -> None:
-        for m in self._models.values():
-            for v in m.versions.values():
-                v.sched.shutdown()
-        for v in self._retired:
+        for v in self._all_versions():
             v.sched.shutdown()
 
     def _on_answers(self) -> None:
         self._core.drain()
+        if self._retired:
+            for v in self._retired:
+                if v.drained is not None and v.sched.in_flight == 0:
+                    v.drained.set()
         if self._drained is not None and not self._drained.is_set():
-            versions = [v for m in self._models.values() for v in m.versions.values()]
-            if self._in_flight(versions + self._retired) == 0:
+            if self._in_flight(self._all_versions()) == 0:
                 self._drained.set()
 
     async def __aenter__(self) -> Engine:
@@ -545,6 +985,9 @@ class Engine:
     def _route(self, name: str, version: int | str | None) -> _Version:
         entry = self._models.get(name)
         if entry is None:
+            reason = self._repo_failures.get(name)
+            if reason is not None:
+                raise ModelNotReady(f"model {name!r} failed to load: {reason}")
             raise ModelNotFound(f"no model named {name!r} (models: {sorted(self._models)})")
         v = entry.resolve(version)
         if v.state != "ready":
@@ -564,6 +1007,7 @@ class Engine:
         priority: int = 0,
         timeout: float | None = None,
         version: int | str | None = None,
+        _use_cache: bool = True,
     ) -> Any:
         """Runs one item through model ``name`` and returns its output.
 
@@ -574,6 +1018,8 @@ class Engine:
         Cancelling the await cancels the request in the core.
         """
         v = self._route(name, version)
+        if v.cache is not None and _use_cache:
+            return await self._infer_cached(v, x, priority, timeout)
         loop = self._loop
         assert loop is not None
         if priority.__class__ is not int or priority < 0:
@@ -605,6 +1051,20 @@ class Engine:
             raise
         finally:
             timer.cancel()
+
+    async def _infer_cached(self, v: _Version, x: Any, priority: int,
+                            timeout: float | None) -> Any:
+        assert v.cache is not None
+        x = v.convert(x, -1)
+        key = input_key(x)
+        hit = v.cache.get(key)
+        if hit is not None:
+            return hit
+        out = await self.infer(v.name, x, priority=priority, timeout=timeout, version=v.version,
+                               _use_cache=False)
+        if v.state == "ready":  # a version being swapped out keeps nothing
+            v.cache.put(key, out)
+        return out
 
     async def infer_batch(
         self,
@@ -698,6 +1158,20 @@ class Engine:
                 v = entry.versions[n]
                 out.append(v.info(sorted(entry.versions), entry.aliases, v is entry.serving))
         return out
+
+
+def _trace_request(model: str, request_id: int, outcome: str, t_enqueue: int, t_dispatch: int,
+                   t_start: int, t_end: int, t_answer: int, batch_size: int) -> None:
+    # Installed only when the "inferline.requests" logger is at DEBUG: one record per request
+    # with every stage's timestamp (monotonic ns) and the derived durations.
+    trace_log.debug(
+        "request model=%s id=%d outcome=%s batch=%d enqueue=%d batch_formed=%d compute_start=%d "
+        "compute_end=%d answered=%d queue_us=%.1f compute_us=%.1f total_us=%.1f",
+        model, request_id, outcome, batch_size, t_enqueue, t_dispatch, t_start, t_end, t_answer,
+        (t_dispatch - t_enqueue) / 1e3 if t_dispatch else 0.0,
+        (t_end - t_start) / 1e3 if t_end else 0.0, (t_answer - t_enqueue) / 1e3,
+        extra={"model": model, "request_id": request_id, "outcome": outcome},
+    )
 
 
 def _expire(fut: asyncio.Future[Any], v: _Version, handle: int, timeout: float) -> None:
