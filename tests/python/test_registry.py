@@ -1,0 +1,333 @@
+"""Registry and repository lifecycle: versions, aliases, load/unload, hot swap, bounds, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import resource
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inferline
+from inferline import Batching, TensorSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+X = [TensorSpec("x", "FP32", (4,))]
+Y = [TensorSpec("y", "FP32", (4,))]
+
+
+def load_example_builder() -> Any:
+    spec = importlib.util.spec_from_file_location("make_repository", ROOT / "examples" / "make_repository.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+PY_TOML = """backend = "python"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [4]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [4]
+[batching]
+max_batch_size = 8
+max_queue_delay_ms = 1.0
+[warmup]
+batch_sizes = [1, 8]
+[python]
+allow_code = true
+{extra}
+"""
+
+
+def write_python_model(repo: Path, name: str, version: int, factor: float, extra: str = "",
+                       body: str | None = None) -> None:
+    d = repo / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "model.toml").write_text(PY_TOML.format(extra=extra))
+    v = d / str(version)
+    v.mkdir(exist_ok=True)
+    code = body or (
+        "import numpy as np\n"
+        f"def predict(x):\n    return (x * {factor}).astype(np.float32)\n"
+    )
+    (v / "model.py").write_text(code)
+
+
+def item(value: float) -> np.ndarray:
+    return np.full(4, value, np.float32)
+
+
+@pytest.mark.asyncio
+async def test_versions_aliases_and_default_policy() -> None:
+    engine = inferline.Engine()
+    for n in (1, 2, 3):
+        engine.register("m", lambda b, n=n: b * n, inputs=X, outputs=Y, version=n, warmup=False)
+    async with engine:
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(3))  # latest
+        np.testing.assert_array_equal(await engine.infer("m", item(1), version=1), item(1))
+        np.testing.assert_array_equal(await engine.infer("m", item(1), version="2"), item(2))
+        engine.set_alias("m", "stable", 1)
+        engine.set_alias("m", "canary", 3)
+        np.testing.assert_array_equal(await engine.infer("m", item(1), version="stable"), item(1))
+        engine.set_alias("m", "stable", 2)  # moved at run time
+        np.testing.assert_array_equal(await engine.infer("m", item(1), version="stable"), item(2))
+        engine.set_default("m", "stable")
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(2))
+        engine.set_alias("m", "stable", 1)  # the default follows its alias
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(1))
+        engine.set_default("m", "latest")
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(3))
+        infos = {i.version: i for i in engine.models()}
+        assert infos[1].aliases == {"stable": 1} and infos[3].aliases == {"canary": 3}
+        assert infos[3].default and not infos[1].default
+        assert all(i.state == "ready" for i in infos.values())
+        with pytest.raises(inferline.ModelNotFound, match="no version or alias 'beta'"):
+            await engine.infer("m", item(1), version="beta")
+        with pytest.raises(inferline.ModelNotFound, match="has no version 7"):
+            await engine.infer("m", item(1), version=7)
+        with pytest.raises(inferline.ModelNotFound, match="has no version 9"):
+            engine.set_alias("m", "x", 9)
+        with pytest.raises(ValueError, match="alias must be a non-numeric name"):
+            engine.set_alias("m", "12", 1)
+        engine.remove_alias("m", "canary")
+        with pytest.raises(inferline.ModelNotFound, match="no alias 'canary'"):
+            engine.remove_alias("m", "canary")
+        await engine.unload("m", 3)
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(2))
+        assert sorted(i.version for i in engine.models()) == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_repository_loads_and_isolates_failures(tmp_path: Path) -> None:
+    repo = load_example_builder().build_repository(tmp_path / "repo")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "model.toml").write_text('backend = "onnx"\n[batching]\nmax_batch_size = -3\n')
+    # A checksum mismatch fails that model only.
+    bad = repo / "badsum"
+    shutil.copytree(repo / "scaler", bad)
+    (bad / "1" / "model.py").write_text((bad / "1" / "model.py").read_text() + "\n# changed\n")
+    engine = inferline.Engine.from_repository(repo)
+    async with engine:
+        names = {i.name for i in engine.models() if i.state == "ready"}
+        assert {"classifier", "classifier_fixed", "scaler"} <= names
+        index = {(r["name"], r["version"]): r for r in engine.repository_index()}
+        assert index[("broken", "")]["state"] == "UNAVAILABLE"
+        assert "batching.max_batch_size" in index[("broken", "")]["reason"]
+        assert "sha256" in index[("badsum", "")]["reason"]
+        with pytest.raises(inferline.ModelNotReady, match="batching.max_batch_size: expected"):
+            await engine.infer("broken", item(1))
+        with pytest.raises(inferline.ModelNotReady, match="sha256"):
+            await engine.infer("badsum", np.zeros(8, np.float32))
+        y = await engine.infer("scaler", np.ones(8, np.float32))
+        np.testing.assert_allclose(y, np.full(8, 3.0, np.float32))
+        probs = await engine.infer("classifier", np.zeros(16, np.float32))
+        assert probs.shape == (4,) and abs(float(probs.sum()) - 1) < 1e-4
+        fixed = engine.model_info("classifier_fixed")
+        assert fixed.max_batch_size == 1 and any("fixed batch" in n for n in fixed.notes)
+        assert not engine.ready  # a model failed: readiness says so
+
+
+@pytest.mark.asyncio
+async def test_hot_swap_under_load_fails_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", 1, 1.0)
+    engine = inferline.Engine.from_repository(repo)
+    answers: list[float] = []
+    failures: list[BaseException] = []
+    swapped_at: list[int] = []
+    stop = asyncio.Event()
+
+    async def client(k: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 5000:
+            try:
+                y = await engine.infer("m", item(1.0))
+                answers.append(float(y[0]))
+            except Exception as exc:  # any failure breaks the swap's promise
+                failures.append(exc)
+            i += 1
+
+    async with engine:
+        clients = [asyncio.ensure_future(client(k)) for k in range(16)]
+        await asyncio.sleep(0.2)
+        write_python_model(repo, "m", 2, 2.0)
+        info = await engine.load("m")
+        swapped_at.append(len(answers))
+        assert info.version == 2 and info.state == "ready"
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*clients)
+        after = await asyncio.gather(*(engine.infer("m", item(1.0)) for _ in range(50)))
+        for _ in range(100):  # the old version drains, then unloads
+            if [i.version for i in engine.models()] == [2]:
+                break
+            await asyncio.sleep(0.02)
+        versions = [i.version for i in engine.models()]
+    assert not failures
+    assert set(answers) <= {1.0, 2.0}
+    assert 1.0 in answers and 2.0 in answers
+    # Requests sent after the swap completed answer from the new version only.
+    assert set(answers[swapped_at[0] + 16:]) == {2.0}
+    assert all(float(y[0]) == 2.0 for y in after)
+    assert versions == [2]
+
+
+@pytest.mark.asyncio
+async def test_failed_new_version_rolls_back(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", 1, 1.0)
+    async with inferline.Engine.from_repository(repo) as engine:
+        write_python_model(repo, "m", 2, 0, body="def predict(x):\n    raise RuntimeError('bad weights')\n")
+        with pytest.raises(inferline.ModelError, match="version 2: warm-up failed: .*bad weights"):
+            await engine.load("m")
+        np.testing.assert_array_equal(await engine.infer("m", item(2)), item(2))
+        assert engine.model_info("m").version == 1
+        index = {(r["name"], r["version"]): r for r in engine.repository_index()}
+        assert index[("m", "2")]["state"] == "UNAVAILABLE"
+        assert "bad weights" in index[("m", "2")]["reason"]
+        with pytest.raises(inferline.ModelNotFound, match="no model 'nope'"):
+            await engine.load("nope")
+        with pytest.raises(inferline.ModelNotFound, match="no model '../m'"):
+            await engine.load("../m")
+
+
+@pytest.mark.asyncio
+async def test_watch_picks_up_new_versions_and_removed_models(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", 1, 1.0)
+    write_python_model(repo, "gone", 1, 1.0)
+    engine = inferline.Engine.from_repository(repo, watch=True, poll_interval=0.05)
+    async with engine:
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(1))
+        write_python_model(repo, "m", 2, 3.0)
+        shutil.rmtree(repo / "gone")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            names = {(i.name, i.version) for i in engine.models()}
+            if names == {("m", 2)}:
+                break
+            await asyncio.sleep(0.05)
+        np.testing.assert_array_equal(await engine.infer("m", item(1)), item(3))
+        with pytest.raises(inferline.ModelNotFound):
+            await engine.infer("gone", item(1))
+
+
+@pytest.mark.asyncio
+async def test_flood_keeps_memory_bounded_and_answers_everything() -> None:
+    dim = 16384  # 64 KiB items
+    gate = threading.Event()
+
+    def slow(b: np.ndarray) -> np.ndarray:
+        gate.wait(0.02)
+        return b[:, :1].copy()
+
+    engine = inferline.Engine()
+    engine.register(
+        "slow", slow, inputs=[TensorSpec("x", "FP32", (dim,))],
+        outputs=[TensorSpec("y", "FP32", (1,))],
+        batching=Batching(max_batch_size=8, max_queue_size=10_000,
+                          max_queue_bytes=64 * 65536),  # 64 items of 64 KiB
+        warmup=False,
+    )
+    x = np.ones(dim, np.float32)
+    async with engine:
+        await engine.infer("slow", x)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        results: list[Any] = []
+        for _wave in range(5):
+            results += await asyncio.gather(
+                *(engine.infer("slow", x) for _ in range(640)), return_exceptions=True
+            )
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        stats = engine.stats("slow")
+    ok = [r for r in results if isinstance(r, np.ndarray)]
+    full = [r for r in results if isinstance(r, inferline.QueueFullError)]
+    assert len(ok) + len(full) == len(results) == 3200
+    assert ok and full
+    assert "queue is full (64 requests waiting)" in str(full[0])
+    assert stats["in_flight"] == 0
+    # 3200 items of 64 KiB would be 200 MiB if the queue were unbounded.
+    assert (rss_after - rss_before) * 1024 < 100 * 1024 * 1024
+
+
+def test_max_item_bytes_refuses_at_registration() -> None:
+    engine = inferline.Engine()
+    with pytest.raises(ValueError, match="one item is 16 bytes, more than Batching.max_item_bytes=8"):
+        engine.register("m", lambda b: b, inputs=X, batching=Batching(max_item_bytes=8))
+
+
+@pytest.mark.asyncio
+async def test_result_cache_hits_and_never_serves_an_old_version(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", 1, 1.0, extra="[cache]\nmax_entries = 4\nmax_bytes = 4096\n")
+    calls_before = 0
+    async with inferline.Engine.from_repository(repo) as engine:
+        v1 = engine._models["m"].versions[1]
+        assert v1.cache is not None
+        calls_before = engine.stats("m")["items_computed"]
+        a = await engine.infer("m", item(5))
+        b = await engine.infer("m", item(5))
+        b[0] = 99  # a caller mutating its answer cannot poison the cache
+        c = await engine.infer("m", item(5))
+        np.testing.assert_array_equal(a, item(5))
+        np.testing.assert_array_equal(c, item(5))
+        assert engine.stats("m")["items_computed"] - calls_before == 1
+        assert v1.cache.hits == 2 and v1.cache.misses == 1
+        for i in range(10):  # bounded by entries
+            await engine.infer("m", item(100 + i))
+        assert len(v1.cache) <= 4
+        write_python_model(repo, "m", 2, 10.0, extra="[cache]\nmax_entries = 4\nmax_bytes = 4096\n")
+        await engine.load("m")
+        np.testing.assert_array_equal(await engine.infer("m", item(5)), item(50))
+
+
+@pytest.mark.asyncio
+async def test_probability_output_check_names_the_check(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(
+        repo, "p", 1, 0,
+        extra="[output_checks]\nprobabilities = [\"y\"]\nprobabilities_tolerance = 1e-3\n",
+        body="import numpy as np\ndef predict(x):\n    return np.full_like(x, 0.25)\n",
+    )
+    async with inferline.Engine.from_repository(repo) as engine:
+        y = await engine.infer("p", item(0))
+        np.testing.assert_allclose(y.sum(), 1.0)
+    write_python_model(
+        repo, "p", 1, 0,
+        extra="[output_checks]\nprobabilities = [\"y\"]\n",
+        body="import numpy as np\ndef predict(x):\n    out = np.full_like(x, 0.25)\n"
+             "    out[x[:, 0] > 1] = 0.5\n    return out\n",
+    )
+    async with inferline.Engine.from_repository(repo) as engine:
+        with pytest.raises(inferline.ModelError,
+                           match=r"output check 'probabilities' failed: output 'y' row 0 sums to 2"):
+            await engine.infer("p", item(5))
+        np.testing.assert_allclose(await engine.infer("p", item(0)), np.full(4, 0.25))
+
+
+@pytest.mark.asyncio
+async def test_request_trace_logs_stage_timestamps(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="inferline.requests")
+    engine = inferline.Engine()
+    engine.register("m", lambda b: b, inputs=X, outputs=Y, warmup=False)
+    async with engine:
+        await asyncio.gather(*(engine.infer("m", item(i)) for i in range(3)))
+    records = [r for r in caplog.records if r.name == "inferline.requests"]
+    assert len(records) == 3
+    msg = records[0].getMessage()
+    for field in ("model=m", "outcome=success", "enqueue=", "batch_formed=", "compute_start=",
+                  "compute_end=", "answered="):
+        assert field in msg
+    assert {r.request_id for r in records} == {1, 2, 3}  # type: ignore[attr-defined]
