@@ -93,6 +93,7 @@ error_types& errors() {
 struct names {
   py::str done{"done"}, cancelled{"cancelled"}, set_result{"set_result"},
       set_exception{"set_exception"};
+  py::object invalid_state = py::module_::import("asyncio").attr("InvalidStateError");
 };
 names& method_names() {
   static names* n = new names();
@@ -464,12 +465,29 @@ class py_scheduler {
   std::unique_ptr<model_scheduler> sched_;
 };
 
+// After a failed set_result/set_exception: a future that was already done (the caller's
+// timeout or cancellation answered first) decides the outcome counted; anything else (a closed
+// loop) is reported as unraisable and the request still finishes.
+outcome already_answered(py::handle fut, outcome fallback) {
+  if (!PyErr_ExceptionMatches(method_names().invalid_state.ptr())) {
+    PyErr_WriteUnraisable(fut.ptr());
+    return fallback;
+  }
+  PyErr_Clear();
+  PyObject* c = PyObject_CallMethodNoArgs(fut.ptr(), method_names().cancelled.ptr());
+  const bool cancelled = c == Py_True;
+  if (c == nullptr) PyErr_Clear();
+  Py_XDECREF(c);
+  return cancelled ? outcome::cancelled : outcome::deadline_exceeded;
+}
+
 // The drain: answer every request the workers finished, in one call on the loop thread.
 std::size_t py_core::drain() {
   request* r = queue_.take_all();
   std::size_t n = 0;
   const names& nm = method_names();
   const error_types& et = errors();
+  (void)nm.done;
   while (r != nullptr) {
     request* next = r->next;
     auto* owner_sched = r->owner;
@@ -478,31 +496,37 @@ std::size_t py_core::drain() {
     outcome counted = r->result_outcome;
     // The core keeps the owning py_scheduler alive until all its answers are drained.
     auto* ps = static_cast<py_scheduler*>(owner_sched->config().user);
-    try {
-      py::object done = fut.attr(nm.done)();
-      if (done.ptr() == Py_True) {
-        // The caller's own timeout or cancellation answered first.
-        counted = fut.attr(nm.cancelled)().ptr() == Py_True ? outcome::cancelled
-                                                          : outcome::deadline_exceeded;
-      } else if (r->result_outcome == outcome::success) {
-        py::object value = ps ? ps->take_result(r) : py::none();
-        fut.attr(nm.set_result)(value);
+    if (r->result_outcome == outcome::success) {
+      // The common case costs one C-level method call; a future the caller already finished
+      // (its own timeout or cancellation) answers InvalidStateError, handled below.
+      PyObject* value = ps ? ps->take_result(r).release().ptr() : Py_NewRef(Py_None);
+      PyObject* res = PyObject_CallMethodOneArg(fut.ptr(), nm.set_result.ptr(), value);
+      Py_DECREF(value);
+      if (res != nullptr) {
+        Py_DECREF(res);
       } else {
-        const py::object* type = &et.model_error;
-        std::string prefix = "model '" + (ps ? ps->name() : std::string("?")) + "'";
-        switch (r->result_outcome) {
-          case outcome::deadline_exceeded: type = &et.deadline; break;
-          case outcome::cancelled: type = &et.cancelled; break;
-          case outcome::engine_stopped: type = &et.stopped; break;
-          case outcome::model_error: prefix += " failed"; break;
-          default: break;
-        }
-        const std::string msg = prefix + ": " + (r->error ? *r->error : std::string("error"));
-        fut.attr(nm.set_exception)((*type)(msg));
+        counted = already_answered(fut, counted);
       }
-    } catch (py::error_already_set& e) {
-      // A future of a closed loop cannot be answered; the request still finishes.
-      e.discard_as_unraisable("inferline: answering a request");
+    } else {
+      const py::object* type = &et.model_error;
+      std::string prefix = "model '" + (ps ? ps->name() : std::string("?")) + "'";
+      switch (r->result_outcome) {
+        case outcome::deadline_exceeded: type = &et.deadline; break;
+        case outcome::cancelled: type = &et.cancelled; break;
+        case outcome::engine_stopped: type = &et.stopped; break;
+        case outcome::model_error: prefix += " failed"; break;
+        default: break;
+      }
+      const std::string msg = prefix + ": " + (r->error ? *r->error : std::string("error"));
+      PyObject* exc = PyObject_CallOneArg(type->ptr(), py::str(msg).ptr());
+      PyObject* res =
+          exc ? PyObject_CallMethodOneArg(fut.ptr(), nm.set_exception.ptr(), exc) : nullptr;
+      Py_XDECREF(exc);
+      if (res != nullptr) {
+        Py_DECREF(res);
+      } else {
+        counted = already_answered(fut, counted);
+      }
     }
     if (trace_ && !trace_.is_none()) {
       try {
