@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import sys
@@ -23,15 +24,16 @@ import time
 if __name__ == "__main__":
     # BLAS's own thread pool spins on the cores the event loop and the workers need; both
     # contenders run with the same setting (before numpy loads). --blas-threads changes it.
-    _threads = sys.argv[sys.argv.index("--blas-threads") + 1] if "--blas-threads" in sys.argv else "1"
+    _threads = (
+        sys.argv[sys.argv.index("--blas-threads") + 1] if "--blas-threads" in sys.argv else "1"
+    )
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = _threads
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
-
 import inferline
+import numpy as np
 
 DIM = 128
 
@@ -49,8 +51,9 @@ def make_model() -> Callable[[np.ndarray], np.ndarray]:
 class AsyncioBatcher:
     """The baseline: a pure-asyncio dynamic batcher with the model in a thread executor."""
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
-                 max_queue_delay_ms: float) -> None:
+    def __init__(
+        self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_queue_delay_ms: float
+    ) -> None:
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.delay = max_queue_delay_ms / 1000.0
@@ -106,8 +109,12 @@ class AsyncioBatcher:
                     fut.set_result(out[i])
 
 
-async def drive(infer: Callable[[np.ndarray], Awaitable[Any]], concurrency: int,
-                seconds: float, max_requests: int) -> dict[str, float]:
+async def drive(
+    infer: Callable[[np.ndarray], Awaitable[Any]],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+) -> dict[str, float]:
     """Runs `concurrency` closed-loop clients for `seconds`; returns rps, p50, p99 (ms)."""
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal(DIM).astype(np.float32) for _ in range(64)]
@@ -128,11 +135,17 @@ async def drive(infer: Callable[[np.ndarray], Awaitable[Any]], concurrency: int,
     await asyncio.gather(*(client(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - t0
     latencies.sort()
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [
-        latencies[0]
-    ] * 99
-    return {"rps": len(latencies) / elapsed, "p50": q[49] * 1e3, "p99": q[98] * 1e3,
-            "n": float(len(latencies))}
+    q = (
+        statistics.quantiles(latencies, n=100, method="inclusive")
+        if len(latencies) > 1
+        else [latencies[0]] * 99
+    )
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": q[49] * 1e3,
+        "p99": q[98] * 1e3,
+        "n": float(len(latencies)),
+    }
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -141,39 +154,51 @@ async def run(args: argparse.Namespace) -> None:
     for c in args.concurrency:
         engine = inferline.Engine()
         engine.register(
-            "mlp", fn,
+            "mlp",
+            fn,
             inputs=[inferline.TensorSpec("x", "FP32", (DIM,))],
             outputs=[inferline.TensorSpec("y", "FP32", (DIM,))],
-            batching=inferline.Batching(max_batch_size=args.max_batch_size,
-                                        max_queue_delay_ms=args.max_queue_delay_ms,
-                                        max_queue_size=4096,
-                                        idle_spin_us=args.idle_spin_us),
+            batching=inferline.Batching(
+                max_batch_size=args.max_batch_size,
+                max_queue_delay_ms=args.max_queue_delay_ms,
+                max_queue_size=4096,
+                idle_spin_us=args.idle_spin_us,
+            ),
             instances=args.instances,
         )
         base = AsyncioBatcher(fn, args.max_batch_size, args.max_queue_delay_ms)
         await engine.start()
         await base.start()
         # Short warm runs, then alternate the two so drift on a shared machine hits both.
-        await drive(lambda x: engine.infer("mlp", x), c, 0.3, 10**9)
+        infer = functools.partial(engine.infer, "mlp")
+        await drive(infer, c, 0.3, 10**9)
         await drive(base.infer, c, 0.3, 10**9)
-        res_i = await drive(lambda x: engine.infer("mlp", x), c, args.seconds, 10**9)
+        res_i = await drive(infer, c, args.seconds, 10**9)
         res_b = await drive(base.infer, c, args.seconds, 10**9)
         stats = engine.stats("mlp")
         await engine.stop()
         await base.stop()
         rows.append((c, res_i, res_b, stats["batch_size"]["mean"]))
 
-    print(f"model: {DIM}x{DIM} float32 matmul+relu, max_batch_size={args.max_batch_size}, "
-          f"max_queue_delay={args.max_queue_delay_ms}ms, loop={args.loop}, "
-          f"BLAS threads={os.environ.get('OPENBLAS_NUM_THREADS')}, instances={args.instances}")
-    print(f"{'conc':>5} | {'inferline rps':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} | "
-          f"{'asyncio rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9}")
+    print(
+        f"model: {DIM}x{DIM} float32 matmul+relu, max_batch_size={args.max_batch_size}, "
+        f"max_queue_delay={args.max_queue_delay_ms}ms, loop={args.loop}, "
+        f"BLAS threads={os.environ.get('OPENBLAS_NUM_THREADS')}, instances={args.instances}"
+    )
+    print(
+        f"{'conc':>5} | {'inferline rps':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} | "
+        f"{'asyncio rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9}"
+    )
     for c, a, b, mean_batch in rows:
-        print(f"{c:>5} | {a['rps']:>13,.0f} {a['p50']:>7.3f} {a['p99']:>7.3f} {mean_batch:>6.1f} | "
-              f"{b['rps']:>11,.0f} {b['p50']:>7.3f} {b['p99']:>7.3f} | "
-              f"{a['rps'] / b['rps']:>8.2f}x {a['p99'] / b['p99']:>8.2f}x")
-    print("rps ratio = inferline / asyncio baseline (higher is better); "
-          "p99 ratio = inferline / baseline (lower is better)")
+        print(
+            f"{c:>5} | {a['rps']:>13,.0f} {a['p50']:>7.3f} {a['p99']:>7.3f} {mean_batch:>6.1f} | "
+            f"{b['rps']:>11,.0f} {b['p50']:>7.3f} {b['p99']:>7.3f} | "
+            f"{a['rps'] / b['rps']:>8.2f}x {a['p99'] / b['p99']:>8.2f}x"
+        )
+    print(
+        "rps ratio = inferline / asyncio baseline (higher is better); "
+        "p99 ratio = inferline / baseline (lower is better)"
+    )
 
 
 def main() -> None:

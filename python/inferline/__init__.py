@@ -6,7 +6,7 @@ GIL and off the event loop; ``batch`` turns a batch function into an awaitable p
 
 from __future__ import annotations
 
-from . import _core
+from . import _core as _core
 from .batch import batch
 from .engine import Batching, Engine, ModelInfo
 from .errors import (

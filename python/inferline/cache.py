@@ -70,7 +70,9 @@ class ResultCache:
 
     def put(self, key: Any, value: Any) -> None:
         """Stores a copy of ``value``; evicts the least recently used entries over a bound."""
-        size = _nbytes(value) + (len(key) if isinstance(key, bytes) else sum(len(b) for _, b in key))
+        size = _nbytes(value) + (
+            len(key) if isinstance(key, bytes) else sum(len(b) for _, b in key)
+        )
         if size > self.max_bytes:
             return
         with self._lock:
@@ -97,5 +99,10 @@ class ResultCache:
         return self._bytes
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "entries": len(self._items),
-                "bytes": self._bytes, "evictions": self.evictions}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "entries": len(self._items),
+            "bytes": self._bytes,
+            "evictions": self.evictions,
+        }

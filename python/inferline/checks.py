@@ -48,9 +48,9 @@ def with_output_checks(
         out = fn(batch)
         arrays = as_dict(out)
         if finite:
-            for name, a in arrays.items():
-                if a.dtype.kind == "f" and not np.isfinite(a).all():
-                    row = int(np.argwhere(~np.isfinite(a))[0][0])
+            for name, values in arrays.items():
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    row = int(np.argwhere(~np.isfinite(values))[0][0])
                     raise OutputCheckError(
                         f"output check 'finite' failed: output {name!r} has NaN or Inf in row {row}"
                     )

@@ -22,7 +22,8 @@ def _demo_model(dim: int) -> Any:
     w2 = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
 
     def mlp(batch: np.ndarray) -> np.ndarray:
-        return np.maximum(np.maximum(batch @ w1, 0) @ w2, 0)
+        out: np.ndarray = np.maximum(np.maximum(batch @ w1, 0) @ w2, 0)
+        return out
 
     return mlp
 
@@ -52,8 +53,10 @@ async def _demo(args: argparse.Namespace) -> int:
         f"max_queue_delay={args.max_queue_delay_ms}ms, {args.seconds:g}s"
     )
     info = inferline.build_info()
-    print(f"native core: {info['compiler']}, CUDA compiled: {info['cuda_compiled']}, "
-          f"CUDA devices: {info['cuda_device_count']}")
+    print(
+        f"native core: {info['compiler']}, CUDA compiled: {info['cuda_compiled']}, "
+        f"CUDA devices: {info['cuda_device_count']}"
+    )
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal(dim).astype(np.float32) for _ in range(256)]
     reference = _demo_model(dim)
@@ -128,15 +131,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _default_repository() -> str:
     here = Path(__file__).resolve()
-    for candidate in (here.parent / "examples" / "repository",
-                      here.parents[2] / "examples" / "repository"):
+    for candidate in (
+        here.parent / "examples" / "repository",
+        here.parents[2] / "examples" / "repository",
+    ):
         if candidate.is_dir():
             return str(candidate)
     return "examples/repository"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="inferline", description="Serve AI models with a native batching core.")
+    parser = argparse.ArgumentParser(
+        prog="inferline", description="Serve AI models with a native batching core."
+    )
     parser.add_argument("--log-level", default=os.environ.get("INFERLINE_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -148,12 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--instances", type=int, default=1)
     demo.add_argument("--dim", type=int, default=128)
     demo.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    demo.add_argument("--blas-threads", type=int, default=1,
-                      help="BLAS threads while serving (default 1: batching feeds BLAS already)")
+    demo.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="BLAS threads while serving (default 1: batching feeds BLAS already)",
+    )
 
-    serve = sub.add_parser("serve", help="serve a model repository over HTTP (Open Inference Protocol v2)")
-    serve.add_argument("repository", nargs="?", default=None,
-                       help="model repository folder (default: the bundled example repository)")
+    serve = sub.add_parser(
+        "serve", help="serve a model repository over HTTP (Open Inference Protocol v2)"
+    )
+    serve.add_argument(
+        "repository",
+        nargs="?",
+        default=None,
+        help="model repository folder (default: the bundled example repository)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--watch", action="store_true", help="poll the repository for new versions")
@@ -162,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--drain-timeout", type=float, default=30.0)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "demo":
         if args.concurrency < 1 or args.seconds <= 0:
             parser.error("--concurrency must be >= 1 and --seconds > 0")

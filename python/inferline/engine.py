@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _core
+from .cache import ResultCache, input_key
 from .errors import (
     DeadlineExceeded,
     EngineStopped,
@@ -34,7 +35,6 @@ from .errors import (
     ModelNotReady,
     QueueFullError,
 )
-from .cache import ResultCache, input_key
 from .types import TensorSpec
 
 if TYPE_CHECKING:
@@ -188,7 +188,9 @@ class _Version:
         queue_size = batching.max_queue_size
         if batching.max_queue_bytes is not None:
             # Items have a fixed size, so a byte bound is a count bound.
-            queue_size = min(queue_size, max(1, batching.max_queue_bytes // max(1, self.item_nbytes)))
+            queue_size = min(
+                queue_size, max(1, batching.max_queue_bytes // max(1, self.item_nbytes))
+            )
         self.queue_size = queue_size
         if warmup is True:
             self.warmup_sizes = list(range(1, batching.max_batch_size + 1))
@@ -282,8 +284,9 @@ class _Version:
             arr = arr.astype(spec.dtype)
         if arr.shape != spec.shape:
             hint = ""
-            if arr.shape == (1, *spec.shape) or (arr.ndim == len(spec.shape) + 1 and
-                                                 arr.shape[1:] == spec.shape):
+            if arr.shape == (1, *spec.shape) or (
+                arr.ndim == len(spec.shape) + 1 and arr.shape[1:] == spec.shape
+            ):
                 hint = " (infer takes one item without the batch dimension; use infer_batch)"
             raise InvalidInput(
                 f"{where} has shape {arr.shape}; expected {spec.shape} per item{hint}"
@@ -327,7 +330,9 @@ class _Model:
             v = self.serving
             if v is None:
                 states = {n: x.state for n, x in self.versions.items()}
-                raise ModelNotReady(f"model {self.name!r} has no ready version (versions: {states})")
+                raise ModelNotReady(
+                    f"model {self.name!r} has no ready version (versions: {states})"
+                )
             return v
         number: int | None
         if isinstance(version, int) and not isinstance(version, bool):
@@ -438,10 +443,20 @@ class Engine:
         result cache for this version. Registering while the engine runs loads and warms the
         version in the background; it serves once ready.
         """
-        self._register(name, model, inputs=inputs, outputs=outputs, batching=batching,
-                       instances=instances, version=version, warmup=warmup,
-                       warmup_inputs=warmup_inputs, warmup_repeats=warmup_repeats,
-                       platform=platform, cache=cache)
+        self._register(
+            name,
+            model,
+            inputs=inputs,
+            outputs=outputs,
+            batching=batching,
+            instances=instances,
+            version=version,
+            warmup=warmup,
+            warmup_inputs=warmup_inputs,
+            warmup_repeats=warmup_repeats,
+            platform=platform,
+            cache=cache,
+        )
         if self._state == "ready" and self._loop is not None:
             entry = self._models[name]
             self._spawn(self._bring_up(entry, entry.versions[version]))
@@ -467,10 +482,16 @@ class Engine:
             raise ValueError(f"model name must be a non-empty string without '/', got {name!r}")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError(f"version must be a positive int, got {version!r}")
-        if not isinstance(instances, int) or isinstance(instances, bool) or not 1 <= instances <= 256:
+        if (
+            not isinstance(instances, int)
+            or isinstance(instances, bool)
+            or not 1 <= instances <= 256
+        ):
             raise ValueError(f"instances must be an int in 1..256, got {instances!r}")
         if not (callable(model) or isinstance(model, _core.Backend)):
-            raise TypeError(f"model must be callable or a native Backend, got {type(model).__name__}")
+            raise TypeError(
+                f"model must be callable or a native Backend, got {type(model).__name__}"
+            )
         if self._state in ("draining", "stopped"):
             raise EngineStopped("the engine is stopping; it takes no new models")
         batching = batching or Batching()
@@ -482,8 +503,22 @@ class Engine:
         if entry is not None and version in entry.versions:
             raise ValueError(f"model {name!r} version {version} is already registered")
         result_cache = ResultCache(*cache) if cache is not None else None
-        v = _Version(self, name, version, model, in_specs, out_specs, batching, instances,
-                     warmup, warmup_inputs, platform, warmup_repeats, result_cache, notes)
+        v = _Version(
+            self,
+            name,
+            version,
+            model,
+            in_specs,
+            out_specs,
+            batching,
+            instances,
+            warmup,
+            warmup_inputs,
+            platform,
+            warmup_repeats,
+            result_cache,
+            notes,
+        )
         if entry is None:
             entry = self._models[name] = _Model(name)
         entry.versions[version] = v
@@ -546,8 +581,10 @@ class Engine:
         wanted = set(cfg.versions_to_load) if only is None else {only}
         failures: list[str] = []
         for number in sorted(wanted):
-            if entry is not None and number in entry.versions and (
-                entry.versions[number].state in ("ready", "warming", "loading")
+            if (
+                entry is not None
+                and number in entry.versions
+                and (entry.versions[number].state in ("ready", "warming", "loading"))
             ):
                 continue
             try:
@@ -590,16 +627,28 @@ class Engine:
             fn = lambda batch, _raw=raw, _names=in_names: _raw(*[batch[n] for n in _names])  # noqa: E731
         checks = cfg.output_checks
         if checks.probabilities:
-            fn = with_output_checks(fn, loaded.outputs, probabilities=checks.probabilities,
-                                    tolerance=checks.probabilities_tolerance)
+            fn = with_output_checks(
+                fn,
+                loaded.outputs,
+                probabilities=checks.probabilities,
+                tolerance=checks.probabilities_tolerance,
+            )
         batching = Batching(**loaded.batching.as_kwargs())
         cache = (cfg.cache.max_entries, cfg.cache.max_bytes) if cfg.cache.enabled else None
         v = self._register(
-            cfg.name, fn, inputs=list(loaded.inputs), outputs=list(loaded.outputs),
-            batching=batching, instances=cfg.instances, version=loaded.version,
+            cfg.name,
+            fn,
+            inputs=list(loaded.inputs),
+            outputs=list(loaded.outputs),
+            batching=batching,
+            instances=cfg.instances,
+            version=loaded.version,
             warmup=list(loaded.warmup_sizes(batching.max_batch_size)),
-            warmup_inputs=loaded.warmup_inputs, warmup_repeats=cfg.warmup.repeats,
-            platform=loaded.platform, cache=cache, notes=loaded.notes,
+            warmup_inputs=loaded.warmup_inputs,
+            warmup_repeats=cfg.warmup.repeats,
+            platform=loaded.platform,
+            cache=cache,
+            notes=loaded.notes,
         )
         self._models[cfg.name].from_repository = True
         return v
@@ -636,7 +685,12 @@ class Engine:
         default in one step (when the policy says so); versions the model no longer wants
         finish their accepted requests and are unloaded. If the new version fails to load or
         warm up, the old one keeps serving and ``ModelError`` says why."""
-        from .repository import RepositoryError, check_model_name, load_model_config, model_directory
+        from .repository import (
+            RepositoryError,
+            check_model_name,
+            load_model_config,
+            model_directory,
+        )
 
         if self._repo is None:
             raise ModelNotFound(f"engine has no repository to load {name!r} from")
@@ -699,17 +753,35 @@ class Engine:
             entry = self._models.get(name)
             if entry is None:
                 reason = self._repo_failures.get(name)
-                out.append({"name": name, "version": "", "state": "UNAVAILABLE",
-                            "reason": reason or "not loaded"})
+                out.append(
+                    {
+                        "name": name,
+                        "version": "",
+                        "state": "UNAVAILABLE",
+                        "reason": reason or "not loaded",
+                    }
+                )
                 continue
             for number in sorted(entry.versions):
                 v = entry.versions[number]
-                out.append({"name": name, "version": str(number), "state": v.state.upper(),
-                            "reason": v.reason or ""})
+                out.append(
+                    {
+                        "name": name,
+                        "version": str(number),
+                        "state": v.state.upper(),
+                        "reason": v.reason or "",
+                    }
+                )
             for number, reason in sorted(entry.failures.items()):
                 if number not in entry.versions:
-                    out.append({"name": name, "version": str(number), "state": "UNAVAILABLE",
-                                "reason": reason})
+                    out.append(
+                        {
+                            "name": name,
+                            "version": str(number),
+                            "state": "UNAVAILABLE",
+                            "reason": reason,
+                        }
+                    )
         return out
 
     # -- aliases and default version ----------------------------------------------------------
@@ -760,8 +832,12 @@ class Engine:
         if new is not entry.serving:
             old = entry.serving
             entry.serving = new
-            log.info("model %s now serves version %s (was %s)", entry.name,
-                     new.version if new else None, old.version if old else None)
+            log.info(
+                "model %s now serves version %s (was %s)",
+                entry.name,
+                new.version if new else None,
+                old.version if old else None,
+            )
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -835,8 +911,12 @@ class Engine:
             return
         v.state = "ready"
         entry.failures.pop(v.version, None)
-        log.info("model %s version %s ready%s", v.name, v.version,
-                 f" ({'; '.join(v.notes)})" if v.notes else "")
+        log.info(
+            "model %s version %s ready%s",
+            v.name,
+            v.version,
+            f" ({'; '.join(v.notes)})" if v.notes else "",
+        )
         if set_default:
             self._swap_default(entry)
 
@@ -867,8 +947,9 @@ class Engine:
             try:
                 await asyncio.wait_for(v.drained.wait(), drain_timeout)
             except TimeoutError:
-                log.warning("model %s version %s did not drain in %.0fs", v.name, v.version,
-                            drain_timeout)
+                log.warning(
+                    "model %s version %s did not drain in %.0fs", v.name, v.version, drain_timeout
+                )
         await self._loop.run_in_executor(None, v.sched.shutdown)
         self._core.drain()
         v.state = "unloaded"
@@ -892,7 +973,9 @@ class Engine:
             if self._state != "ready":
                 break
             try:
-                scan = await self._loop.run_in_executor(None, lambda: load_repository(root, verify=False))
+                scan = await self._loop.run_in_executor(
+                    None, lambda: load_repository(root, verify=False)
+                )
             except Exception as exc:
                 log.warning("repository poll failed: %s", exc)
                 continue
@@ -905,11 +988,16 @@ class Engine:
                     entry = self._models.get(name)
                     have = set(entry.versions) if entry else set()
                     fresh = {
-                        n for n in wanted - have
+                        n
+                        for n in wanted - have
                         if self._failed_marks.get((name, n)) != self._fingerprint(cfg, n)
                     }
                     stale = have - wanted
-                    if fresh or stale or (entry and entry.default_policy != cfg.version_policy.default):
+                    if (
+                        fresh
+                        or stale
+                        or (entry and entry.default_policy != cfg.version_policy.default)
+                    ):
                         try:
                             await self._sync_model(cfg, None)
                         except Exception:
@@ -937,8 +1025,9 @@ class Engine:
             try:
                 await asyncio.wait_for(self._drained.wait(), drain_timeout)
             except TimeoutError:
-                log.warning("drain timed out after %.1fs; answering the rest EngineStopped",
-                            drain_timeout)
+                log.warning(
+                    "drain timed out after %.1fs; answering the rest EngineStopped", drain_timeout
+                )
         for v in versions:
             await loop.run_in_executor(None, v.sched.shutdown)
         self._core.drain()
@@ -992,7 +1081,9 @@ class Engine:
         v = entry.resolve(version)
         if v.state != "ready":
             if self._state in ("draining", "stopped"):
-                raise EngineStopped(f"the engine is {self._state}; model {name!r} takes no requests")
+                raise EngineStopped(
+                    f"the engine is {self._state}; model {name!r} takes no requests"
+                )
             raise ModelNotReady(
                 f"model {name!r} version {v.version} is {v.state}"
                 + (f": {v.reason}" if v.reason else "")
@@ -1052,16 +1143,16 @@ class Engine:
         finally:
             timer.cancel()
 
-    async def _infer_cached(self, v: _Version, x: Any, priority: int,
-                            timeout: float | None) -> Any:
+    async def _infer_cached(self, v: _Version, x: Any, priority: int, timeout: float | None) -> Any:
         assert v.cache is not None
         x = v.convert(x, -1)
         key = input_key(x)
         hit = v.cache.get(key)
         if hit is not None:
             return hit
-        out = await self.infer(v.name, x, priority=priority, timeout=timeout, version=v.version,
-                               _use_cache=False)
+        out = await self.infer(
+            v.name, x, priority=priority, timeout=timeout, version=v.version, _use_cache=False
+        )
         if v.state == "ready":  # a version being swapped out keeps nothing
             v.cache.put(key, out)
         return out
@@ -1130,8 +1221,10 @@ class Engine:
         entry = self._models.get(name)
         if entry is None:
             raise ModelNotFound(f"no model named {name!r} (models: {sorted(self._models)})")
-        v = entry.resolve(version) if version is not None else (
-            entry.serving or entry.versions[max(entry.versions)]
+        v = (
+            entry.resolve(version)
+            if version is not None
+            else (entry.serving or entry.versions[max(entry.versions)])
         )
         s: dict[str, Any] = v.sched.stats()
         s["model"] = name
@@ -1160,16 +1253,34 @@ class Engine:
         return out
 
 
-def _trace_request(model: str, request_id: int, outcome: str, t_enqueue: int, t_dispatch: int,
-                   t_start: int, t_end: int, t_answer: int, batch_size: int) -> None:
+def _trace_request(
+    model: str,
+    request_id: int,
+    outcome: str,
+    t_enqueue: int,
+    t_dispatch: int,
+    t_start: int,
+    t_end: int,
+    t_answer: int,
+    batch_size: int,
+) -> None:
     # Installed only when the "inferline.requests" logger is at DEBUG: one record per request
     # with every stage's timestamp (monotonic ns) and the derived durations.
     trace_log.debug(
         "request model=%s id=%d outcome=%s batch=%d enqueue=%d batch_formed=%d compute_start=%d "
         "compute_end=%d answered=%d queue_us=%.1f compute_us=%.1f total_us=%.1f",
-        model, request_id, outcome, batch_size, t_enqueue, t_dispatch, t_start, t_end, t_answer,
+        model,
+        request_id,
+        outcome,
+        batch_size,
+        t_enqueue,
+        t_dispatch,
+        t_start,
+        t_end,
+        t_answer,
         (t_dispatch - t_enqueue) / 1e3 if t_dispatch else 0.0,
-        (t_end - t_start) / 1e3 if t_end else 0.0, (t_answer - t_enqueue) / 1e3,
+        (t_end - t_start) / 1e3 if t_end else 0.0,
+        (t_answer - t_enqueue) / 1e3,
         extra={"model": model, "request_id": request_id, "outcome": outcome},
     )
 
@@ -1178,7 +1289,5 @@ def _expire(fut: asyncio.Future[Any], v: _Version, handle: int, timeout: float) 
     if not fut.done():
         v.sched.cancel(handle, True)
         fut.set_exception(
-            DeadlineExceeded(
-                f"model {v.name!r}: no answer within the {timeout:g}s timeout"
-            )
+            DeadlineExceeded(f"model {v.name!r}: no answer within the {timeout:g}s timeout")
         )

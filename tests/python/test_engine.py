@@ -8,10 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import inferline
 import numpy as np
 import pytest
-
-import inferline
 from inferline import Batching, TensorSpec
 
 DIM = 8
@@ -130,9 +129,15 @@ async def test_higher_priority_served_first_under_saturation() -> None:
     engine = make_engine(model, max_batch_size=4, max_queue_delay_ms=1, priority_levels=3)
     async with engine:
         blocker = await hold_worker(engine, model)
-        low = [asyncio.ensure_future(engine.infer("m", item(100 + i), priority=2)) for i in range(8)]
-        mid = [asyncio.ensure_future(engine.infer("m", item(200 + i), priority=1)) for i in range(4)]
-        high = [asyncio.ensure_future(engine.infer("m", item(300 + i), priority=0)) for i in range(4)]
+        low = [
+            asyncio.ensure_future(engine.infer("m", item(100 + i), priority=2)) for i in range(8)
+        ]
+        mid = [
+            asyncio.ensure_future(engine.infer("m", item(200 + i), priority=1)) for i in range(4)
+        ]
+        high = [
+            asyncio.ensure_future(engine.infer("m", item(300 + i), priority=0)) for i in range(4)
+        ]
         await asyncio.sleep(0.02)
         assert engine.stats("m")["queue_depth"] == 16
         model.gate.set()
@@ -272,11 +277,13 @@ async def test_invalid_inputs_raise_clear_errors() -> None:
             await engine.infer("f", np.zeros((1, 4), np.float32))
         with pytest.raises(inferline.InvalidInput, match="NaN or Inf"):
             await engine.infer("f", np.array([0, np.nan, 0, 0], np.float32))
-        with pytest.raises(inferline.InvalidInput, match="not array-like|holds"):
+        with pytest.raises(inferline.InvalidInput, match=r"not array-like|holds"):
             await engine.infer("f", ["a", "b", "c", "d"])
         with pytest.raises(inferline.InvalidInput, match="priority must be an int >= 0"):
             await engine.infer("f", np.zeros(4, np.float32), priority=-1)
-        with pytest.raises(inferline.InvalidInput, match=r"priority 1 is out of range; expected 0..0"):
+        with pytest.raises(
+            inferline.InvalidInput, match=r"priority 1 is out of range; expected 0..0"
+        ):
             await engine.infer("f", np.zeros(4, np.float32), priority=1)
         with pytest.raises(inferline.InvalidInput, match="timeout must be a positive"):
             await engine.infer("f", np.zeros(4, np.float32), timeout=0)

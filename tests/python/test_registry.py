@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import inferline
 import numpy as np
 import pytest
-
-import inferline
 from inferline import Batching, TensorSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +23,9 @@ Y = [TensorSpec("y", "FP32", (4,))]
 
 
 def load_example_builder() -> Any:
-    spec = importlib.util.spec_from_file_location("make_repository", ROOT / "examples" / "make_repository.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_repository", ROOT / "examples" / "make_repository.py"
+    )
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -51,16 +52,16 @@ allow_code = true
 """
 
 
-def write_python_model(repo: Path, name: str, version: int, factor: float, extra: str = "",
-                       body: str | None = None) -> None:
+def write_python_model(
+    repo: Path, name: str, version: int, factor: float, extra: str = "", body: str | None = None
+) -> None:
     d = repo / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.toml").write_text(PY_TOML.format(extra=extra))
     v = d / str(version)
     v.mkdir(exist_ok=True)
     code = body or (
-        "import numpy as np\n"
-        f"def predict(x):\n    return (x * {factor}).astype(np.float32)\n"
+        f"import numpy as np\ndef predict(x):\n    return (x * {factor}).astype(np.float32)\n"
     )
     (v / "model.py").write_text(code)
 
@@ -113,7 +114,9 @@ async def test_versions_aliases_and_default_policy() -> None:
 async def test_repository_loads_and_isolates_failures(tmp_path: Path) -> None:
     repo = load_example_builder().build_repository(tmp_path / "repo")
     (repo / "broken" / "1").mkdir(parents=True)
-    (repo / "broken" / "model.toml").write_text('backend = "onnx"\n[batching]\nmax_batch_size = -3\n')
+    (repo / "broken" / "model.toml").write_text(
+        'backend = "onnx"\n[batching]\nmax_batch_size = -3\n'
+    )
     # A checksum mismatch fails that model only.
     bad = repo / "badsum"
     shutil.copytree(repo / "scaler", bad)
@@ -126,7 +129,7 @@ async def test_repository_loads_and_isolates_failures(tmp_path: Path) -> None:
         assert index[("broken", "")]["state"] == "UNAVAILABLE"
         assert "batching.max_batch_size" in index[("broken", "")]["reason"]
         assert "sha256" in index[("badsum", "")]["reason"]
-        with pytest.raises(inferline.ModelNotReady, match="batching.max_batch_size: expected"):
+        with pytest.raises(inferline.ModelNotReady, match=r"batching\.max_batch_size: expected"):
             await engine.infer("broken", item(1))
         with pytest.raises(inferline.ModelNotReady, match="sha256"):
             await engine.infer("badsum", np.zeros(8, np.float32))
@@ -179,7 +182,7 @@ async def test_hot_swap_under_load_fails_nothing(tmp_path: Path) -> None:
     assert set(answers) <= {1.0, 2.0}
     assert 1.0 in answers and 2.0 in answers
     # Requests sent after the swap completed answer from the new version only.
-    assert set(answers[swapped_at[0] + 16:]) == {2.0}
+    assert set(answers[swapped_at[0] + 16 :]) == {2.0}
     assert all(float(y[0]) == 2.0 for y in after)
     assert versions == [2]
 
@@ -189,8 +192,10 @@ async def test_failed_new_version_rolls_back(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_python_model(repo, "m", 1, 1.0)
     async with inferline.Engine.from_repository(repo) as engine:
-        write_python_model(repo, "m", 2, 0, body="def predict(x):\n    raise RuntimeError('bad weights')\n")
-        with pytest.raises(inferline.ModelError, match="version 2: warm-up failed: .*bad weights"):
+        write_python_model(
+            repo, "m", 2, 0, body="def predict(x):\n    raise RuntimeError('bad weights')\n"
+        )
+        with pytest.raises(inferline.ModelError, match=r"version 2: warm-up failed: .*bad weights"):
             await engine.load("m")
         np.testing.assert_array_equal(await engine.infer("m", item(2)), item(2))
         assert engine.model_info("m").version == 1
@@ -199,7 +204,7 @@ async def test_failed_new_version_rolls_back(tmp_path: Path) -> None:
         assert "bad weights" in index[("m", "2")]["reason"]
         with pytest.raises(inferline.ModelNotFound, match="no model 'nope'"):
             await engine.load("nope")
-        with pytest.raises(inferline.ModelNotFound, match="no model '../m'"):
+        with pytest.raises(inferline.ModelNotFound, match=r"no model '\.\./m'"):
             await engine.load("../m")
 
 
@@ -235,10 +240,13 @@ async def test_flood_keeps_memory_bounded_and_answers_everything() -> None:
 
     engine = inferline.Engine()
     engine.register(
-        "slow", slow, inputs=[TensorSpec("x", "FP32", (dim,))],
+        "slow",
+        slow,
+        inputs=[TensorSpec("x", "FP32", (dim,))],
         outputs=[TensorSpec("y", "FP32", (1,))],
-        batching=Batching(max_batch_size=8, max_queue_size=10_000,
-                          max_queue_bytes=64 * 65536),  # 64 items of 64 KiB
+        batching=Batching(
+            max_batch_size=8, max_queue_size=10_000, max_queue_bytes=64 * 65536
+        ),  # 64 items of 64 KiB
         warmup=False,
     )
     x = np.ones(dim, np.float32)
@@ -264,7 +272,9 @@ async def test_flood_keeps_memory_bounded_and_answers_everything() -> None:
 
 def test_max_item_bytes_refuses_at_registration() -> None:
     engine = inferline.Engine()
-    with pytest.raises(ValueError, match="one item is 16 bytes, more than Batching.max_item_bytes=8"):
+    with pytest.raises(
+        ValueError, match=r"one item is 16 bytes, more than Batching\.max_item_bytes=8"
+    ):
         engine.register("m", lambda b: b, inputs=X, batching=Batching(max_item_bytes=8))
 
 
@@ -297,22 +307,30 @@ async def test_result_cache_hits_and_never_serves_an_old_version(tmp_path: Path)
 async def test_probability_output_check_names_the_check(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_python_model(
-        repo, "p", 1, 0,
-        extra="[output_checks]\nprobabilities = [\"y\"]\nprobabilities_tolerance = 1e-3\n",
+        repo,
+        "p",
+        1,
+        0,
+        extra='[output_checks]\nprobabilities = ["y"]\nprobabilities_tolerance = 1e-3\n',
         body="import numpy as np\ndef predict(x):\n    return np.full_like(x, 0.25)\n",
     )
     async with inferline.Engine.from_repository(repo) as engine:
         y = await engine.infer("p", item(0))
         np.testing.assert_allclose(y.sum(), 1.0)
     write_python_model(
-        repo, "p", 1, 0,
-        extra="[output_checks]\nprobabilities = [\"y\"]\n",
+        repo,
+        "p",
+        1,
+        0,
+        extra='[output_checks]\nprobabilities = ["y"]\n',
         body="import numpy as np\ndef predict(x):\n    out = np.full_like(x, 0.25)\n"
-             "    out[x[:, 0] > 1] = 0.5\n    return out\n",
+        "    out[x[:, 0] > 1] = 0.5\n    return out\n",
     )
     async with inferline.Engine.from_repository(repo) as engine:
-        with pytest.raises(inferline.ModelError,
-                           match=r"output check 'probabilities' failed: output 'y' row 0 sums to 2"):
+        with pytest.raises(
+            inferline.ModelError,
+            match=r"output check 'probabilities' failed: output 'y' row 0 sums to 2",
+        ):
             await engine.infer("p", item(5))
         np.testing.assert_allclose(await engine.infer("p", item(0)), np.full(4, 0.25))
 
@@ -327,7 +345,14 @@ async def test_request_trace_logs_stage_timestamps(caplog: pytest.LogCaptureFixt
     records = [r for r in caplog.records if r.name == "inferline.requests"]
     assert len(records) == 3
     msg = records[0].getMessage()
-    for field in ("model=m", "outcome=success", "enqueue=", "batch_formed=", "compute_start=",
-                  "compute_end=", "answered="):
+    for field in (
+        "model=m",
+        "outcome=success",
+        "enqueue=",
+        "batch_formed=",
+        "compute_start=",
+        "compute_end=",
+        "answered=",
+    ):
         assert field in msg
     assert {r.request_id for r in records} == {1, 2, 3}  # type: ignore[attr-defined]
