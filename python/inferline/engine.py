@@ -601,7 +601,7 @@ class Engine:
                 failures.append(f"version {number}: {v.reason}")
                 self._note_failure(cfg, number, v.reason or "failed")
                 del entry.versions[number]
-                self._retired.append(v)
+                self._core.reap()
         entry = self._models.get(cfg.name)
         if entry is None:
             self._repo_failures[cfg.name] = "; ".join(failures) or "no version could be loaded"
