@@ -13,11 +13,12 @@ import math
 import struct
 from typing import Any
 
-import inferline.server.protocol as protocol_module
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+import inferline.server.protocol as protocol_module
 from inferline.server.protocol import (
     InferRequest,
     ProtocolError,

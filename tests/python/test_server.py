@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import inferline
 import numpy as np
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import inferline
 from inferline import Batching, TensorSpec
 from inferline.server import create_app
 from inferline.server.protocol import bf16_bits_to_float32, float_to_bf16_bits
@@ -866,3 +867,86 @@ def test_sigterm_turns_readiness_false_drains_and_exits_zero(tmp_path: Any) -> N
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+# ------------------------------------------------------------------------------ inferline serve
+
+
+def test_inferline_serve_example_repository(tmp_path: Any) -> None:
+    """``inferline serve REPO`` end to end: the repository extension, versions and aliases,
+    load/unload, then SIGTERM and exit 0. Runs on a private copy of the example repository."""
+    import queue
+    import shutil
+
+    repo = tmp_path / "repo"
+    examples = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "repository")
+    if not os.path.isdir(examples):
+        pytest.skip("the example repository is not in this checkout")
+    shutil.copytree(examples, repo)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferline.cli", "serve", str(repo), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
+    reader.start()
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        seen = []
+        while port is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "".join(seen)
+                continue
+            seen.append(line)
+            if "running on http://127.0.0.1:" in line:
+                port = int(line.split("127.0.0.1:")[1].split()[0])
+        assert port is not None, "".join(seen)
+        c = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            assert c.is_server_ready()
+            index = {(m["name"], m.get("version")): m for m in c.get_model_repository_index()}
+            assert index[("classifier", "1")]["state"] == "READY"
+            assert index[("classifier", "2")]["state"] == "READY"
+            x = np.random.default_rng(3).standard_normal((3, 16)).astype(np.float32)
+            probs = {}
+            for version in ("1", "2", "stable", "canary", ""):
+                r = c.infer("classifier", [f32_input(x)], model_version=version)
+                probs[version] = r.as_numpy("probs")
+                np.testing.assert_allclose(probs[version].sum(axis=1), 1, rtol=1e-5)
+            np.testing.assert_array_equal(probs["stable"], probs["1"])
+            np.testing.assert_array_equal(probs["canary"], probs["2"])
+            np.testing.assert_array_equal(probs[""], probs["2"])  # default: latest
+            assert not np.array_equal(probs["1"], probs["2"])
+            xs = np.arange(16, dtype=np.float32).reshape(2, 8)
+            r = c.infer("scaler", [f32_input(xs)])
+            np.testing.assert_array_equal(r.as_numpy("y"), 2 * xs + 1)
+
+            c.unload_model("scaler")
+            code, msg = status_of(lambda: c.infer("scaler", [f32_input(xs)]))
+            assert code == "404" and "scaler" in msg
+            c.load_model("scaler")
+            r = c.infer("scaler", [f32_input(xs)])
+            np.testing.assert_array_equal(r.as_numpy("y"), 2 * xs + 1)
+            code, msg = status_of(lambda: c.load_model("no_such_model"))
+            assert code == "404" and "no_such_model" in msg
+            stats = c.get_inference_statistics("scaler")["model_stats"]
+            assert stats and stats[0]["inference_count"] >= 2
+        finally:
+            c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(10)
+        proc.stderr.close()

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from test_server import ServerThread
+
 from inferline import (
     DeadlineExceeded,
     EngineStopped,
@@ -27,7 +29,6 @@ from inferline import (
 )
 from inferline.server import create_app
 from inferline.server.app import _triton_stats
-from test_server import ServerThread
 
 
 @dataclass

@@ -75,6 +75,7 @@ _WIRE_DTYPES: dict[str, np.dtype] = {
 }
 _INT_TYPES = frozenset(("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"))
 _FLOAT_TYPES = frozenset(("FP16", "FP32", "FP64", "BF16"))
+_FLOAT_MAX = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32")}
 _U32 = struct.Struct("<I")
 
 
@@ -431,9 +432,18 @@ def _json_tensor(
             raise _bad(f"{where}: an integer in {datatype} data is too large for a float") from None
         if datatype == "BF16":
             return float_to_bf16_bits(values).reshape(shape)
-        # Finite values beyond the datatype's range round to +-inf, as IEEE casts do.
+        if datatype == "FP64":
+            return values.reshape(shape)
+        # Finite values beyond the datatype's range round to +-inf, as IEEE casts do. The
+        # errstate that silences numpy's overflow warning costs more than parsing a small
+        # tensor, so it is entered only when a value may overflow. (Python's max() ends on
+        # NaN only when the first value is NaN; NaN fails the test and takes the safe path.)
+        target = DATATYPES[datatype]
+        fmax = _FLOAT_MAX[datatype]
+        if flat and -fmax <= min(flat) and max(flat) <= fmax:
+            return values.astype(target).reshape(shape)
         with np.errstate(over="ignore"):
-            return values.astype(DATATYPES[datatype]).reshape(shape)
+            return values.astype(target).reshape(shape)
     raise _bad(f"{where}: unknown datatype {datatype!r}")  # unreachable: checked by caller
 
 
@@ -505,8 +515,9 @@ def parse_infer_request(
             f"the JSON part of the request is {json_end} bytes; the limit is {max_json_bytes} "
             "(send large tensors as binary data)",
         )
+    text = body if hl is None and isinstance(body, bytes) else bytes(mv[:json_end])
     try:
-        doc = _loads(bytes(mv[:json_end]))
+        doc = _loads(text)
     except RecursionError:
         raise _bad("request JSON is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
@@ -548,10 +559,12 @@ def parse_infer_request(
             )
         shape, count = _shape(raw.get("shape"), where)
         tparams = _parameters(raw, where)
-        for key in _UNSUPPORTED_TENSOR_PARAMS:
-            if key in tparams:
-                raise _bad(f"{where}: parameter '{key}' (shared memory) is not supported")
-        size = _uint_param(tparams, "binary_data_size", where)
+        size = None
+        if tparams:
+            for key in _UNSUPPORTED_TENSOR_PARAMS:
+                if key in tparams:
+                    raise _bad(f"{where}: parameter '{key}' (shared memory) is not supported")
+            size = _uint_param(tparams, "binary_data_size", where)
         if size is not None:
             if "data" in raw:
                 raise _bad(f"{where}: give either 'data' or 'binary_data_size', not both")
@@ -720,15 +733,15 @@ def _dumps(doc: dict[str, Any], entries: list[dict[str, Any]]) -> bytes:
     Python's json read back.
     """
     if _orjson is not None:
-        finite = all(
-            not isinstance(d, np.ndarray) or d.dtype.kind != "f" or bool(np.isfinite(d).all())
-            for d in (e.get("data") for e in entries)
-        )
-        if finite:
-            try:
-                return _orjson.dumps(doc, option=_orjson.OPT_SERIALIZE_NUMPY)
-            except (TypeError, _orjson.JSONEncodeError):
-                pass  # something orjson cannot write (an int beyond 64 bits): use json
+        try:
+            text: bytes = _orjson.dumps(doc, option=_orjson.OPT_SERIALIZE_NUMPY)
+        except (TypeError, _orjson.JSONEncodeError):
+            pass  # something orjson cannot write (an int beyond 64 bits): use json
+        else:
+            # The document holds no None, so ``null`` in the text is a NaN or an infinity
+            # (or those letters inside a string, when the slower path is merely unneeded).
+            if b"null" not in text:
+                return text
     for e in entries:
         data = e.get("data")
         if isinstance(data, np.ndarray):

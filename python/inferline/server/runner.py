@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -25,7 +26,7 @@ import uvicorn
 
 from .app import ServerState, create_app
 
-__all__ = ["serve", "serve_async"]
+__all__ = ["serve", "serve_async", "serve_repository"]
 
 log = logging.getLogger("inferline.server")
 
@@ -34,12 +35,14 @@ class _Server(uvicorn.Server):
     def __init__(
         self,
         config: uvicorn.Config,
+        engine: Any,
         state: ServerState,
         grace_period: float,
         drain_timeout: float,
         on_started: Callable[[int], None] | None,
     ) -> None:
         super().__init__(config)
+        self.engine = engine
         self.state = state
         self.grace_period = grace_period
         self.drain_timeout = drain_timeout
@@ -79,6 +82,9 @@ class _Server(uvicorn.Server):
         name = signal.Signals(sig).name if sig is not None else "shutdown request"
         log.info("%s received: readiness is now false; draining accepted requests", name)
         self.state.draining = True
+        mark = getattr(self.engine, "mark_draining", None)
+        if mark is not None:
+            mark(f"{name}: shutting down")
         self._drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
@@ -122,8 +128,11 @@ def _build(
         lifespan="on",
         timeout_graceful_shutdown=max(1, int(drain_timeout)),
         server_header=False,
+        # The app never looks at the client address; X-Forwarded-* rewriting would only
+        # cost event-loop time on every request.
+        proxy_headers=False,
     )
-    return _Server(config, state, grace_period, drain_timeout, on_started)
+    return _Server(config, engine, state, grace_period, drain_timeout, on_started)
 
 
 def serve(
@@ -185,3 +194,34 @@ async def serve_async(
         app_kwargs=app_kwargs,
     )
     await server.serve()
+
+
+def serve_repository(
+    repository: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    watch: bool = False,
+    poll_interval: float = 5.0,
+    drain_timeout: float = 30.0,
+    grace_period: float = 0.0,
+    log_level: str = "info",
+    on_started: Callable[[int], None] | None = None,
+    **app_kwargs: Any,
+) -> int:
+    """``inferline serve REPO``: serves every model of a repository folder until SIGTERM or
+    SIGINT, then drains. Returns the process exit status (0 after a graceful stop)."""
+    from ..engine import Engine
+
+    engine = Engine.from_repository(repository, watch=watch, poll_interval=poll_interval)
+    serve(
+        engine,
+        host,
+        port,
+        drain_timeout=drain_timeout,
+        grace_period=grace_period,
+        log_level=log_level,
+        on_started=on_started,
+        **app_kwargs,
+    )
+    return 0
