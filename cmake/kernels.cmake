@@ -22,7 +22,9 @@ target_include_directories(inferline_kernels PUBLIC ${PROJECT_SOURCE_DIR}/cpp/in
                                                     ${PROJECT_SOURCE_DIR}/cuda)
 # cblas.h is PUBLIC: the benchmarks call cblas_sgemm directly as the baseline.
 target_include_directories(inferline_kernels SYSTEM PUBLIC ${INFERLINE_CBLAS_INCLUDE_DIR})
-target_link_libraries(inferline_kernels PUBLIC Threads::Threads BLAS::BLAS
+# inferline_core: the native model backend implements inferline::backend and answers requests
+# with blocks from the core's block_pool.
+target_link_libraries(inferline_kernels PUBLIC inferline_core Threads::Threads BLAS::BLAS
                                         PRIVATE inferline_options)
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   # -fopenmp-simd honours `#pragma omp simd reduction` (vectorised sums without -ffast-math) and

@@ -84,7 +84,9 @@ void image_u8_to_f32(const std::uint8_t* in, std::size_t n, std::size_t h, std::
   const std::size_t total = n * h * w * c;
   if (total == 0) return;
   affine_table aff{};
-  for (std::size_t ch = 0; ch < c; ++ch) aff.ch[ch] = math::make_pixel_affine(mean[ch], std_dev[ch]);
+  for (std::size_t ch = 0; ch < c; ++ch) {
+    aff.ch[ch] = math::make_pixel_affine(mean[ch], std_dev[ch]);
+  }
   const cudaStream_t s = detail::as_stream(stream);
   if (layout == kernels::image_layout::nchw) {
     image_kernel<kernels::image_layout::nchw>

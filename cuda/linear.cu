@@ -2,6 +2,7 @@
 // thread accumulating a 4x4 register tile, with bias + activation applied before the only store.
 #include "linear.cuh"
 
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 
@@ -112,7 +113,45 @@ void launch(const float* x, const float* w, const float* bias, float* y, int m, 
   CUDA_CHECK_LAUNCH();
 }
 
+template <activation act>
+__global__ void bias_activation_kernel(float* __restrict__ y, std::size_t count, std::size_t n,
+                                       const float* __restrict__ bias) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    const float b = bias != nullptr ? bias[i % n] : 0.0f;
+    y[i] = kernels::math::apply_activation<act>(y[i] + b);
+  }
+}
+
+template <activation act>
+void launch_epilogue(float* y, std::size_t count, std::size_t n, const float* bias,
+                     cudaStream_t stream) {
+  constexpr unsigned block = 256;
+  const auto blocks = static_cast<unsigned>(
+      std::min<std::size_t>(4096, (count + block - 1) / block));
+  bias_activation_kernel<act><<<blocks, block, 0, stream>>>(y, count, n, bias);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+void bias_activation(float* y, std::size_t m, std::size_t n, const float* bias, activation act,
+                     void* stream) {
+  const std::size_t count = m * n;
+  if (count == 0) return;
+  const cudaStream_t s = detail::as_stream(stream);
+  switch (act) {
+    case activation::none:
+      if (bias != nullptr) launch_epilogue<activation::none>(y, count, n, bias, s);
+      return;
+    case activation::relu: return launch_epilogue<activation::relu>(y, count, n, bias, s);
+    case activation::gelu: return launch_epilogue<activation::gelu>(y, count, n, bias, s);
+    case activation::gelu_tanh:
+      return launch_epilogue<activation::gelu_tanh>(y, count, n, bias, s);
+  }
+  throw std::invalid_argument("inferline::cuda::bias_activation: unknown activation");
+}
 
 void linear(const float* x, const float* w, const float* bias, float* y, std::size_t m,
             std::size_t n, std::size_t k, weight_layout layout, activation act, void* stream) {

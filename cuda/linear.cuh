@@ -16,4 +16,9 @@ void linear(const float* x, const float* w, const float* bias, float* y, std::si
             std::size_t n, std::size_t k, kernels::weight_layout layout,
             kernels::activation act, void* stream = nullptr);
 
+/// In place y[m, n] = act(y + bias[n]) on device pointers (`bias` may be null): the linear
+/// epilogue alone, same contract as kernels::bias_activation. Queued on `stream`. Thread-safe.
+void bias_activation(float* y, std::size_t m, std::size_t n, const float* bias,
+                     kernels::activation act, void* stream = nullptr);
+
 }  // namespace inferline::cuda

@@ -94,7 +94,8 @@ void BM_linear_fused(benchmark::State& state, k::activation act) {
     benchmark::DoNotOptimize(c.y.data());
     benchmark::ClobberMemory();
   }
-  const double base_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double base_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double base_gflops = c.flops() * static_cast<double>(iters) / base_s * 1e-9;
   state.counters["GFLOP"] = Counter(c.flops() * 1e-9, Counter::kIsIterationInvariantRate);
   state.counters["sgemm_GFLOP/s"] = base_gflops;
@@ -173,7 +174,11 @@ void BM_softmax(benchmark::State& state) {
   }
   set_bytes(state, 8.0 * static_cast<double>(x.size()));
 }
-BENCHMARK(BM_softmax)->Args({32, 1000})->Args({256, 1000})->Args({64, 32000})->ArgNames({"rows", "cols"});
+BENCHMARK(BM_softmax)
+    ->Args({32, 1000})
+    ->Args({256, 1000})
+    ->Args({64, 32000})
+    ->ArgNames({"rows", "cols"});
 
 void BM_layer_norm(benchmark::State& state) {
   const auto rows = static_cast<std::size_t>(state.range(0));
@@ -189,7 +194,11 @@ void BM_layer_norm(benchmark::State& state) {
   }
   set_bytes(state, 8.0 * static_cast<double>(x.size()));
 }
-BENCHMARK(BM_layer_norm)->Args({128, 768})->Args({4096, 768})->Args({128, 4096})->ArgNames({"rows", "cols"});
+BENCHMARK(BM_layer_norm)
+    ->Args({128, 768})
+    ->Args({4096, 768})
+    ->Args({128, 4096})
+    ->ArgNames({"rows", "cols"});
 
 void BM_l2_normalize(benchmark::State& state) {
   const auto rows = static_cast<std::size_t>(state.range(0));

@@ -23,7 +23,9 @@ struct max_op {
 /// Reduces `v` over the 32 lanes of a full warp; every lane gets the result.
 template <class Op>
 __device__ __forceinline__ float warp_reduce(float v, Op op) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
   return v;
 }
 

@@ -123,6 +123,26 @@ TEST(KernelCudaLinear, MatchesCpuOverShapesLayoutsActivations) {
   }
 }
 
+TEST(KernelCudaLinear, EpilogueAloneMatchesCpu) {
+  INFERLINE_SKIP_WITHOUT_GPU();
+  const std::size_t m = 37, n = 129;
+  const auto y0 = random_floats(m * n, 150, -3.0f, 3.0f);
+  const auto b = random_floats(n, 151);
+  for (const auto act : {k::activation::none, k::activation::relu, k::activation::gelu,
+                         k::activation::gelu_tanh}) {
+    for (const bool with_bias : {true, false}) {
+      std::vector<float> ref = y0;
+      k::bias_activation(ref.data(), m, n, with_bias ? b.data() : nullptr, act);
+      cu::device_buffer<float> dy(y0.data(), y0.size()), db(b.data(), n);
+      cu::bias_activation(dy.data(), m, n, with_bias ? db.data() : nullptr, act);
+      const auto got = download(dy);
+      for (std::size_t i = 0; i < ref.size(); ++i) {
+        ASSERT_NEAR(got[i], ref[i], 1e-6 + 1e-6 * std::fabs(ref[i]));
+      }
+    }
+  }
+}
+
 TEST(KernelCudaSoftmax, MatchesCpuIncludingInPlaceAndNaNRows) {
   INFERLINE_SKIP_WITHOUT_GPU();
   const std::size_t shapes[][2] = {{1, 1}, {3, 7}, {2, 33}, {64, 65}, {4, 1000}, {3, 4099}};

@@ -11,8 +11,10 @@
 
 // The wheel targets baseline x86-64 (SSE2); hot loops are cloned for AVX2 and AVX-512 and picked
 // once at load time through an ifunc, so one binary is fast on new CPUs and runs on old ones.
+// Off under sanitizers: the instrumented ifunc resolver runs during relocation, before the
+// sanitizer runtime is initialised, and crashes (seen with ThreadSanitizer).
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(INFERLINE_NO_CLONES)
+    !defined(INFERLINE_NO_CLONES) && !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
 #define INFERLINE_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

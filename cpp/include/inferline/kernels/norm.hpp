@@ -12,8 +12,8 @@ namespace inferline::kernels {
 void layer_norm(const float* x, const float* gamma, const float* beta, float* y, std::size_t rows,
                 std::size_t cols, float eps = 1e-5f);
 
-/// y[r, :] = x[r, :] / max(‖x[r, :]‖₂, eps) (torch.nn.functional.normalize semantics). `y` may
-/// equal `x`. Single-threaded on the caller's thread; thread-safe for distinct outputs.
+/// y[r, :] = x[r, :] / max(‖x[r, :]‖₂, eps) (torch.nn.functional.normalize semantics).
+/// `y` may equal `x`. Single-threaded on the caller's thread; thread-safe for distinct outputs.
 void l2_normalize(const float* x, float* y, std::size_t rows, std::size_t cols,
                   float eps = 1e-12f);
 
