@@ -494,6 +494,20 @@ def test_503_model_not_ready_with_retry_after() -> None:
             c.close()
 
 
+def test_not_ready_still_serves(server: ServerThread) -> None:
+    state = server.server.config.app.state.inferline
+    state.not_ready = True
+    try:
+        assert httpx.get(f"{server.base}/v2/health/ready", timeout=10).status_code == 400
+        assert httpx.get(f"{server.base}/v2/models/mlp/ready", timeout=10).status_code == 400
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}]}
+        r = httpx.post(f"{server.base}/v2/models/mlp/infer", json=body, timeout=10)
+        assert r.status_code == 200
+    finally:
+        state.not_ready = False
+    assert httpx.get(f"{server.base}/v2/health/ready", timeout=10).status_code == 200
+
+
 def test_503_while_draining_and_readiness_false(server: ServerThread) -> None:
     app = server.server.config.app
     state = app.state.inferline
@@ -806,7 +820,7 @@ SIGTERM_SCRIPT = textwrap.dedent(
     from inferline.server import serve
 
     def slow(x):
-        time.sleep(0.5)
+        time.sleep(1.5)
         return x
 
     e = inferline.Engine()
@@ -814,7 +828,7 @@ SIGTERM_SCRIPT = textwrap.dedent(
                outputs=[inferline.TensorSpec("y", "FP32", (4,))],
                batching=inferline.Batching(max_batch_size=8, max_queue_delay_ms=50),
                warmup=False)
-    serve(e, "127.0.0.1", 0, grace_period=1.0, drain_timeout=20, log_level="warning",
+    serve(e, "127.0.0.1", 0, grace_period=2.0, drain_timeout=20, log_level="warning",
           on_started=lambda port: print(port, flush=True))
     print("clean exit", flush=True)
     """
@@ -847,19 +861,30 @@ def test_sigterm_turns_readiness_false_drains_and_exits_zero(tmp_path: Any) -> N
                 httpx.post(f"{base}/v2/models/slow/infer", json=body, timeout=30).status_code
             )
 
-        workers = [threading.Thread(target=call) for _ in range(4)]
-        for w in workers:
-            w.start()
-        time.sleep(0.2)  # the requests are accepted and computing
+        def later(delay: float) -> threading.Thread:
+            t = threading.Thread(target=lambda: (time.sleep(delay), call()))
+            t.start()
+            return t
+
+        # 4 requests computing when SIGTERM comes; one sent in the grace period; one sent
+        # just before the grace period ends, so the drain has work to wait for.
+        workers = [later(0.0) for _ in range(4)]
+        time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # inside the grace period: still listening, not ready
+        t_signal = time.monotonic()
+        workers.append(later(0.3))  # grace is 2 s: accepted
+        workers.append(later(1.5))  # still in grace; computes (1.5 s) into the drain
+        time.sleep(0.3)
         assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 400
         assert httpx.get(f"{base}/v2/health/live", timeout=10).status_code == 200
+        # during the drain (grace over, last request still computing): refused with 503
+        time.sleep(max(0.0, t_signal + 2.4 - time.monotonic()))
         late = httpx.post(f"{base}/v2/models/slow/infer", json=body, timeout=10)
-        assert late.status_code == 503 and "draining" in late.json()["error"]
+        assert late.status_code == 503 and late.headers["retry-after"]
+        assert "error" in late.json()
         for w in workers:
             w.join(30)
-        assert results == [200] * 4
+        assert results == [200] * 6  # everything accepted was answered
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "clean exit" in out

@@ -32,7 +32,7 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -93,36 +93,19 @@ def _server_version() -> str:
 
 @dataclass
 class ServerState:
-    """Mutable state shared by the app and ``serve``: draining flag and in-flight count.
+    """Flags shared by the app and whoever runs it (``serve`` sets them on SIGTERM).
 
-    ``draining`` turns readiness false and makes new inference requests answer 503; requests
-    already accepted finish. ``in_flight`` counts inference requests between body read and
-    response sent; ``idle`` is set whenever it is 0.
+    ``not_ready`` turns readiness (``/v2/health/ready`` and per-model ``ready``) false while
+    inference requests are still accepted: the grace period in which a load balancer notices.
+    ``draining`` also makes new inference requests answer 503 with ``Retry-After`` at once.
     """
 
+    not_ready: bool = False
     draining: bool = False
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    def enter(self) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
-
-    async def wait_idle(self, timeout: float | None) -> bool:
-        """Waits until no inference request is in flight; False if ``timeout`` passed first."""
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+    @property
+    def ready(self) -> bool:
+        return not (self.not_ready or self.draining)
 
 
 class _HTTPError(Exception):
@@ -263,7 +246,7 @@ class _App:
         try:
             yield
         finally:
-            self.state.draining = True
+            self.state.not_ready = True
             if self._started_engine and getattr(self.engine, "state", None) != "stopped":
                 await self.engine.stop(drain_timeout=self.drain_timeout)
 
@@ -272,7 +255,7 @@ class _App:
         return self.empty(request, 200)
 
     async def ready(self, request: Request) -> Response:
-        ok = not self.state.draining and bool(self.engine.ready)
+        ok = self.state.ready and bool(self.engine.ready)
         return self.empty(request, 200 if ok else 400)
 
     async def server_metadata(self, request: Request) -> Response:
@@ -314,7 +297,7 @@ class _App:
             info = self.info(request)
         except _HTTPError as e:
             return self.error_response(request, e)
-        ok = info.state == "ready" and not self.state.draining
+        ok = info.state == "ready" and self.state.ready
         if request.path_params.get("version") is None:
             ok = ok and bool(getattr(info, "default", True))
         return self.empty(request, 200 if ok else 400)
@@ -476,47 +459,40 @@ class _App:
         params = scope["path_params"]
         name: str = params["model"]
         version = _version_arg(params.get("version"))
-        state = self.state
-        state.enter()
         try:
+            if self.state.draining:
+                raise _HTTPError(503, "the server is draining and takes no new requests", True)
+            body, header_length = await self._read_body(headers, receive)
             try:
-                if state.draining:
-                    raise _HTTPError(503, "the server is draining and takes no new requests", True)
-                body, header_length = await self._read_body(headers, receive)
-                try:
-                    req = parse_infer_request(
-                        body, header_length, max_json_bytes=self.max_json_bytes
-                    )
-                except ProtocolError as e:
-                    raise _HTTPError(e.status, e.message) from None
-                status, out_headers, out_body = await self._infer(name, version, req, receive)
-                out_headers.append((b"x-request-id", rid.encode()))
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("request %s: infer %s -> 200", rid, name, extra={"request_id": rid})
-            except _HTTPError as e:
-                self.log_error("POST", scope.get("path", ""), rid, e)
-                status, out_headers, out_body = (
-                    e.status,
-                    self.error_headers(rid, e),
-                    encode_error(e.message),
-                )
-            except _ClientGone:
-                log.info(
-                    "request %s: client disconnected; its queued work was cancelled",
-                    rid,
-                    extra={"request_id": rid},
-                )
-                return
-            except Exception as e:  # a bug: answer 500 and keep serving
-                log.exception("request %s: unhandled error in infer", rid)
-                err = _HTTPError(500, f"internal error: {type(e).__name__}")
-                status, out_headers = 500, self.error_headers(rid, err)
-                out_body = encode_error(err.message)
-            out_headers.append((b"content-length", str(len(out_body)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": out_headers})
-            await send({"type": "http.response.body", "body": out_body})
-        finally:
-            state.leave()
+                req = parse_infer_request(body, header_length, max_json_bytes=self.max_json_bytes)
+            except ProtocolError as e:
+                raise _HTTPError(e.status, e.message) from None
+            status, out_headers, out_body = await self._infer(name, version, req, receive)
+            out_headers.append((b"x-request-id", rid.encode()))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s: infer %s -> 200", rid, name, extra={"request_id": rid})
+        except _HTTPError as e:
+            self.log_error("POST", scope.get("path", ""), rid, e)
+            status, out_headers, out_body = (
+                e.status,
+                self.error_headers(rid, e),
+                encode_error(e.message),
+            )
+        except _ClientGone:
+            log.info(
+                "request %s: client disconnected; its queued work was cancelled",
+                rid,
+                extra={"request_id": rid},
+            )
+            return
+        except Exception as e:  # a bug: answer 500 and keep serving
+            log.exception("request %s: unhandled error in infer", rid)
+            err = _HTTPError(500, f"internal error: {type(e).__name__}")
+            status, out_headers = 500, self.error_headers(rid, err)
+            out_body = encode_error(err.message)
+        out_headers.append((b"content-length", str(len(out_body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": out_body})
 
     async def _read_body(
         self, headers: list[tuple[bytes, bytes]], receive: Receive

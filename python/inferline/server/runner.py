@@ -1,10 +1,12 @@
 """Run the app under uvicorn with graceful SIGTERM/SIGINT handling.
 
-On the first SIGTERM or SIGINT: readiness turns false and new inference requests get 503
-(``draining``); after ``grace_period`` seconds (time for a load balancer to notice), the server
-waits up to ``drain_timeout`` for accepted inference requests to be answered, then closes its
-listening socket, lets open connections finish, stops the engine (which answers anything still
-queued) and returns, so the process exits 0. A second signal stops at once.
+The shutdown follows :class:`inferline.lifecycle.GracefulShutdown`. On the first SIGTERM or
+SIGINT, readiness turns false (``/v2/health/ready`` answers 400, the engine is marked
+draining) while inference requests are still accepted for ``grace_period`` seconds, the time
+a load balancer needs to notice; then the engine stops: new work is answered 503 with
+``Retry-After`` and accepted work finishes for up to ``drain_timeout`` seconds. Once the
+engine has stopped, uvicorn closes its socket, lets open responses go out, and ``serve``
+returns, so the process exits 0. A second signal during the grace period stops at once.
 
 uvicorn's own handler re-raises the signal after shutting down, which ends the process with
 status -15 instead of 0; this module replaces it.
@@ -24,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from ..lifecycle import GracefulShutdown
 from .app import ServerState, create_app
 
 __all__ = ["serve", "serve_async", "serve_repository"]
@@ -44,65 +47,49 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.engine = engine
         self.state = state
-        self.grace_period = grace_period
-        self.drain_timeout = drain_timeout
         self.on_started = on_started
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain_task: asyncio.Task[None] | None = None
-        self.signals: list[int] = []
+        self.shutdown_sequence = GracefulShutdown(
+            engine,
+            grace_seconds=grace_period,
+            drain_timeout=drain_timeout,
+            on_not_ready=self._not_ready,
+        )
+        self._exit_task: asyncio.Task[None] | None = None
+
+    def _not_ready(self) -> None:
+        self.state.not_ready = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        self._loop = asyncio.get_running_loop()
         if threading.current_thread() is not threading.main_thread():
-            yield  # signals reach the main thread only; the caller stops us with begin_drain
+            yield  # signals reach the main thread only; callers use begin_shutdown
             return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with self.shutdown_sequence.signal_handlers((signal.SIGTERM, signal.SIGINT)):
             yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
-    def _on_signal(self, sig: int, frame: Any) -> None:
-        # Runs in the main thread between bytecodes: only hand the work to the loop.
-        self.signals.append(sig)
-        if self._loop is None:
-            self.should_exit = True
-            return
-        self._loop.call_soon_threadsafe(self.begin_drain, sig)
+    def begin_shutdown(self, reason: str = "shutdown requested") -> None:
+        """What SIGTERM does, for callers on the server's loop (e.g. from another thread via
+        ``loop.call_soon_threadsafe``)."""
+        self.shutdown_sequence.trigger(reason)
 
-    def begin_drain(self, sig: int | None = None) -> None:
-        """Starts the graceful shutdown (call on the server's loop); a second call forces it."""
-        if self._drain_task is not None:
-            log.warning("second shutdown request: stopping now")
-            self.should_exit = True
-            self.force_exit = True
-            return
-        name = signal.Signals(sig).name if sig is not None else "shutdown request"
-        log.info("%s received: readiness is now false; draining accepted requests", name)
-        self.state.draining = True
-        mark = getattr(self.engine, "mark_draining", None)
-        if mark is not None:
-            mark(f"{name}: shutting down")
-        self._drain_task = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        if self.grace_period > 0:
-            await asyncio.sleep(self.grace_period)
-        if not await self.state.wait_idle(self.drain_timeout):
-            log.warning(
-                "%d request(s) still in flight after %.1fs; stopping anyway",
-                self.state.in_flight,
-                self.drain_timeout,
-            )
+    async def _exit_once_stopped(self) -> None:
+        try:
+            await self.shutdown_sequence.wait()
+        except Exception:
+            log.exception("the engine did not stop cleanly")
         self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        self._exit_task = asyncio.ensure_future(self._exit_once_stopped())
         if self.on_started is not None and self.servers:
             port = self.servers[0].sockets[0].getsockname()[1]
             self.on_started(int(port))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._exit_task is not None and not self._exit_task.done():
+            self._exit_task.cancel()
+        await super().shutdown(sockets)
 
 
 def _build(
