@@ -36,12 +36,22 @@ completion_queue::~completion_queue() {
 }
 
 void completion_queue::push(request* first, request* last) noexcept {
+  // The stack is newest first and take_all reverses it as a whole, so push the chain reversed
+  // (last on top): each batch then comes out in its own row order, not backwards.
+  request* prev = nullptr;
+  for (request* r = first;;) {
+    request* next = r->next;
+    r->next = prev;
+    prev = r;
+    if (r == last) break;
+    r = next;
+  }
   request* head = head_.load(std::memory_order_relaxed);
   do {
-    last->next = head;
+    first->next = head;
     // acq_rel: release publishes the answers in the chain to the draining thread; acquire
     // synchronises with take_all's exchange, so its disarm (armed_ = false) is visible below.
-  } while (!head_.compare_exchange_weak(head, first, std::memory_order_acq_rel,
+  } while (!head_.compare_exchange_weak(head, last, std::memory_order_acq_rel,
                                         std::memory_order_relaxed));
   // acq_rel: a push that follows a drain sees armed_ == false and wakes the loop.
   if (!armed_.exchange(true, std::memory_order_acq_rel)) wake();
@@ -81,11 +91,16 @@ void completion_queue::wake() noexcept {
 }
 
 void completion_queue::clear_wake() noexcept {
-  // Ordered before take_all's exchange (program order, then its release).
-  armed_.store(false, std::memory_order_relaxed);
+  // Empty the fd first, then disarm. The other order loses wake-ups: a push landing between
+  // the disarm and the read would see armed_ == false, write the fd and re-arm, and the read
+  // would then swallow that write, leaving armed_ true with an empty fd; every later push
+  // sees armed_ true and never wakes the loop again.
   char buf[64];
   while (::read(read_fd_, buf, sizeof buf) > 0) {
   }
+  // release: keeps the disarm after the read above; it is also ordered before take_all's
+  // exchange (program order, then that exchange's release).
+  armed_.store(false, std::memory_order_release);
 }
 
 }  // namespace inferline
