@@ -1,0 +1,459 @@
+"""HTTP load benchmark: inferline's Open Inference Protocol server vs. a FastAPI baseline.
+
+    python bench/python/http_bench.py [--repo examples/repository] [--model classifier]
+                                      [--concurrency 1,16,64] [--duration 5]
+
+The servers run in their own processes under uvicorn with the same settings (one worker, the
+same event loop and HTTP implementation; access log, Server header and proxy-header rewriting
+off, as ``inferline serve`` runs) and serve the same model from the example repository.
+inferline batches concurrent requests in its native core. The baselines are the usual FastAPI
+app (pydantic request model) calling the model once per request, once with an ``async def``
+endpoint that runs the model inline on the event loop and once with a plain ``def`` endpoint
+that FastAPI runs in its thread pool (``--baseline`` picks one). All get the same KServe v2
+JSON request of one item, so the comparison includes parsing and encoding.
+
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio (uvloop when
+installed): ``c`` connections, each sending its next request as soon as the previous answer
+arrives, for ``--duration`` seconds after a short warm-up. Requests cycle through
+``--distinct`` different inputs, so a result cache cannot answer them. It prints requests/s,
+p50 and p99 latency and the server's CPU time per request for each server and concurrency,
+and the ratios against each baseline; non-200 answers are counted and reported, never mixed
+into the latencies. On a shared machine, ``--repeat 3`` interleaves the servers and reports
+medians.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at run
+# time, and the baseline's request models are local to serve_baseline.
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# ------------------------------------------------------------------------------ servers
+
+
+def _load_engine(repo: str, model: str) -> Any:
+    """An engine serving ``model`` from the repository (``Engine.from_repository`` when the
+    engine has it, else the repository loader and backends directly)."""
+    import inferline
+
+    if hasattr(inferline.Engine, "from_repository"):
+        return inferline.Engine.from_repository(repo)
+    from inferline.backends import load_version
+    from inferline.repository import load_repository
+
+    scan = load_repository(repo)
+    config = scan.configs[model]
+    engine = inferline.Engine()
+    for version in config.versions_to_load:
+        lm = load_version(config, version)
+        engine.register(
+            model,
+            lm.fn,
+            inputs=list(lm.inputs),
+            outputs=list(lm.outputs),
+            batching=inferline.Batching(**lm.batching.as_kwargs()),
+            instances=config.instances,
+            version=version,
+            warmup=list(lm.warmup_sizes(8)),
+            warmup_inputs=lm.warmup_inputs,
+            platform=lm.platform,
+        )
+    return engine
+
+
+def serve_inferline(repo: str, model: str) -> None:
+    from inferline.server import serve
+
+    serve(
+        _load_engine(repo, model),
+        "127.0.0.1",
+        0,
+        log_level="warning",
+        on_started=lambda port: print(port, flush=True),
+    )
+
+
+def serve_baseline(repo: str, model: str, mode: str) -> None:
+    import onnxruntime as ort
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    versions = sorted(int(p.name) for p in (Path(repo) / model).iterdir() if p.name.isdigit())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(Path(repo) / model / str(versions[-1]) / "model.onnx"),
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
+    )
+    in_name = session.get_inputs()[0].name
+    out_name = session.get_outputs()[0].name
+
+    class Tensor(BaseModel):
+        name: str
+        shape: list[int]
+        datatype: str
+        data: list[Any]
+
+    class InferRequest(BaseModel):
+        id: str | None = None
+        inputs: list[Tensor]
+
+    app = FastAPI()
+
+    def run(req: InferRequest, name: str) -> dict[str, Any]:
+        t = req.inputs[0]
+        x = np.asarray(t.data, dtype=np.float32).reshape(t.shape)
+        y = session.run([out_name], {in_name: x})[0]
+        return {
+            "model_name": name,
+            "outputs": [
+                {
+                    "name": out_name,
+                    "datatype": "FP32",
+                    "shape": list(y.shape),
+                    "data": y.ravel().tolist(),
+                }
+            ],
+        }
+
+    if mode == "threadpool":
+
+        @app.post("/v2/models/{name}/infer")
+        def infer_sync(name: str, req: InferRequest) -> dict[str, Any]:
+            return run(req, name)
+    else:
+
+        @app.post("/v2/models/{name}/infer")
+        async def infer_inline(name: str, req: InferRequest) -> dict[str, Any]:
+            return run(req, name)
+
+    # The same uvicorn settings as inferline.server.serve uses.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+
+    async def run_server() -> None:
+        task = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        print(server.servers[0].sockets[0].getsockname()[1], flush=True)
+        await task
+
+    asyncio.run(run_server())
+
+
+class Server:
+    """A server subprocess that prints its port on its first line."""
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT / "python"), env.get("PYTHONPATH", "")) if p
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"server {args} did not start (said {line!r})")
+        self.port = int(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# ------------------------------------------------------------------------------ load generator
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; ``request()`` sends and awaits one answer."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.need = -1
+        self.status = 0
+        self.waiter: asyncio.Future[int] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.need < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).lower()
+            self.status = int(head[9:12])
+            i = head.find(b"content-length:")
+            j = head.find(b"\r\n", i)
+            self.need = end + 4 + int(head[i + 15 : j if j > 0 else None])
+        if len(self.buf) >= self.need:
+            del self.buf[: self.need]
+            self.need = -1
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection closed"))
+
+    def request(self, data: bytes) -> asyncio.Future[int]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return self.waiter
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) the process has used so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(
+    port: int, pid: int, requests: list[bytes], concurrency: int, warmup: float, duration: float
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    conns = []
+    for _ in range(concurrency):
+        _, proto = await loop.create_connection(_Conn, "127.0.0.1", port)
+        conns.append(proto)
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    start = time.perf_counter()
+    t_measure = start + warmup
+    t_end = t_measure + duration
+    counter = [0]
+    n_requests = len(requests)
+    cpu = [float("nan")]
+
+    async def worker(conn: _Conn) -> None:
+        record = latencies.append
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            i = counter[0]
+            counter[0] = i + 1
+            status = await conn.request(requests[i % n_requests])
+            t1 = time.perf_counter()
+            if t0 >= t_measure:
+                if status == 200:
+                    record(t1 - t0)
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+
+    async def cpu_meter() -> None:
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        before = _cpu_seconds(pid)
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        cpu[0] = _cpu_seconds(pid) - before
+
+    await asyncio.gather(cpu_meter(), *(worker(c) for c in conns))
+    for c in conns:
+        if c.transport is not None:
+            c.transport.close()
+    lat = np.array(latencies) * 1e3
+    done = len(latencies) + sum(errors.values())
+    return {
+        "rps": len(latencies) / duration,
+        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "ok": len(latencies),
+        "errors": errors,
+        "cpu_us_per_request": cpu[0] / done * 1e6 if done else float("nan"),
+    }
+
+
+def _requests(model: str, n_features: int, count: int) -> list[bytes]:
+    """``count`` distinct requests (one item each), so no server can answer from a cache."""
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((count, n_features)).astype(np.float32)
+    out = []
+    for x in xs:
+        tensor = {
+            "name": "x",
+            "shape": [1, n_features],
+            "datatype": "FP32",
+            "data": [round(float(v), 6) for v in x],
+        }
+        body = json.dumps({"inputs": [tensor]}).encode()
+        head = (
+            f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        out.append(head + body)
+    return out
+
+
+def _check(port: int, request: bytes) -> None:
+    """One request through a plain socket: the server answers 200 with outputs."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += s.recv(65536)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"server answered {head[:40]!r}: {body[:300]!r}")
+    assert json.loads(body)["outputs"], body
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repo", default=str(ROOT / "examples" / "repository"))
+    ap.add_argument("--model", default="classifier")
+    ap.add_argument("--features", type=int, default=16, help="input width of the model")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure every point this many times, servers interleaved; report medians",
+    )
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=50_000,
+        help="distinct request bodies, cycled (more than any result cache holds)",
+    )
+    ap.add_argument(
+        "--baseline",
+        choices=["inline", "threadpool", "both"],
+        default="both",
+        help="FastAPI endpoint style: async def running the model inline, plain def "
+        "run in the thread pool, or both",
+    )
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--serve", choices=["inferline", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--baseline-mode", choices=["inline", "threadpool"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.serve == "inferline":
+        serve_inferline(args.repo, args.model)
+        return
+    if args.serve == "baseline":
+        serve_baseline(args.repo, args.model, args.baseline_mode)
+        return
+
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    levels = [int(c) for c in args.concurrency.split(",")]
+    requests = _requests(args.model, args.features, args.distinct)
+    common = ["--repo", args.repo, "--model", args.model]
+    modes = ["inline", "threadpool"] if args.baseline == "both" else [args.baseline]
+    servers = {"inferline": Server("--serve", "inferline", *common)}
+    for mode in modes:
+        servers[f"fastapi-{mode}"] = Server("--serve", "baseline", "--baseline-mode", mode, *common)
+    samples: dict[int, dict[str, list[dict[str, Any]]]] = {
+        c: {name: [] for name in servers} for c in levels
+    }
+    try:
+        for s in servers.values():
+            _check(s.port, requests[0])
+        for _ in range(args.repeat):
+            for c in levels:
+                for name, s in servers.items():  # same run, back to back, same client
+                    samples[c][name].append(
+                        run(_load(s.port, s.proc.pid, requests, c, args.warmup, args.duration))
+                    )
+    finally:
+        for s in servers.values():
+            s.stop()
+
+    def median(runs: list[dict[str, Any]], key: str) -> float:
+        return float(np.median([r[key] for r in runs]))
+
+    results = {
+        c: {
+            name: {
+                **{k: median(runs, k) for k in ("rps", "p50", "p99", "cpu_us_per_request")},
+                "errors": sum(sum(r["errors"].values()) for r in runs),
+                "runs": runs,
+            }
+            for name, runs in row.items()
+        }
+        for c, row in samples.items()
+    }
+    print(
+        f"\nmodel {args.model!r} from {args.repo}; {args.duration:g}s per point"
+        + (f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
+        + f"; {os.cpu_count()} CPUs shared by the client and the servers"
+    )
+    header = (
+        f"{'conc':>5} {'server':<19} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'cpu us/req':>10}   inferline vs this: req/s  p99"
+    )
+    print(header)
+    print("-" * len(header))
+    for c, row in results.items():
+        ours = row["inferline"]
+        for name, r in row.items():
+            ratio = ""
+            if name != "inferline":
+                ratio = f"{ours['rps'] / r['rps']:>26.2f}x {ours['p99'] / r['p99']:>5.2f}x"
+            print(
+                f"{c:>5} {name:<19} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                f"{r['errors']:>7} {r['cpu_us_per_request']:>10.0f}{ratio}"
+            )
+    print(
+        "req/s ratio > 1: inferline serves more; p99 ratio < 1: inferline's p99 is lower.\n"
+        "cpu us/req: the server process' CPU time (all threads) per answered request."
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({str(c): row for c, row in results.items()}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
