@@ -37,7 +37,6 @@ class histogram {
   /// Adds one value. Thread-safe, wait-free apart from the max update.
   void record(std::uint64_t value) noexcept {
     buckets_[bucket_of(value)].fetch_add(1, std::memory_order_relaxed);
-    count_.fetch_add(1, std::memory_order_relaxed);
     sum_.fetch_add(value, std::memory_order_relaxed);
     std::uint64_t seen = max_.load(std::memory_order_relaxed);
     while (value > seen &&
@@ -72,7 +71,6 @@ class histogram {
 
  private:
   std::array<std::atomic<std::uint64_t>, bucket_count> buckets_{};
-  std::atomic<std::uint64_t> count_{0};
   std::atomic<std::uint64_t> sum_{0};
   std::atomic<std::uint64_t> max_{0};
 };
