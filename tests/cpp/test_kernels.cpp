@@ -374,6 +374,19 @@ TEST(KernelTopK, TiesGoToLowerIndexAndNaNRanksFirst) {
   for (const std::size_t kk : {1, 3, 10, 40, 200}) check_topk(x, 3, 200, kk);
 }
 
+TEST(KernelTopK, SortedRowsAndHugeKTakeTheFallbackPathsCorrectly) {
+  // Ascending rows insert every element: the insertion budget runs out and selection takes
+  // over mid-row. Descending rows never insert. k > 1024 always selects.
+  const std::size_t cols = 3000;
+  std::vector<float> x(3 * cols);
+  for (std::size_t j = 0; j < cols; ++j) {
+    x[j] = static_cast<float>(j);                    // ascending
+    x[cols + j] = static_cast<float>(cols - j);      // descending
+    x[2 * cols + j] = static_cast<float>(j % 17);    // sawtooth with ties
+  }
+  for (const std::size_t kk : {1, 5, 64, 100, 1024, 1025, 2999, 3000}) check_topk(x, 3, cols, kk);
+}
+
 TEST(KernelTopK, RejectsKBeyondRowLength) {
   const std::vector<float> x(4);
   std::vector<float> v(5);

@@ -8,6 +8,7 @@
 #define INFERLINE_SIMD INFERLINE_PRAGMA(omp simd)
 #define INFERLINE_SIMD_SUM(var) INFERLINE_PRAGMA(omp simd reduction(+ : var))
 #define INFERLINE_SIMD_MAX(var) INFERLINE_PRAGMA(omp simd reduction(max : var))
+#define INFERLINE_SIMD_OR(var) INFERLINE_PRAGMA(omp simd reduction(| : var))
 
 // The wheel targets baseline x86-64 (SSE2); hot loops are cloned for AVX2 and AVX-512 and picked
 // once at load time through an ifunc, so one binary is fast on new CPUs and runs on old ones.
