@@ -1,30 +1,61 @@
 # Kernel libraries: inferline_kernels (CPU, always; OpenBLAS for sgemm) and, when CUDA was found,
 # inferline_cuda linked into it. Included from the top-level CMakeLists.txt.
 
-# ---- BLAS: OpenBLAS from the distribution (Debian: libopenblas-dev) -----------------------
-# The Debian package ships cblas.h and a pthread-threaded libopenblas built for the host's
-# dynamic arch detection; we ask for that vendor explicitly so a reference libblas picked by
-# the alternatives system cannot slip in, and so openblas_set_num_threads() exists.
-set(BLA_VENDOR OpenBLAS)
-find_package(BLAS REQUIRED)
-find_path(INFERLINE_CBLAS_INCLUDE_DIR cblas.h
-  PATH_SUFFIXES openblas-pthread openblas openblas-openmp
-  DOC "Directory holding OpenBLAS's cblas.h")
-if(NOT INFERLINE_CBLAS_INCLUDE_DIR)
-  message(FATAL_ERROR "cblas.h not found: install OpenBLAS headers (Debian: libopenblas-dev)")
+# ---- BLAS: OpenBLAS ----------------------------------------------------------------------
+# First choice: the distribution's OpenBLAS (Debian: libopenblas-dev), which ships cblas.h and a
+# pthread-threaded libopenblas with dynamic arch detection; we ask for that vendor explicitly so
+# a reference libblas picked by the alternatives system cannot slip in. Without it (a fresh
+# machine), the OpenBLAS that PyPI ships for building against, scipy-openblas32 (a build and
+# run-time dependency of the package), is used: its symbols carry a `scipy_` prefix, which
+# cpp/src/kernels/blas.hpp maps, and the module finds its library through an RPATH relative to
+# site-packages.
+set(INFERLINE_BLAS "AUTO" CACHE STRING "OpenBLAS to use: AUTO (system, else scipy-openblas32), SYSTEM, PYPI")
+set(INFERLINE_BLAS_PYPI OFF)
+if(NOT INFERLINE_BLAS STREQUAL "PYPI")
+  set(BLA_VENDOR OpenBLAS)
+  find_package(BLAS QUIET)
+  find_path(INFERLINE_CBLAS_INCLUDE_DIR cblas.h
+    PATH_SUFFIXES openblas-pthread openblas openblas-openmp
+    DOC "Directory holding OpenBLAS's cblas.h")
 endif()
-message(STATUS "inferline: BLAS ${BLAS_LIBRARIES}, cblas.h in ${INFERLINE_CBLAS_INCLUDE_DIR}")
+if(BLAS_FOUND AND INFERLINE_CBLAS_INCLUDE_DIR)
+  add_library(inferline_blas INTERFACE)
+  target_link_libraries(inferline_blas INTERFACE BLAS::BLAS)
+  target_include_directories(inferline_blas SYSTEM INTERFACE ${INFERLINE_CBLAS_INCLUDE_DIR})
+  message(STATUS "inferline: BLAS ${BLAS_LIBRARIES}, cblas.h in ${INFERLINE_CBLAS_INCLUDE_DIR}")
+elseif(INFERLINE_BLAS STREQUAL "SYSTEM")
+  message(FATAL_ERROR "INFERLINE_BLAS=SYSTEM but OpenBLAS was not found (Debian: libopenblas-dev)")
+else()
+  find_package(Python 3.10 REQUIRED COMPONENTS Interpreter)
+  execute_process(
+    COMMAND ${Python_EXECUTABLE} -c
+      "import scipy_openblas32 as s; print(s.get_include_dir()); print(s.get_lib_dir())"
+    OUTPUT_VARIABLE _sob OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _sob_rc)
+  if(NOT _sob_rc EQUAL 0)
+    message(FATAL_ERROR "No OpenBLAS: install the system one (Debian: libopenblas-dev) or "
+                        "`pip install scipy-openblas32` into ${Python_EXECUTABLE}'s environment")
+  endif()
+  string(REPLACE "\n" ";" _sob "${_sob}")
+  list(GET _sob 0 _sob_include)
+  list(GET _sob 1 _sob_lib)
+  find_library(INFERLINE_SCIPY_OPENBLAS_LIB scipy_openblas PATHS ${_sob_lib} NO_DEFAULT_PATH REQUIRED)
+  add_library(inferline_blas INTERFACE)
+  target_link_libraries(inferline_blas INTERFACE ${INFERLINE_SCIPY_OPENBLAS_LIB})
+  target_include_directories(inferline_blas SYSTEM INTERFACE ${_sob_include})
+  target_compile_definitions(inferline_blas INTERFACE INFERLINE_SCIPY_OPENBLAS=1)
+  set(INFERLINE_BLAS_PYPI ON)
+  message(STATUS "inferline: BLAS from scipy-openblas32 (${INFERLINE_SCIPY_OPENBLAS_LIB})")
+endif()
 
 # ---- CPU kernels --------------------------------------------------------------------------
 file(GLOB INFERLINE_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/kernels/*.cpp)
 add_library(inferline_kernels STATIC ${INFERLINE_KERNEL_SOURCES})
 target_include_directories(inferline_kernels PUBLIC ${PROJECT_SOURCE_DIR}/cpp/include
                                                     ${PROJECT_SOURCE_DIR}/cuda)
-# cblas.h is PUBLIC: the benchmarks call cblas_sgemm directly as the baseline.
-target_include_directories(inferline_kernels SYSTEM PUBLIC ${INFERLINE_CBLAS_INCLUDE_DIR})
 # inferline_core: the native model backend implements inferline::backend and answers requests
 # with blocks from the core's block_pool.
-target_link_libraries(inferline_kernels PUBLIC inferline_core Threads::Threads BLAS::BLAS
+# inferline_blas is PUBLIC: the benchmarks call sgemm directly as the baseline.
+target_link_libraries(inferline_kernels PUBLIC inferline_core Threads::Threads inferline_blas
                                         PRIVATE inferline_options)
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   # -fopenmp-simd honours `#pragma omp simd reduction` (vectorised sums without -ffast-math) and

@@ -10,7 +10,7 @@
 // epilogue (std::erf per element after the product) as ordinary rows too.
 // Args for the linear rows: {m, n, k, openblas_threads}.
 #include <benchmark/benchmark.h>
-#include <cblas.h>
+#include "inferline/kernels/blas.hpp"
 
 #include <chrono>
 #include <cmath>
@@ -56,7 +56,7 @@ struct linear_case {
   }
   double flops() const { return 2.0 * static_cast<double>(m) * static_cast<double>(n) * k; }
   void sgemm() {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
+    INFERLINE_BLAS(cblas_sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
                 static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, x.data(),
                 static_cast<blasint>(k), w.data(), static_cast<blasint>(k), 0.0f, y.data(),
                 static_cast<blasint>(n));

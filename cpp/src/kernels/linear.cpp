@@ -1,7 +1,7 @@
 // CPU linear layer: OpenBLAS sgemm for the product, our vectorised bias + activation epilogue.
 #include "inferline/kernels/linear.hpp"
 
-#include <cblas.h>
+#include "inferline/kernels/blas.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -67,16 +67,16 @@ void linear(const float* x, const float* w, const float* bias, float* y, std::si
   // measured slower on a 2-vCPU AVX-512 VM (fused/plain 0.77-0.93 vs 0.97-0.99 here): every
   // call repacks W and splits the work among OpenBLAS threads less evenly, while the single
   // extra pass costs ~1.5% (GELU epilogue ~6 Gelem/s vs ~140 GFLOP/s sgemm at k = 768).
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_w ? CblasTrans : CblasNoTrans,
+  INFERLINE_BLAS(cblas_sgemm)(CblasRowMajor, CblasNoTrans, transpose_w ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, x,
               static_cast<blasint>(k), w, ldw, 0.0f, y, static_cast<blasint>(n));
   epilogue(y, m, n, bias, act);
 }
 
-void set_blas_threads(int threads) { openblas_set_num_threads(std::max(1, threads)); }
+void set_blas_threads(int threads) { INFERLINE_BLAS(openblas_set_num_threads)(std::max(1, threads)); }
 
-int blas_threads() noexcept { return openblas_get_num_threads(); }
+int blas_threads() noexcept { return INFERLINE_BLAS(openblas_get_num_threads)(); }
 
-const char* blas_config() noexcept { return openblas_get_config(); }
+const char* blas_config() noexcept { return INFERLINE_BLAS(openblas_get_config)(); }
 
 }  // namespace inferline::kernels
