@@ -218,6 +218,45 @@ entry = "predict"
 sha256 = {{ "1/model.py" = "{sha_py}", "1/warmup.npz" = "{sha_npz}" }}
 """,
     )
+    # The classifier's version-1 weights as a native kernel graph: answers match the ONNX model.
+    from safetensors.numpy import save as save_safetensors
+
+    w = example_weights(1)
+    sha_st = _write(root / "classifier_native/1/weights.safetensors", save_safetensors(w))
+    _write(
+        root / "classifier_native/model.toml",
+        f"""\
+# The classifier as native kernels: linear+relu, linear, softmax; weights memory-mapped from
+# weights.safetensors once at load and run on the worker threads without the GIL.
+backend = "native"
+
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [{N_FEATURES}]
+
+[[outputs]]
+name = "probs"
+datatype = "FP32"
+shape = [{N_CLASSES}]
+
+[batching]
+max_batch_size = 32
+max_queue_delay_ms = 2.0
+
+[native]
+weights = "weights.safetensors"
+device = "cpu"
+ops = [
+  {{ op = "linear", weight = "W1", bias = "b1", activation = "relu", layout = "in_out" }},
+  {{ op = "linear", weight = "W2", bias = "b2", layout = "in_out" }},
+  {{ op = "softmax" }},
+]
+
+[artifacts]
+sha256 = {{ "1/weights.safetensors" = "{sha_st}" }}
+""",
+    )
     return root
 
 

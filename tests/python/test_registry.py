@@ -356,3 +356,30 @@ async def test_request_trace_logs_stage_timestamps(caplog: pytest.LogCaptureFixt
     ):
         assert field in msg
     assert {r.request_id for r in records} == {1, 2, 3}  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_native_model_from_repository_matches_onnx(tmp_path: Path) -> None:
+    repo = load_example_builder().build_repository(tmp_path / "repo")
+    async with inferline.Engine.from_repository(repo) as engine:
+        info = engine.model_info("classifier_native")
+        assert info.state == "ready" and info.platform == "inferline_native"
+        rng = np.random.default_rng(3)
+        xs = [rng.standard_normal(16).astype(np.float32) for _ in range(64)]
+        native = await asyncio.gather(*(engine.infer("classifier_native", x) for x in xs))
+        onnx = await asyncio.gather(*(engine.infer("classifier", x, version=1) for x in xs))
+        stats = engine.stats("classifier_native")
+    for a, b in zip(native, onnx, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert stats["batch_size"]["max"] > 1
+
+
+@pytest.mark.asyncio
+async def test_native_model_with_bad_weights_fails_alone(tmp_path: Path) -> None:
+    repo = load_example_builder().build_repository(tmp_path / "repo")
+    toml = repo / "classifier_native" / "model.toml"
+    toml.write_text(toml.read_text().replace('weight = "W2"', 'weight = "W9"').split("[artifacts]")[0])
+    async with inferline.Engine.from_repository(repo) as engine:
+        with pytest.raises(inferline.ModelNotReady, match="W9"):
+            await engine.infer("classifier_native", np.zeros(16, np.float32))
+        assert engine.model_info("classifier").state == "ready"

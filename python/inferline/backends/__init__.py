@@ -31,6 +31,9 @@ from ..types import TensorSpec
 from .onnx import OnnxModel
 from .python_file import load_python_model
 
+# The engine's Batching() default, for a model.toml that leaves max_batch_size out.
+_DEFAULT_MAX_BATCH_SIZE = 8
+
 __all__ = ["LoadedModel", "OnnxModel", "load_python_model", "load_version"]
 
 
@@ -60,8 +63,10 @@ class LoadedModel:
 
     @property
     def platform(self) -> str:
-        """The protocol's platform name: ``onnxruntime_onnx`` or ``python``."""
-        return "onnxruntime_onnx" if self.config.backend == "onnx" else self.config.backend
+        """The protocol's platform name: ``onnxruntime_onnx``, ``python`` or ``inferline_native``."""
+        return {"onnx": "onnxruntime_onnx", "native": "inferline_native"}.get(
+            self.config.backend, self.config.backend
+        )
 
     def warmup_sizes(self, default_max_batch_size: int) -> tuple[int, ...]:
         """Warm-up batch sizes; ``default_max_batch_size`` is the engine's default when
@@ -124,12 +129,34 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
         )
         inputs, outputs = config.inputs, config.outputs
         backend = fn
+    elif config.backend == "native":
+        from ..native import native_model
+
+        assert config.native is not None
+        if config.output_checks.probabilities:
+            raise RepositoryError(
+                config.config_file,
+                "output_checks.probabilities",
+                "probability checks run on Python outputs; a native model's last op "
+                "(softmax) guarantees them instead",
+            )
+        inputs, outputs = config.inputs, config.outputs
+        try:
+            fn = native_model(
+                config.native,
+                inputs=inputs,
+                outputs=outputs,
+                folder=va.directory,
+                max_batch_size=batching.max_batch_size or _DEFAULT_MAX_BATCH_SIZE,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise RepositoryError(config.config_file, "native", str(exc)) from None
+        backend = fn
     else:
         raise RepositoryError(
             config.config_file,
             "backend",
-            f"backend = {config.backend!r} is built by the engine from config.native; "
-            "load_version loads 'onnx' and 'python' models",
+            f"unknown backend {config.backend!r}; expected 'onnx', 'python' or 'native'",
         )
 
     if config.output_checks.finite:
