@@ -32,8 +32,9 @@ if __name__ == "__main__":
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import inferline
 import numpy as np
+
+import inferline
 
 DIM = 128
 

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import inferline
 import numpy as np
 import pytest
+
+import inferline
 from inferline import Batching, TensorSpec
 
 DIM = 8

@@ -10,9 +10,10 @@ import threading
 import time
 from typing import Any
 
-import inferline
 import numpy as np
 import pytest
+
+import inferline
 from inferline import Batching, TensorSpec
 from inferline.lifecycle import GracefulShutdown, serve_until_signalled
 

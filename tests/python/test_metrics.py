@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import inferline
 import numpy as np
 import pytest
-from inferline import Batching, TensorSpec, metrics
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+
+import inferline
+from inferline import Batching, TensorSpec, metrics
 
 DIM = 4
 X = [TensorSpec("x", "FP32", (DIM,))]

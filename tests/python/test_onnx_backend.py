@@ -15,11 +15,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from onnx import TensorProto, helper  # noqa: E402
+
 from inferline.backends import load_version  # noqa: E402
 from inferline.backends.onnx import OnnxModel  # noqa: E402
 from inferline.repository import RepositoryError, load_model_config, load_repository  # noqa: E402
 from inferline.types import TensorSpec  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

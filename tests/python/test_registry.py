@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import inferline
 import numpy as np
 import pytest
+
+import inferline
 from inferline import Batching, TensorSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -378,7 +379,8 @@ async def test_native_model_from_repository_matches_onnx(tmp_path: Path) -> None
 async def test_native_model_with_bad_weights_fails_alone(tmp_path: Path) -> None:
     repo = load_example_builder().build_repository(tmp_path / "repo")
     toml = repo / "classifier_native" / "model.toml"
-    toml.write_text(toml.read_text().replace('weight = "W2"', 'weight = "W9"').split("[artifacts]")[0])
+    text = toml.read_text().replace('weight = "W2"', 'weight = "W9"')
+    toml.write_text(text.split("[artifacts]")[0])
     async with inferline.Engine.from_repository(repo) as engine:
         with pytest.raises(inferline.ModelNotReady, match="W9"):
             await engine.infer("classifier_native", np.zeros(16, np.float32))

@@ -14,6 +14,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+
 from inferline.backends import load_version
 from inferline.backends.python_file import load_python_model
 from inferline.errors import InferlineError
@@ -99,7 +100,12 @@ def example_repo(tmp_path: Path) -> Path:
 def test_example_repository_scans_clean(example_repo: Path) -> None:
     scan = load_repository(example_repo)
     assert scan.errors == {}
-    assert sorted(scan.configs) == ["classifier", "classifier_fixed", "scaler"]
+    assert sorted(scan.configs) == [
+        "classifier",
+        "classifier_fixed",
+        "classifier_native",
+        "scaler",
+    ]
     c = scan.configs["classifier"]
     assert c.backend == "onnx"
     assert c.inputs == (TensorSpec("x", "FP32", (16,), finite=True),)

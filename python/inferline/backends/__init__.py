@@ -63,7 +63,7 @@ class LoadedModel:
 
     @property
     def platform(self) -> str:
-        """The protocol's platform name: ``onnxruntime_onnx``, ``python`` or ``inferline_native``."""
+        """The protocol's platform: ``onnxruntime_onnx``, ``python`` or ``inferline_native``."""
         return {"onnx": "onnxruntime_onnx", "native": "inferline_native"}.get(
             self.config.backend, self.config.backend
         )
