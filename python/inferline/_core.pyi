@@ -7,6 +7,11 @@ import numpy as np
 
 __version__: str
 
+# Native kernels and the native model (numpy-facing kernel functions, enums, NativeModel,
+# NativeModelConfig, NativeOp, TensorDesc, and cuda_* helpers in CUDA builds). The public,
+# typed wrappers are inferline.kernels and inferline.native.
+kernels: Any
+
 def build_info() -> dict[str, Any]: ...
 def cuda_compiled() -> bool: ...
 def cuda_device_count() -> int: ...
