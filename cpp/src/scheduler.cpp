@@ -163,21 +163,28 @@ void model_scheduler::shutdown() {
     for (std::thread& t : workers_) t.join();
     workers_.clear();
     // Workers answered what they found; sweep what arrived after (or if never started).
-    std::vector<request*> rest;
     std::lock_guard form(form_mutex_);
-    answer_chain chain;
-    for (auto& lane : lanes_) {
-      request* r = nullptr;
-      while (lane->try_pop(r)) {
-        ready_.fetch_sub(1, std::memory_order_relaxed);
-        queued_.fetch_sub(1, std::memory_order_relaxed);
-        r->result_outcome = outcome::engine_stopped;
-        r->error = msg_stopped();
-        chain.add(r);
-      }
-    }
-    chain.flush(completions_);
+    answer_stopped({});
   });
+}
+
+void model_scheduler::answer_stopped(std::span<request* const> items) noexcept {
+  answer_chain chain;
+  auto stop = [&](request* r) {
+    queued_.fetch_sub(1, std::memory_order_relaxed);
+    r->result_outcome = outcome::engine_stopped;
+    r->error = msg_stopped();
+    chain.add(r);
+  };
+  for (request* r : items) stop(r);
+  for (auto& lane : lanes_) {
+    request* r = nullptr;
+    while (lane->try_pop(r)) {
+      ready_.fetch_sub(1, std::memory_order_relaxed);
+      stop(r);
+    }
+  }
+  chain.flush(completions_);
 }
 
 void model_scheduler::worker_main(int instance) {
@@ -225,25 +232,8 @@ bool model_scheduler::form_batch(std::vector<request*>& items) {
   std::int64_t oldest = no_deadline;
   for (;;) {
     if (stopping_.load(std::memory_order_acquire)) {
-      answer_chain chain;
-      for (request* r : items) {
-        queued_.fetch_sub(1, std::memory_order_relaxed);
-        r->result_outcome = outcome::engine_stopped;
-        r->error = msg_stopped();
-        chain.add(r);
-      }
+      answer_stopped(items);
       items.clear();
-      for (auto& lane : lanes_) {
-        request* r = nullptr;
-        while (lane->try_pop(r)) {
-          ready_.fetch_sub(1, std::memory_order_relaxed);
-          queued_.fetch_sub(1, std::memory_order_relaxed);
-          r->result_outcome = outcome::engine_stopped;
-          r->error = msg_stopped();
-          chain.add(r);
-        }
-      }
-      chain.flush(completions_);
       return false;
     }
     std::int64_t now = now_ns();

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -123,6 +124,8 @@ class model_scheduler {
   // are cancelled, expired or past their deadline are answered on the way.
   void pull(std::vector<request*>& items, std::int64_t now);
   void compute(std::vector<request*>& items, int instance);
+  // Answers `items` and everything left in the lanes engine_stopped. Caller holds form_mutex_.
+  void answer_stopped(std::span<request* const> items) noexcept;
   void notify_former(std::int64_t ready) noexcept;
 
   scheduler_config config_;
