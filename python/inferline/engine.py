@@ -1108,11 +1108,14 @@ class Engine:
         queued or computing; a request whose deadline passes in the queue is never computed.
         Cancelling the await cancels the request in the core.
         """
-        v = self._route(name, version)
+        # Fast path: the model's serving version (swapped atomically), else the full routing.
+        entry = self._models.get(name)
+        v = entry.serving if entry is not None and version is None else None
+        if v is None or v.state != "ready":
+            v = self._route(name, version)
         if v.cache is not None and _use_cache:
             return await self._infer_cached(v, x, priority, timeout)
-        loop = self._loop
-        assert loop is not None
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]  # set by start()
         if priority.__class__ is not int or priority < 0:
             raise InvalidInput(f"priority must be an int >= 0 (0 is the highest), got {priority!r}")
         fut = loop.create_future()
