@@ -19,6 +19,7 @@ import functools
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 if __name__ == "__main__":
@@ -30,6 +31,7 @@ if __name__ == "__main__":
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = _threads
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,14 +41,33 @@ import inferline
 DIM = 128
 
 
-def make_model() -> Callable[[np.ndarray], np.ndarray]:
+def make_model() -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((DIM, DIM)) / np.sqrt(DIM)).astype(np.float32)
 
     def mlp(batch: np.ndarray) -> np.ndarray:
-        return np.maximum(batch @ w, 0)
+        out: np.ndarray = np.maximum(batch @ w, 0)
+        return out
 
-    return mlp
+    return mlp, w
+
+
+def make_native_model(w: np.ndarray, max_batch_size: int, folder: Path) -> Any:
+    """The same matmul + relu as native kernels (one fused linear op), off the GIL."""
+    from safetensors.numpy import save_file
+
+    from inferline.native import native_model
+
+    save_file({"w": w}, str(folder / "w.safetensors"))
+    table = {
+        "weights": "w.safetensors",
+        "ops": [{"op": "linear", "weight": "w", "activation": "relu", "layout": "in_out"}],
+    }
+    spec_x = [inferline.TensorSpec("x", "FP32", (DIM,))]
+    spec_y = [inferline.TensorSpec("y", "FP32", (DIM,))]
+    return native_model(
+        table, inputs=spec_x, outputs=spec_y, folder=folder, max_batch_size=max_batch_size
+    )
 
 
 class AsyncioBatcher:
@@ -150,36 +171,43 @@ async def drive(
 
 
 async def run(args: argparse.Namespace) -> None:
-    fn = make_model()
+    fn, w = make_model()
+    folder = Path(tempfile.mkdtemp(prefix="inferline_engine_bench_"))
+    native = make_native_model(w, args.max_batch_size, folder)
+    check = np.random.default_rng(2).standard_normal((4, DIM)).astype(np.float32)
+    np.testing.assert_allclose(native.forward(check), fn(check), rtol=1e-4, atol=1e-5)
     rows = []
     for c in args.concurrency:
         engine = inferline.Engine()
-        engine.register(
-            "mlp",
-            fn,
-            inputs=[inferline.TensorSpec("x", "FP32", (DIM,))],
-            outputs=[inferline.TensorSpec("y", "FP32", (DIM,))],
-            batching=inferline.Batching(
-                max_batch_size=args.max_batch_size,
-                max_queue_delay_ms=args.max_queue_delay_ms,
-                max_queue_size=4096,
-                idle_spin_us=args.idle_spin_us,
-            ),
-            instances=args.instances,
-        )
+        for name, model in (("mlp", fn), ("mlp_native", native)):
+            engine.register(
+                name,
+                model,
+                inputs=[inferline.TensorSpec("x", "FP32", (DIM,))],
+                outputs=[inferline.TensorSpec("y", "FP32", (DIM,))],
+                batching=inferline.Batching(
+                    max_batch_size=args.max_batch_size,
+                    max_queue_delay_ms=args.max_queue_delay_ms,
+                    max_queue_size=4096,
+                    idle_spin_us=args.idle_spin_us,
+                ),
+                instances=args.instances,
+            )
         base = AsyncioBatcher(fn, args.max_batch_size, args.max_queue_delay_ms)
         await engine.start()
         await base.start()
-        # Short warm runs, then alternate the two so drift on a shared machine hits both.
+        # Short warm runs, then alternate so drift on a shared machine hits every contender.
         infer = functools.partial(engine.infer, "mlp")
-        await drive(infer, c, 0.3, 10**9)
-        await drive(base.infer, c, 0.3, 10**9)
+        infer_native = functools.partial(engine.infer, "mlp_native")
+        for f in (infer, base.infer, infer_native):
+            await drive(f, c, 0.3, 10**9)
         res_i = await drive(infer, c, args.seconds, 10**9)
         res_b = await drive(base.infer, c, args.seconds, 10**9)
+        res_n = await drive(infer_native, c, args.seconds, 10**9)
         stats = engine.stats("mlp")
         await engine.stop()
         await base.stop()
-        rows.append((c, res_i, res_b, stats["batch_size"]["mean"]))
+        rows.append((c, res_i, res_b, res_n, stats["batch_size"]["mean"]))
 
     print(
         f"model: {DIM}x{DIM} float32 matmul+relu, max_batch_size={args.max_batch_size}, "
@@ -188,17 +216,20 @@ async def run(args: argparse.Namespace) -> None:
     )
     print(
         f"{'conc':>5} | {'inferline rps':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} | "
-        f"{'asyncio rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9}"
+        f"{'asyncio rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9} | "
+        f"{'native rps':>10} {'p99 ms':>7} {'rps ratio':>9}"
     )
-    for c, a, b, mean_batch in rows:
+    for c, a, b, n, mean_batch in rows:
         print(
             f"{c:>5} | {a['rps']:>13,.0f} {a['p50']:>7.3f} {a['p99']:>7.3f} {mean_batch:>6.1f} | "
             f"{b['rps']:>11,.0f} {b['p50']:>7.3f} {b['p99']:>7.3f} | "
-            f"{a['rps'] / b['rps']:>8.2f}x {a['p99'] / b['p99']:>8.2f}x"
+            f"{a['rps'] / b['rps']:>8.2f}x {a['p99'] / b['p99']:>8.2f}x | "
+            f"{n['rps']:>10,.0f} {n['p99']:>7.3f} {n['rps'] / b['rps']:>8.2f}x"
         )
     print(
         "rps ratio = inferline / asyncio baseline (higher is better); "
-        "p99 ratio = inferline / baseline (lower is better)"
+        "p99 ratio = inferline / baseline (lower is better); native = the same matmul+relu "
+        "as one fused native linear op through the same engine (no GIL in the worker)"
     )
 
 
