@@ -17,22 +17,18 @@ import argparse
 import asyncio
 import functools
 import os
-import statistics
 import sys
 import tempfile
 import time
-
-if __name__ == "__main__":
-    # BLAS's own thread pool spins on the cores the event loop and the workers need; both
-    # contenders run with the same setting (before numpy loads). --blas-threads changes it.
-    _threads = (
-        sys.argv[sys.argv.index("--blas-threads") + 1] if "--blas-threads" in sys.argv else "1"
-    )
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _threads
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from loadgen import limit_blas_threads
+
+    limit_blas_threads(sys.argv)
 
 import numpy as np
 
@@ -131,47 +127,12 @@ class AsyncioBatcher:
                     fut.set_result(out[i])
 
 
-async def drive(
-    infer: Callable[[np.ndarray], Awaitable[Any]],
-    concurrency: int,
-    seconds: float,
-    max_requests: int,
-) -> dict[str, float]:
-    """Runs `concurrency` closed-loop clients for `seconds`; returns rps, p50, p99 (ms)."""
+async def run(args: argparse.Namespace) -> None:
+    from loadgen import drive
+
+    fn, w = make_model()
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal(DIM).astype(np.float32) for _ in range(64)]
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
-    budget = [max_requests]
-
-    async def client(k: int) -> None:
-        i = k
-        while time.perf_counter() < stop_at and budget[0] > 0:
-            budget[0] -= 1
-            t0 = time.perf_counter()
-            await infer(inputs[i % len(inputs)])
-            latencies.append(time.perf_counter() - t0)
-            i += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    latencies.sort()
-    q = (
-        statistics.quantiles(latencies, n=100, method="inclusive")
-        if len(latencies) > 1
-        else [latencies[0]] * 99
-    )
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50": q[49] * 1e3,
-        "p99": q[98] * 1e3,
-        "n": float(len(latencies)),
-    }
-
-
-async def run(args: argparse.Namespace) -> None:
-    fn, w = make_model()
     folder = Path(tempfile.mkdtemp(prefix="inferline_engine_bench_"))
     native = make_native_model(w, args.max_batch_size, folder)
     check = np.random.default_rng(2).standard_normal((4, DIM)).astype(np.float32)
@@ -200,10 +161,10 @@ async def run(args: argparse.Namespace) -> None:
         infer = functools.partial(engine.infer, "mlp")
         infer_native = functools.partial(engine.infer, "mlp_native")
         for f in (infer, base.infer, infer_native):
-            await drive(f, c, 0.3, 10**9)
-        res_i = await drive(infer, c, args.seconds, 10**9)
-        res_b = await drive(base.infer, c, args.seconds, 10**9)
-        res_n = await drive(infer_native, c, args.seconds, 10**9)
+            await drive(f, inputs, c, 0.3)
+        res_i = await drive(infer, inputs, c, args.seconds)
+        res_b = await drive(base.infer, inputs, c, args.seconds)
+        res_n = await drive(infer_native, inputs, c, args.seconds)
         stats = engine.stats("mlp")
         await engine.stop()
         await base.stop()

@@ -20,11 +20,10 @@ import os
 import sys
 
 if __name__ == "__main__":
-    _threads = (
-        sys.argv[sys.argv.index("--blas-threads") + 1] if "--blas-threads" in sys.argv else "1"
-    )
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _threads
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from loadgen import limit_blas_threads
+
+    limit_blas_threads(sys.argv)
 
 import argparse
 import asyncio
@@ -32,10 +31,8 @@ import functools
 import math
 import statistics
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -78,32 +75,9 @@ def numpy_model(w: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     return mlp
 
 
-async def drive(
-    infer: Callable[[np.ndarray], Awaitable[Any]],
-    inputs: list[np.ndarray],
-    concurrency: int,
-    seconds: float,
-) -> dict[str, float]:
-    """Runs `concurrency` closed-loop clients for `seconds`; returns rps, p50, p99 (ms)."""
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def client(k: int) -> None:
-        i = k
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            await infer(inputs[i % len(inputs)])
-            latencies.append(time.perf_counter() - t0)
-            i += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    q = statistics.quantiles(sorted(latencies), n=100, method="inclusive")
-    return {"rps": len(latencies) / elapsed, "p50": q[49] * 1e3, "p99": q[98] * 1e3}
-
-
 async def run(args: argparse.Namespace) -> None:
+    from loadgen import drive
+
     w = make_weights(args.inp, args.hidden, args.classes)
     folder = Path(tempfile.mkdtemp(prefix="inferline_native_bench_"))
     from safetensors.numpy import save_file

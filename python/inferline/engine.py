@@ -112,6 +112,7 @@ class ModelInfo:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int
+    priority_levels: int = 1
     aliases: dict[str, int] = field(default_factory=dict)
     default: bool = False
     notes: list[str] = field(default_factory=list)
@@ -307,6 +308,7 @@ class _Version:
             inputs=list(self.inputs),
             outputs=list(self.outputs),
             max_batch_size=self.batching.max_batch_size,
+            priority_levels=self.batching.priority_levels,
             aliases={a: v for a, v in aliases.items() if v == self.version},
             default=default,
             notes=list(self.notes),
