@@ -57,21 +57,33 @@ const float* optional_vector(const std::optional<f32_array>& v, std::size_t n, c
   return v->data();
 }
 
-f32_array linear(const f32_array& x, const f32_array& w, const std::optional<f32_array>& bias,
-                 k::activation act, k::weight_layout layout) {
-  require(x.ndim() == 2 && w.ndim() == 2, "linear: x and w must be 2-D");
+// Checked dimensions of y = x W (+ bias) for either weight layout.
+struct linear_dims {
+  std::size_t m, n, k;
+  const float* bias;
+};
+
+linear_dims check_linear(const f32_array& x, const f32_array& w,
+                         const std::optional<f32_array>& bias, k::weight_layout layout,
+                         const std::string& what) {
+  require(x.ndim() == 2 && w.ndim() == 2, what + ": x and w must be 2-D");
   const auto m = static_cast<std::size_t>(x.shape(0));
   const auto kk = static_cast<std::size_t>(x.shape(1));
   const bool out_in = layout == k::weight_layout::out_in;
   require(static_cast<std::size_t>(w.shape(out_in ? 1 : 0)) == kk,
-          "linear: w's input dimension does not match x");
+          what + ": w's input dimension does not match x");
   const auto n = static_cast<std::size_t>(w.shape(out_in ? 0 : 1));
-  const float* b = optional_vector(bias, n, "linear: bias");
-  f32_array y({m, n});
+  return {m, n, kk, optional_vector(bias, n, (what + ": bias").c_str())};
+}
+
+f32_array linear(const f32_array& x, const f32_array& w, const std::optional<f32_array>& bias,
+                 k::activation act, k::weight_layout layout) {
+  const linear_dims d = check_linear(x, w, bias, layout, "linear");
+  f32_array y({d.m, d.n});
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;  // only touches buffers of arrays held alive by this frame
-    k::linear(x.data(), w.data(), b, yp, m, n, kk, layout, act);
+    k::linear(x.data(), w.data(), d.bias, yp, d.m, d.n, d.k, layout, act);
   }
   return y;
 }
@@ -246,14 +258,7 @@ void require_gpu() {
 f32_array cuda_linear(const f32_array& x, const f32_array& w, const std::optional<f32_array>& bias,
                       k::activation act, k::weight_layout layout) {
   require_gpu();
-  require(x.ndim() == 2 && w.ndim() == 2, "cuda_linear: x and w must be 2-D");
-  const auto m = static_cast<std::size_t>(x.shape(0));
-  const auto kk = static_cast<std::size_t>(x.shape(1));
-  const bool out_in = layout == k::weight_layout::out_in;
-  require(static_cast<std::size_t>(w.shape(out_in ? 1 : 0)) == kk,
-          "cuda_linear: w's input dimension does not match x");
-  const auto n = static_cast<std::size_t>(w.shape(out_in ? 0 : 1));
-  const float* b = optional_vector(bias, n, "cuda_linear: bias");
+  const auto [m, n, kk, b] = check_linear(x, w, bias, layout, "cuda_linear");
   f32_array y({m, n});
   float* yp = y.mutable_data();
   {
