@@ -91,8 +91,7 @@ error_types& errors() {
 
 // Interned method names used on the drain path.
 struct names {
-  py::str done{"done"}, cancelled{"cancelled"}, set_result{"set_result"},
-      set_exception{"set_exception"};
+  py::str cancelled{"cancelled"}, set_result{"set_result"}, set_exception{"set_exception"};
   py::object invalid_state = py::module_::import("asyncio").attr("InvalidStateError");
 };
 names& method_names() {
@@ -487,7 +486,6 @@ std::size_t py_core::drain() {
   std::size_t n = 0;
   const names& nm = method_names();
   const error_types& et = errors();
-  (void)nm.done;
   while (r != nullptr) {
     request* next = r->next;
     auto* owner_sched = r->owner;
@@ -499,9 +497,21 @@ std::size_t py_core::drain() {
     if (r->result_outcome == outcome::success) {
       // The common case costs one C-level method call; a future the caller already finished
       // (its own timeout or cancellation) answers InvalidStateError, handled below.
-      PyObject* value = ps ? ps->take_result(r).release().ptr() : Py_NewRef(Py_None);
-      PyObject* res = PyObject_CallMethodOneArg(fut.ptr(), nm.set_result.ptr(), value);
-      Py_DECREF(value);
+      PyObject* value = nullptr;
+      PyObject* res = nullptr;
+      try {
+        value = ps ? ps->take_result(r).release().ptr() : Py_NewRef(Py_None);
+        res = PyObject_CallMethodOneArg(fut.ptr(), nm.set_result.ptr(), value);
+      } catch (py::error_already_set& e) {
+        // Building the answer failed (e.g. no memory for its array): still one answer.
+        const std::string msg = "model '" + (ps ? ps->name() : std::string("?")) +
+                                "' failed: could not build the answer: " + e.what();
+        PyObject* exc = PyObject_CallOneArg(et.model_error.ptr(), py::str(msg).ptr());
+        res = exc ? PyObject_CallMethodOneArg(fut.ptr(), nm.set_exception.ptr(), exc) : nullptr;
+        Py_XDECREF(exc);
+        counted = outcome::model_error;
+      }
+      Py_XDECREF(value);
       if (res != nullptr) {
         Py_DECREF(res);
       } else {
