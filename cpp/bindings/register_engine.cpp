@@ -2,6 +2,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <memory>
@@ -308,6 +309,48 @@ class python_backend final : public backend {
   std::vector<tensor_info> outputs_;
   bool dict_inputs_;
   bool dict_outputs_;
+};
+
+// Wraps a native backend so outputs declared `finite` are checked after each batch, as the
+// Python backend checks its outputs: a NaN or Inf fails the whole batch with a model error.
+class finite_checked_backend final : public backend {
+ public:
+  finite_checked_backend(std::shared_ptr<backend> inner, std::vector<tensor_info> outputs)
+      : inner_(std::move(inner)) {
+    for (std::size_t k = 0; k < outputs.size(); ++k) {
+      if (outputs[k].finite && outputs[k].kind != float_kind::none) {
+        checks_.push_back({k, outputs[k].item_bytes, outputs[k].kind, outputs[k].name,
+                           outputs[k].item_bytes / static_cast<std::size_t>(outputs[k].dtype.itemsize())});
+      }
+    }
+  }
+
+  void run(batch& b) override {
+    inner_->run(b);
+    if (b.warmup() || b.requests.empty() || b.requests[0]->output == nullptr) return;
+    for (const auto& c : checks_) {
+      for (request* r : b.requests) {
+        const std::byte* row = r->output->region(c.index) + r->row * c.item_bytes;
+        if (!all_finite(row, c.count, c.kind)) {
+          // The core fails the whole batch and releases the outputs its requests hold.
+          throw std::runtime_error("output '" + c.name + "' contains NaN or Inf (finite check)");
+        }
+      }
+    }
+  }
+  void on_worker_start(int instance) override { inner_->on_worker_start(instance); }
+  void discard_result(void* result) noexcept override { inner_->discard_result(result); }
+  std::string platform() const override { return inner_->platform(); }
+
+ private:
+  struct check {
+    std::size_t index, item_bytes;
+    float_kind kind;
+    std::string name;
+    std::size_t count;
+  };
+  std::shared_ptr<backend> inner_;
+  std::vector<check> checks_;
 };
 
 // Engine-wide: the completion queue and the schedulers whose answers may still be in it.
@@ -679,6 +722,10 @@ void register_engine(py::module_& m) {
              std::shared_ptr<backend> be;
              if (py::isinstance<backend>(model)) {
                be = model.cast<std::shared_ptr<backend>>();
+               const bool any_finite = std::any_of(out.begin(), out.end(), [](const auto& t) {
+                 return t.finite && t.kind != float_kind::none;
+               });
+               if (any_finite) be = std::make_shared<finite_checked_backend>(be, out);
              } else if (PyCallable_Check(model.ptr())) {
                be = std::make_shared<python_backend>(model, in, out, dict_inputs, dict_outputs);
              } else {

@@ -385,3 +385,22 @@ async def test_native_model_with_bad_weights_fails_alone(tmp_path: Path) -> None
         with pytest.raises(inferline.ModelNotReady, match="W9"):
             await engine.infer("classifier_native", np.zeros(16, np.float32))
         assert engine.model_info("classifier").state == "ready"
+
+
+@pytest.mark.asyncio
+async def test_native_model_finite_output_check_fails_its_batch(tmp_path: Path) -> None:
+    repo = load_example_builder().build_repository(tmp_path / "repo")
+    toml = repo / "classifier_native" / "model.toml"
+    text = toml.read_text().replace('name = "probs"', 'name = "probs"\nfinite = true')
+    toml.write_text(text)
+    async with inferline.Engine.from_repository(repo) as engine:
+        bad = np.full(16, np.nan, np.float32)
+        with pytest.raises(
+            inferline.ModelError, match=r"output 'probs' contains NaN or Inf \(finite check\)"
+        ):
+            await engine.infer("classifier_native", bad)
+        ok = await engine.infer("classifier_native", np.zeros(16, np.float32))
+        assert np.isfinite(ok).all()
+        stats = engine.stats("classifier_native")
+    assert stats["requests"]["model_error"] == 1
+    assert stats["in_flight"] == 0
