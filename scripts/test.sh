@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test suite: C++ unit tests (and the CUDA sources' compile), the same core tests under
-# ThreadSanitizer, then the Python tests against the installed package.
+# The test suite: C++ unit tests (and the CUDA sources' compile), the core tests under
+# ThreadSanitizer, every C++ test under ASan+UBSan, then the Python tests against the installed
+# package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${INFERLINE_TEST_JOBS:-2}"
@@ -25,6 +26,13 @@ cmake --build build/tsan -j"$jobs"
 # OpenBLAS's own thread pool is not instrumented and reports false races: one thread here.
 OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   ctest --test-dir build/tsan --output-on-failure -j"$jobs" -E 'Kernel|Cuda|Native'
+
+echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
+cmake -S . -B build/asan "${common[@]}" -DINFERLINE_CUDA=OFF -DINFERLINE_SANITIZE=address,undefined \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/asan -j"$jobs"
+OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1" \
+  ctest --test-dir build/asan --output-on-failure -j"$jobs" -E 'Cuda'
 
 echo "== Python tests =="
 "$py" -m pytest -q "$@"
