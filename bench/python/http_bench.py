@@ -42,33 +42,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_engine(repo: str, model: str) -> Any:
-    """An engine serving ``model`` from the repository (``Engine.from_repository`` when the
-    engine has it, else the repository loader and backends directly)."""
+    """An engine serving the repository (``model`` among its models)."""
     import inferline
 
-    if hasattr(inferline.Engine, "from_repository"):
-        return inferline.Engine.from_repository(repo)
-    from inferline.backends import load_version
-    from inferline.repository import load_repository
-
-    scan = load_repository(repo)
-    config = scan.configs[model]
-    engine = inferline.Engine()
-    for version in config.versions_to_load:
-        lm = load_version(config, version)
-        engine.register(
-            model,
-            lm.fn,
-            inputs=list(lm.inputs),
-            outputs=list(lm.outputs),
-            batching=inferline.Batching(**lm.batching.as_kwargs()),
-            instances=config.instances,
-            version=version,
-            warmup=list(lm.warmup_sizes(8)),
-            warmup_inputs=lm.warmup_inputs,
-            platform=lm.platform,
-        )
-    return engine
+    return inferline.Engine.from_repository(repo)
 
 
 def serve_inferline(repo: str, model: str) -> None:
