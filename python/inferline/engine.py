@@ -1074,6 +1074,10 @@ class Engine:
 
     # -- inference ----------------------------------------------------------------------------
     def _route(self, name: str, version: int | str | None) -> _Version:
+        if self._state == "created":
+            raise EngineStopped(
+                "the engine is not started; use `async with engine:` or `await engine.start()`"
+            )
         entry = self._models.get(name)
         if entry is None:
             reason = self._repo_failures.get(name)

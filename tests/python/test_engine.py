@@ -477,6 +477,13 @@ def test_works_on_uvloop() -> None:
     assert max(model.sizes()) > 1
 
 
+@pytest.mark.asyncio
+async def test_infer_before_start_says_so() -> None:
+    engine = make_engine(Recorder())
+    with pytest.raises(inferline.EngineStopped, match="the engine is not started"):
+        await engine.infer("m", item(1))
+
+
 def test_register_validation_messages() -> None:
     engine = inferline.Engine()
     with pytest.raises(ValueError, match="max_batch_size must be a positive int"):
