@@ -39,21 +39,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
-DATATYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BF16",
-]
+# Every fixed-size protocol datatype (BYTES has no fixed item size).
+DATATYPES = [d for d in inferline.types.DATATYPES if d != "BYTES"]
 
 
 # ------------------------------------------------------------------------------ harness
