@@ -9,6 +9,11 @@ import numpy as np
 
 __all__ = [
     "DATATYPES",
+    "DEFAULTS",
+    "FLOAT_DATATYPES",
+    "LIMITS",
+    "Defaults",
+    "Limits",
     "TensorSpec",
     "datatype_of",
     "numpy_dtype",
@@ -32,6 +37,37 @@ DATATYPES: dict[str, np.dtype] = {
     "BF16": np.dtype(np.uint16),
     "BYTES": np.dtype(np.object_),
 }
+
+# Floating-point datatypes: the ones a NaN/Inf check (``finite``) applies to.
+FLOAT_DATATYPES: tuple[str, ...] = ("FP16", "FP32", "FP64", "BF16")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest values any model configuration may ask for (Python API and model.toml)."""
+
+    max_batch_size: int = 1 << 16
+    max_queue_size: int = 1 << 24
+    max_priority_levels: int = 16
+    max_instances: int = 256
+    max_ndim: int = 32
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a model gets for every setting it leaves out (Python API and model.toml alike)."""
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 1.0
+    max_queue_size: int = 1024
+    priority_levels: int = 1
+    instances: int = 1
+    idle_spin_us: float = 0.0
+
+
+# The one table of limits and defaults: every layer reads these, none repeats a number.
+LIMITS = Limits()
+DEFAULTS = Defaults()
 
 _FROM_NUMPY: dict[np.dtype, str] = {
     dt: name for name, dt in DATATYPES.items() if name not in ("BF16", "BYTES")
