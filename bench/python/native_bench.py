@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import inferline
-from inferline.native import native_model
+from inferline.backends.native import native_model
 
 
 def make_weights(n_in: int, hidden: int, classes: int) -> dict[str, np.ndarray]:

@@ -620,7 +620,7 @@ class Engine:
         return failures
 
     def _register_loaded(self, cfg: ModelConfig, loaded: Any) -> _Version:
-        from .checks import with_output_checks
+        from .backends.checks import with_output_checks
 
         fn = loaded.fn
         in_names = [s.name for s in loaded.inputs]

@@ -15,7 +15,7 @@ import pytest
 
 import inferline
 from inferline import Batching, TensorSpec, _core
-from inferline.native import native_model
+from inferline.backends.native import native_model
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 

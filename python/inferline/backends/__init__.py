@@ -130,7 +130,7 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
         inputs, outputs = config.inputs, config.outputs
         backend = fn
     elif config.backend == "native":
-        from ..native import native_model
+        from .native import native_model
 
         assert config.native is not None
         if config.output_checks.probabilities:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .types import TensorSpec
+from ..types import TensorSpec
 
 __all__ = ["OutputCheckError", "with_output_checks"]
 

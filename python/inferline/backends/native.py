@@ -43,9 +43,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _core
-from .kernels import ACTIVATIONS, LAYOUTS
-from .types import TensorSpec
+from .. import _core
+from ..kernels import ACTIVATIONS, LAYOUTS
+from ..types import TensorSpec
 
 __all__ = ["OPS", "native_model"]
 
