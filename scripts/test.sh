@@ -1,11 +1,53 @@
 #!/usr/bin/env bash
-# The test suite: C++ unit tests (and the CUDA sources' compile), the core tests under
-# ThreadSanitizer, every C++ test under ASan+UBSan, then the Python tests against the installed
-# package.
+# The test suite, set up by itself: the test extras (pip) and the C++ test libraries (Debian),
+# then the C++ unit tests (and the CUDA sources' compile), the core tests under
+# ThreadSanitizer, every C++ test under ASan+UBSan, and the Python tests against the installed
+# package. Run it after the README's install command (`pip install .`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${INFERLINE_TEST_JOBS:-2}"
 py="${PYTHON:-python3}"
+
+# ---- set-up ------------------------------------------------------------------------------
+# Debian packages the C++ tests build against. As root they are installed when missing;
+# otherwise the script stops with one line naming them.
+debs=(libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev ninja-build cmake)
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+fi
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing ${missing[*]} =="
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "scripts/test.sh needs these Debian packages: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# The test extras straight from pyproject.toml: installing ".[test]" would rebuild the native
+# core that the install command has just built.
+mapfile -t extras < <("$py" - <<'PY'
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli is a dependency of inferline there
+    import tomli as tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["test"]))
+PY
+)
+"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore "${extras[@]}"
+if ! (cd /tmp && "$py" -c "import inferline._core") 2>/dev/null; then
+  echo "== inferline is not installed: pip install . =="
+  "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore .
+fi
+
+# ---- C++ ---------------------------------------------------------------------------------
 common=(-G Ninja -DINFERLINE_BUILD_PYTHON=OFF -DINFERLINE_BUILD_TESTS=ON)
 
 # With nvcc on the machine the CUDA sources must compile (ON makes a failure fail the build);
@@ -34,5 +76,6 @@ cmake --build build/asan -j"$jobs"
 OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1" \
   ctest --test-dir build/asan --output-on-failure -j"$jobs" -E 'Cuda'
 
+# ---- Python ------------------------------------------------------------------------------
 echo "== Python tests =="
 "$py" -m pytest -q "$@"
