@@ -19,6 +19,7 @@ from . import _core
 
 __all__ = [
     "ACTIVATIONS",
+    "IMAGE_LAYOUTS",
     "LAYOUTS",
     "bf16_to_f32",
     "blas_config",
@@ -46,7 +47,7 @@ ACTIVATIONS: dict[str, Any] = {
     "gelu_tanh": _K.Activation.gelu_tanh,
 }
 LAYOUTS: dict[str, Any] = {"out_in": _K.WeightLayout.out_in, "in_out": _K.WeightLayout.in_out}
-_IMAGE_LAYOUTS: dict[str, Any] = {"nchw": _K.ImageLayout.nchw, "nhwc": _K.ImageLayout.nhwc}
+IMAGE_LAYOUTS: dict[str, Any] = {"nchw": _K.ImageLayout.nchw, "nhwc": _K.ImageLayout.nhwc}
 
 
 def _choice(table: dict[str, Any], value: str, what: str) -> Any:
@@ -140,7 +141,7 @@ def image_to_float(
     image: Any, mean: Sequence[float], std: Sequence[float], layout: str = "nchw"
 ) -> np.ndarray:
     """uint8 images [N, H, W, C] -> float32 ``(x / 255 - mean) / std`` in ``layout`` order."""
-    lay = _choice(_IMAGE_LAYOUTS, layout, "layout")
+    lay = _choice(IMAGE_LAYOUTS, layout, "layout")
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {img.dtype}")

@@ -17,6 +17,7 @@ import pytest
 
 from inferline.backends import load_version
 from inferline.backends.python_file import load_python_model
+from inferline.backends.warmup import make_warmup_inputs
 from inferline.errors import InferlineError
 from inferline.repository import (
     BatchingConfig,
@@ -25,7 +26,6 @@ from inferline.repository import (
     check_model_name,
     load_model_config,
     load_repository,
-    make_warmup_inputs,
     model_directory,
     read_artifact,
     resolve_inside,
@@ -240,6 +240,19 @@ CASES = [
     ),
     ("instance = 2", "instance", "unknown key (did you mean 'instances'?)"),
     ("instances = 0", "instances", "expected a positive integer, got 0"),
+    ("instances = 257", "instances", "expected at most 256, got 257"),
+    # strict types: no silent coercion of strings, floats or booleans
+    (
+        '[batching]\nmax_batch_size = "8"',
+        "batching.max_batch_size",
+        "expected a positive integer, got '8'",
+    ),
+    ("[cache]\nenabled = 1", "cache.enabled", "expected true or false, got 1"),
+    (
+        "[onnx]\nintra_op_threads = 2.0",
+        "onnx.intra_op_threads",
+        "expected a positive integer, got 2.0",
+    ),
     ("batching = 3", "batching", "expected a table, got 3"),
     ('inputs = "x"', "inputs", "expected an array of tables ([[inputs]]), got 'x'"),
     (
@@ -471,18 +484,16 @@ def test_python_entry_and_file_checked(tmp_path: Path) -> None:
     assert (e.field, e.message) == ("python.file", "expected a .py file, got 'model.txt'")
 
 
-def test_native_table_is_carried_raw(tmp_path: Path) -> None:
+def test_native_table_is_validated_and_carried(tmp_path: Path) -> None:
     toml = (
         'backend = "native"\n' + ONNX_IO + '[native]\nweights = "w.safetensors"\n'
-        'ops = [{ op = "matmul", weight = "W1" }, { op = "relu" }]\n'
-        "fusion = { level = 2 }\n"
+        'ops = [{ op = "linear", weight = "W1", activation = "relu" }, { op = "softmax" }]\n'
     )
     directory = write_model(tmp_path, "n", toml, {"1/w.safetensors": b"w"})
     c = load_model_config(directory)
     assert c.native == {
         "weights": "w.safetensors",
-        "ops": [{"op": "matmul", "weight": "W1"}, {"op": "relu"}],
-        "fusion": {"level": 2},
+        "ops": [{"op": "linear", "weight": "W1", "activation": "relu"}, {"op": "softmax"}],
     }
     assert c.version(1).artifact == directory / "1" / "w.safetensors"
     (directory / "1" / "w.safetensors").unlink()
@@ -490,12 +501,66 @@ def test_native_table_is_carried_raw(tmp_path: Path) -> None:
         load_model_config(directory)
 
 
-def test_native_paths_and_ops_checked(tmp_path: Path) -> None:
-    base = 'backend = "native"\n' + ONNX_IO + "[native]\n"
-    e = config_error(tmp_path, base + 'weights = "../w.safetensors"\n')
-    assert e.field == "native.weights" and "'..' is not allowed" in e.message
-    e = config_error(tmp_path, base + 'ops = "matmul"\n')
-    assert (e.field, e.message) == ("native.ops", "expected an array, got 'matmul'")
+NATIVE_CASES = [
+    # ([native] body, field, message)
+    ('weights = "../w.safetensors"\nops = [{ op = "softmax" }]', "native.weights", None),
+    ("", "native.ops", "required; expected a non-empty array of op tables"),
+    ('ops = "matmul"', "native.ops", "expected a non-empty array of op tables, got 'matmul'"),
+    ("ops = []", "native.ops", "expected a non-empty array of op tables, got []"),
+    (
+        'ops = [{ op = "matmul" }]',
+        "native.ops[0].op",
+        "expected one of 'linear', 'activation', 'softmax', 'layer_norm', 'l2_normalize', "
+        "'mean_pool', 'topk', 'image_to_float', got 'matmul'",
+    ),
+    ('ops = [{ op = "linear" }]', "native.ops[0].weight", "required by op = 'linear'"),
+    (
+        'ops = [{ op = "softmax", weight = "W" }]',
+        "native.ops[0].weight",
+        "unknown key; expected one of 'op'",
+    ),
+    (
+        'ops = [{ op = "topk", k = 0 }]',
+        "native.ops[0].k",
+        "expected a positive integer, got 0",
+    ),
+    (
+        'ops = [{ op = "linear", weight = "W", layout = "nchw" }]',
+        "native.ops[0].layout",
+        "expected one of 'out_in', 'in_out', got 'nchw'",
+    ),
+    (
+        'ops = [{ op = "image_to_float", mean = [0.5], std = [0.0] }]',
+        "native.ops[0].std",
+        "expected non-zero values, got [0.0]",
+    ),
+    (
+        'fusion = { level = 2 }\nops = [{ op = "softmax" }]',
+        "native.fusion",
+        "unknown key; expected one of",
+    ),
+    ('blas_threads = -1\nops = [{ op = "softmax" }]', "native.blas_threads", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"), NATIVE_CASES, ids=[c[1] for c in NATIVE_CASES]
+)
+def test_native_table_checked_at_scan(
+    tmp_path: Path, body: str, field: str, message: str | None
+) -> None:
+    e = config_error(tmp_path, 'backend = "native"\n' + ONNX_IO + "[native]\n" + body + "\n")
+    assert e.field == field, str(e)
+    if message is not None:
+        assert e.message.startswith(message), str(e)
+
+
+def test_native_backend_needs_its_table(tmp_path: Path) -> None:
+    e = config_error(tmp_path, 'backend = "native"\n' + ONNX_IO)
+    assert (e.field, e.message) == (
+        "native.ops",
+        "required; expected a non-empty array of op tables",
+    )
 
 
 def test_defaults(tmp_path: Path) -> None:

@@ -4,15 +4,19 @@
 the folder, loads the ONNX graph or the ``model.py``, settles the signature (declared in
 model.toml, read from the graph, or both, checked against each other) and the effective
 batching (an ONNX graph without a dynamic batch dimension forces ``max_batch_size = 1``), and
-returns a :class:`LoadedModel`. Any failure is a RepositoryError naming the file and, where
-it applies, the model.toml field, so the engine can mark that version failed and go on.
-The native backend (``backend = "native"``) is built by the engine from ``config.native``.
+returns a :class:`LoadedModel` whose ``fn`` is already in the engine's batch form. Any
+failure is a RepositoryError naming the file and, where it applies, the model.toml field, so
+the engine can mark that version failed and go on.
+
+One module per backend: :mod:`.onnx`, :mod:`.python_file`, :mod:`.native` (kernel graphs
+from ``[native]``); :mod:`.checks` wraps a batch function with output checks and
+:mod:`.warmup` makes warm-up batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,17 +26,16 @@ from ..repository import (
     BatchingConfig,
     ModelConfig,
     RepositoryError,
-    make_warmup_inputs,
     read_artifact,
     resolve_inside,
     verify_version,
 )
-from ..types import TensorSpec
+from ..types import DEFAULTS, FLOAT_DATATYPES, TensorSpec
+from .checks import with_output_checks
+from .native import native_model
 from .onnx import OnnxModel
 from .python_file import load_python_model
-
-# The engine's Batching() default, for a model.toml that leaves max_batch_size out.
-_DEFAULT_MAX_BATCH_SIZE = 8
+from .warmup import make_warmup_inputs
 
 __all__ = ["LoadedModel", "OnnxModel", "load_python_model", "load_version"]
 
@@ -41,11 +44,13 @@ __all__ = ["LoadedModel", "OnnxModel", "load_python_model", "load_version"]
 class LoadedModel:
     """One loaded version, ready for ``engine.register``.
 
-    ``fn`` takes batched arrays in ``inputs`` order and returns one array (one output) or a
-    tuple in ``outputs`` order. ``outputs`` carry ``finite=True`` where model.toml asks for
-    it (per output or ``[output_checks] finite``). ``batching`` is the effective batching
-    (``max_batch_size`` forced to 1 when the backend cannot batch); ``notes`` says why, for
-    logs and ``engine.models()``. ``backend`` is the OnnxModel or the entry function.
+    ``fn`` is in the engine's batch form: it takes the batched array of a one-input model,
+    or a dict of batched arrays by input name, and returns one array (one output) or a tuple
+    in ``outputs`` order; ``[output_checks] probabilities`` are already applied to it.
+    ``outputs`` carry ``finite=True`` where model.toml asks for it (per output or
+    ``[output_checks] finite``). ``batching`` is the effective batching (``max_batch_size``
+    forced to 1 when the backend cannot batch); ``notes`` says why, for logs and
+    ``engine.models()``. ``backend`` is the OnnxModel, the entry function or the NativeModel.
     """
 
     config: ModelConfig
@@ -130,8 +135,6 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
         inputs, outputs = config.inputs, config.outputs
         backend = fn
     elif config.backend == "native":
-        from .native import native_model
-
         assert config.native is not None
         if config.output_checks.probabilities:
             raise RepositoryError(
@@ -147,7 +150,7 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
                 inputs=inputs,
                 outputs=outputs,
                 folder=va.directory,
-                max_batch_size=batching.max_batch_size or _DEFAULT_MAX_BATCH_SIZE,
+                max_batch_size=batching.max_batch_size or DEFAULTS.max_batch_size,
             )
         except (ValueError, RuntimeError) as exc:
             raise RepositoryError(config.config_file, "native", str(exc)) from None
@@ -169,7 +172,7 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
                 "output_checks.probabilities",
                 f"no output named {name!r}; outputs: {', '.join(map(repr, by_name))}",
             )
-        if by_name[name].datatype not in ("FP16", "FP32", "FP64", "BF16"):
+        if by_name[name].datatype not in FLOAT_DATATYPES:
             raise RepositoryError(
                 config.config_file,
                 "output_checks.probabilities",
@@ -178,10 +181,38 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
     return LoadedModel(
         config=config,
         version=version,
-        fn=fn,
+        fn=_batch_form(fn, config, inputs, outputs),
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         batching=batching,
         notes=tuple(notes),
         backend=backend,
     )
+
+
+def _batch_form(
+    fn: Callable[..., Any],
+    config: ModelConfig,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> Callable[..., Any]:
+    """``fn`` as the engine calls it: one dict of arrays for several inputs (the backends
+    take them as positional arguments in input order), with the probability checks."""
+    if len(inputs) > 1:
+        names = [s.name for s in inputs]
+        raw = fn
+
+        def by_name(batch: Mapping[str, Any]) -> Any:
+            return raw(*[batch[n] for n in names])
+
+        fn = by_name
+
+    checks = config.output_checks
+    if checks.probabilities:
+        fn = with_output_checks(
+            fn,
+            outputs,
+            probabilities=checks.probabilities,
+            tolerance=checks.probabilities_tolerance,
+        )
+    return fn

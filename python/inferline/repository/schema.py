@@ -1,0 +1,576 @@
+"""The model.toml schema: every table, ``[native]`` included, validated with pydantic.
+
+Layout::
+
+    repo/
+      classifier/
+        model.toml          # this module's schema, below
+        1/model.onnx        # one folder per version: positive integers, no leading zeros
+        2/model.onnx
+      scaler/
+        model.toml
+        1/model.py          # runs code: loaded only with [python] allow_code = true
+
+Schema of ``model.toml`` (every key but ``backend`` is optional; an unknown key is an error, so
+a typo never silently falls back to a default)::
+
+    backend = "onnx"                  # "onnx" | "python" | "native"
+    instances = 1                     # worker threads serving each version (default 1)
+
+    [[inputs]]                        # per item, without the batch dimension. Required for the
+    name = "x"                        # python and native backends; for onnx they are read from
+    datatype = "FP32"                 # the graph and, when given here, checked against it
+    shape = [16]
+    finite = true                     # refuse NaN/Inf in this input (default false)
+
+    [[outputs]]
+    name = "probs"
+    datatype = "FP32"
+    shape = [4]
+    finite = true                     # report NaN/Inf in this output as ModelError
+    probabilities = true              # rows must sum to 1 (see [output_checks])
+
+    [batching]                        # a key left out takes the engine's default
+    max_batch_size = 32               # at most 65536
+    max_queue_delay_ms = 2.0
+    max_queue_size = 1024             # requests queued, all priority lanes together
+    priority_levels = 2               # lanes, 0 served first (at most 16)
+    idle_spin_us = 0.0                # an idle worker spins this long before sleeping
+    max_queue_bytes = 67108864        # bytes of queued input
+    max_item_bytes = 1048576          # bytes of one request's input
+
+    [warmup]
+    batch_sizes = [1, 8, 32]          # default: powers of two up to max_batch_size, and it
+    inputs = "zeros"                  # "zeros" | "random" | "sample"
+    sample = "warmup.npz"             # with inputs = "sample": a .npz in each version folder
+    seed = 0                          # with inputs = "random"
+    repeats = 1                       # calls per batch size
+
+    [versions]
+    default = "latest"                # or a version number
+    aliases = { stable = 1, canary = 2 }
+    load = "all"                      # "all" or a list of numbers; left out: the default
+                                      # version and every alias target
+
+    [artifacts]
+    sha256 = { "1/model.onnx" = "9f86d0...", "2/model.onnx" = "..." }
+
+    [onnx]                            # only with backend = "onnx"
+    file = "model.onnx"               # the graph in each version folder (default model.onnx)
+    intra_op_threads = 1              # default: onnxruntime's (one per physical core)
+    inter_op_threads = 1
+
+    [python]                          # only with backend = "python"
+    allow_code = true                 # required: model.py is code and runs in the server
+    file = "model.py"
+    entry = "predict"                 # the batch function in model.py
+
+    [native]                          # only with backend = "native"
+    weights = "weights.safetensors"   # in each version folder, checked like any artifact
+    device = "cpu"                    # "cpu" | "cuda" | "cuda:N"
+    allow_cpu_fallback = false        # "cuda" without a CUDA build or device: run on the CPU
+    blas_threads = 1                  # OpenBLAS threads, process-wide (default: unchanged)
+    ops = [                           # required; keys per op: OPS below, meaning: backends.native
+      { op = "linear", weight = "fc1.weight", bias = "fc1.bias", activation = "gelu" },
+      { op = "softmax" },
+    ]
+
+    [cache]                           # an LRU of results, keyed by model, version and input
+    enabled = true                    # (default true once the table is present)
+    max_entries = 1024
+    max_bytes = 67108864
+
+    [output_checks]
+    finite = true                     # every output must be finite
+    probabilities = ["probs"]         # same as probabilities = true on those outputs
+    probabilities_tolerance = 1e-3
+
+Every failure is a :class:`RepositoryError` naming the file, the dotted field and what was
+expected, e.g. ``models/resnet/model.toml: batching.max_batch_size: expected a positive
+integer, got -3``. Types are strict (``"8"`` is not 8, ``true`` is not 1). Pydantic's own
+messages are replaced: each field type carries the words for what it expects, and checks that
+span tables (a warm-up size above the batch size, an alias naming a missing version folder)
+raise the same kind of error at the field they blame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ..kernels import ACTIVATIONS, IMAGE_LAYOUTS, LAYOUTS
+from ..types import DATATYPES, DEFAULTS, FLOAT_DATATYPES, TensorSpec
+from .config import (
+    BACKENDS,
+    Backend,
+    BatchingConfig,
+    CacheConfig,
+    OnnxConfig,
+    OutputChecks,
+    PythonConfig,
+    VersionPolicy,
+    WarmupConfig,
+)
+from .errors import RepositoryError
+from .fields import (
+    AliasName,
+    ArtifactPath,
+    BatchSize,
+    Bool,
+    Datatype,
+    Instances,
+    Microseconds,
+    Milliseconds,
+    NonEmptyStr,
+    NonNegativeInt,
+    Numbers,
+    PositiveInt,
+    PositiveInts,
+    PositiveNumber,
+    PriorityLevels,
+    QueueSize,
+    RelativePath,
+    Shape,
+    Table,
+    VersionNumber,
+    describe,
+    expect,
+    fail,
+    missing_version,
+    one_of,
+    quoted,
+)
+
+__all__ = ["OPS", "ModelToml", "NativeTable", "parse_model_toml", "parse_native"]
+
+
+class InputTable(Table):
+    name: NonEmptyStr = Field(description="the tensor's name")
+    datatype: Datatype = Field(description=f"one of {', '.join(DATATYPES)}")
+    shape: Shape = Field(description="a list of positive integers (per item, [] for one scalar)")
+    finite: Bool = False
+
+    def spec(self, *, finite: bool = False) -> TensorSpec:
+        return TensorSpec(self.name, self.datatype, tuple(self.shape), self.finite or finite)
+
+
+class OutputTable(InputTable):
+    probabilities: Bool = False
+
+    @model_validator(mode="after")
+    def check_float(self) -> OutputTable:
+        if self.probabilities and self.datatype not in FLOAT_DATATYPES:
+            raise fail(
+                f"needs a floating-point datatype, but datatype is {self.datatype!r}",
+                "probabilities",
+            )
+        return self
+
+
+class BatchingTable(Table):
+    """Upper bounds are the engine's (LIMITS), checked here so errors name the file."""
+
+    max_batch_size: BatchSize | None = None
+    max_queue_delay_ms: Milliseconds | None = None
+    max_queue_size: QueueSize | None = None
+    priority_levels: PriorityLevels | None = None
+    idle_spin_us: Microseconds | None = None
+    max_queue_bytes: PositiveInt | None = None
+    max_item_bytes: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def check_item_fits_queue(self) -> BatchingTable:
+        item, queue = self.max_item_bytes, self.max_queue_bytes
+        if item and queue and item > queue:
+            raise fail(f"expected at most max_queue_bytes ({queue}), got {item}", "max_item_bytes")
+        return self
+
+    def config(self) -> BatchingConfig:
+        return BatchingConfig(**self.model_dump())
+
+
+class WarmupTable(Table):
+    batch_sizes: Annotated[PositiveInts, expect("a list of positive integers")] | None = None
+    inputs: Annotated[
+        Literal["zeros", "random", "sample"], one_of(("zeros", "random", "sample"))
+    ] = "zeros"
+    sample: RelativePath | None = None
+    seed: NonNegativeInt = 0
+    repeats: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def check_sample(self) -> WarmupTable:
+        if self.sample is None:
+            if self.inputs == "sample":
+                raise fail(
+                    'required with inputs = "sample"; expected a .npz file name in each '
+                    "version folder",
+                    "sample",
+                )
+        elif not self.sample.endswith(".npz"):
+            raise fail(f"expected a .npz file, got {self.sample!r}", "sample")
+        elif self.inputs != "sample":
+            raise fail(f'only used with inputs = "sample", but inputs = {self.inputs!r}', "sample")
+        return self
+
+    def config(self) -> WarmupConfig:
+        sizes = tuple(sorted(set(self.batch_sizes))) if self.batch_sizes is not None else None
+        return WarmupConfig(
+            batch_sizes=sizes,
+            inputs=self.inputs,
+            sample=self.sample,
+            seed=self.seed,
+            repeats=self.repeats,
+        )
+
+
+class VersionsTable(Table):
+    """Version numbers are checked against the folders found (the validation context)."""
+
+    default: Annotated[
+        Annotated[int, Field(ge=1)] | Literal["latest"],
+        expect('"latest" or a version number'),
+    ] = "latest"
+    aliases: Annotated[
+        dict[AliasName, VersionNumber],
+        expect("a table of alias = version"),
+    ] = Field(default_factory=dict)
+    load: (
+        Annotated[Literal["all"] | PositiveInts, expect('"all" or a list of version numbers')]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def check_versions_exist(self, info: ValidationInfo) -> VersionsTable:
+        found: Sequence[int] = (info.context or {}).get("versions", ())
+        if not found:
+            return self
+        if self.default != "latest" and self.default not in found:
+            raise fail(missing_version(self.default, found), "default")
+        for name, v in self.aliases.items():
+            if v not in found:
+                raise fail(missing_version(v, found), "aliases", name)
+        if isinstance(self.load, list):
+            for v in self.load:
+                if v not in found:
+                    raise fail(missing_version(v, found), "load")
+        return self
+
+    def config(self) -> VersionPolicy:
+        load: tuple[int, ...] | Literal["all"] | None = None
+        if self.load == "all":
+            load = "all"
+        elif isinstance(self.load, list):
+            load = tuple(sorted(set(self.load)))
+        return VersionPolicy(default=self.default, aliases=dict(self.aliases), load=load)
+
+
+class ArtifactsTable(Table):
+    sha256: Annotated[
+        dict[
+            ArtifactPath,
+            Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$"), expect("64 hexadecimal digits")],
+        ],
+        expect('a table of "<version>/<file>" = "<hex digest>"'),
+    ] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def check_versions_exist(self, info: ValidationInfo) -> ArtifactsTable:
+        found: Sequence[int] = (info.context or {}).get("versions", ())
+        for rel in self.sha256:
+            first = int(PurePosixPath(rel).parts[0])
+            if found and first not in found:
+                raise fail(missing_version(first, found), "sha256", rel)
+        return self
+
+    def per_version(self) -> dict[int, dict[str, str]]:
+        """{version: {path inside the version folder: lower-case digest}}."""
+        out: dict[int, dict[str, str]] = {}
+        for rel, digest in self.sha256.items():
+            first, *rest = PurePosixPath(rel).parts
+            out.setdefault(int(first), {})[str(PurePosixPath(*rest))] = digest.lower()
+        return out
+
+
+class OnnxTable(Table):
+    file: RelativePath = OnnxConfig.file
+    intra_op_threads: PositiveInt | None = None
+    inter_op_threads: PositiveInt | None = None
+
+    def config(self) -> OnnxConfig:
+        return OnnxConfig(**self.model_dump())
+
+
+class PythonTable(Table):
+    allow_code: Bool = False
+    file: RelativePath = PythonConfig.file
+    entry: Annotated[
+        str, Field(pattern="^[A-Za-z_][A-Za-z0-9_]*$"), expect("a Python function name")
+    ] = PythonConfig.entry
+
+    @model_validator(mode="after")
+    def check_file(self) -> PythonTable:
+        if not self.file.endswith(".py"):
+            raise fail(f"expected a .py file, got {self.file!r}", "file")
+        return self
+
+    def config(self) -> PythonConfig:
+        return PythonConfig(**self.model_dump())
+
+
+class CacheTable(Table):
+    enabled: Bool = True  # the table's presence turns the cache on
+    max_entries: PositiveInt = CacheConfig.max_entries
+    max_bytes: PositiveInt = CacheConfig.max_bytes
+
+    def config(self) -> CacheConfig:
+        return CacheConfig(**self.model_dump())
+
+
+class OutputChecksTable(Table):
+    finite: Bool = False
+    probabilities: Annotated[
+        list[Annotated[str, Field(min_length=1)]], expect("a list of output names")
+    ] = Field(default_factory=list)
+    probabilities_tolerance: PositiveNumber = OutputChecks.probabilities_tolerance
+
+
+# ---------------------------------------------------------------------------------------------
+# [native]: the kernel ops of a native model
+
+# Keys each op accepts besides "op", and the ones it needs.
+OPS: dict[str, tuple[str, ...]] = {
+    "linear": ("weight", "bias", "activation", "layout"),
+    "activation": ("activation",),
+    "softmax": (),
+    "layer_norm": ("weight", "bias", "eps"),
+    "l2_normalize": ("eps",),
+    "mean_pool": (),
+    "topk": ("k",),
+    "image_to_float": ("mean", "std", "layout"),
+}
+_OP_NEEDS: dict[str, tuple[str, ...]] = {
+    "linear": ("weight",),
+    "activation": ("activation",),
+    "topk": ("k",),
+    "image_to_float": ("mean", "std"),
+}
+_OP_LAYOUTS: dict[str, Sequence[str]] = {
+    "linear": tuple(LAYOUTS),
+    "image_to_float": tuple(IMAGE_LAYOUTS),
+}
+
+
+class NativeOp(Table):
+    """One op: which keys it takes depends on ``op`` (see OPS)."""
+
+    op: Annotated[str, one_of(tuple(OPS))] = Field(description=f"one of {quoted(OPS)}")
+    weight: NonEmptyStr | None = None
+    bias: NonEmptyStr | None = None
+    activation: Annotated[str, one_of(tuple(ACTIVATIONS))] | None = None
+    layout: str | None = None
+    eps: PositiveNumber | None = None
+    k: PositiveInt | None = None
+    mean: Numbers | None = None
+    std: Numbers | None = None
+
+    @classmethod
+    def allowed_keys(cls, data: dict[str, Any]) -> Sequence[str]:
+        kind = data.get("op")
+        if kind not in OPS:
+            if "op" not in data:
+                raise fail(f"required; expected one of {quoted(OPS)}", "op")
+            raise fail(f"expected one of {quoted(OPS)}, got {kind!r}", "op")
+        return ("op", *OPS[kind])
+
+    @classmethod
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        kind = data["op"]
+        for key in _OP_NEEDS.get(kind, ()):
+            if key not in data:
+                raise fail(f"required by op = {kind!r}", key)
+        if "layout" in data:
+            layouts = _OP_LAYOUTS[kind]
+            if data["layout"] not in layouts:
+                raise fail(f"expected one of {quoted(layouts)}, got {data['layout']!r}", "layout")
+
+    @model_validator(mode="after")
+    def check_std(self) -> NativeOp:
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise fail(f"expected non-zero values, got {self.std!r}", "std")
+        return self
+
+
+class NativeTable(Table):
+    weights: RelativePath | None = None
+    device: NonEmptyStr = "cpu"
+    allow_cpu_fallback: Bool = False
+    blas_threads: NonNegativeInt = 0  # 0: leave the process's BLAS threads as they are
+    ops: Annotated[
+        list[NativeOp], Field(min_length=1), expect("a non-empty array of op tables")
+    ] = Field(description="a non-empty array of op tables")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole file
+
+_BACKEND_TABLES = ("onnx", "python", "native")
+
+
+class ModelToml(Table):
+    """One model.toml. Fields are in the order errors are looked for."""
+
+    backend: Annotated[Backend, one_of(BACKENDS)] = Field(description=f"one of {quoted(BACKENDS)}")
+    inputs: Annotated[list[InputTable], expect("an array of tables ([[inputs]])")] = Field(
+        default_factory=list
+    )
+    outputs: Annotated[list[OutputTable], expect("an array of tables ([[outputs]])")] = Field(
+        default_factory=list
+    )
+    batching: BatchingTable = Field(default_factory=BatchingTable)
+    instances: Instances = DEFAULTS.instances
+    warmup: WarmupTable = Field(default_factory=WarmupTable)
+    versions: VersionsTable = Field(default_factory=VersionsTable)
+    artifacts: ArtifactsTable = Field(default_factory=ArtifactsTable)
+    onnx: OnnxTable | None = None
+    python: PythonTable | None = None
+    native: NativeTable | None = None
+    cache: CacheTable | None = None
+    output_checks: OutputChecksTable = Field(default_factory=OutputChecksTable)
+
+    @classmethod
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        backend = data["backend"]
+        for name in _BACKEND_TABLES:
+            if name in data and backend in BACKENDS and backend != name:
+                raise fail(
+                    f"[{name}] is only for backend = {name!r}, but backend = {backend!r}", name
+                )
+        if backend == "native" and "native" not in data:
+            raise fail("required; expected a non-empty array of op tables", "native", "ops")
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def check_unique_names(cls, tables: list[InputTable], info: ValidationInfo) -> Any:
+        seen: set[str] = set()
+        what = (info.field_name or "tensors")[:-1]
+        for i, t in enumerate(tables):
+            if t.name in seen:
+                raise fail(f"duplicate name {t.name!r}; each {what} needs its own", i, "name")
+            seen.add(t.name)
+        return tables
+
+    @model_validator(mode="after")
+    def check_across_tables(self) -> ModelToml:
+        if self.backend != "onnx" and (not self.inputs or not self.outputs):
+            missing = "inputs" if not self.inputs else "outputs"
+            raise fail(
+                f"required for backend = {self.backend!r}; expected [[{missing}]] "
+                "tables with name, datatype and shape",
+                missing,
+            )
+        self._check_item_bytes()
+        mbs, sizes = self.batching.max_batch_size, self.warmup.batch_sizes
+        if mbs is not None and sizes is not None and any(b > mbs for b in sizes):
+            raise fail(
+                f"expected sizes up to batching.max_batch_size ({mbs}), got {sizes!r}",
+                "warmup",
+                "batch_sizes",
+            )
+        if self.backend == "python" and (self.python is None or not self.python.allow_code):
+            raise fail(
+                "backend = 'python' runs the version folder's model.py inside the server; "
+                "expected allow_code = true in [python] to opt in",
+                "python",
+                "allow_code",
+            )
+        self._check_probabilities()
+        return self
+
+    def _check_item_bytes(self) -> None:
+        limit = self.batching.max_item_bytes
+        if limit and self.inputs and all(t.datatype != "BYTES" for t in self.inputs):
+            need = sum(t.spec().item_nbytes for t in self.inputs)
+            if need > limit:
+                raise fail(
+                    f"one item of the declared inputs takes {need} bytes, more than "
+                    f"max_item_bytes = {limit}: every request would be refused",
+                    "batching",
+                    "max_item_bytes",
+                )
+
+    def _check_probabilities(self) -> None:
+        by_name = {t.name: t for t in self.outputs}
+        for n in self.output_checks.probabilities:
+            if self.outputs and n not in by_name:
+                raise fail(
+                    f"no output named {n!r}; outputs: {quoted(by_name)}",
+                    "output_checks",
+                    "probabilities",
+                )
+            if n in by_name and by_name[n].datatype not in FLOAT_DATATYPES:
+                raise fail(
+                    f"output {n!r} has datatype {by_name[n].datatype}; expected a "
+                    "floating-point output",
+                    "output_checks",
+                    "probabilities",
+                )
+
+    # ---- the validated file as config values
+
+    def specs(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """(inputs, outputs); ``[output_checks] finite`` marks every output finite."""
+        finite = self.output_checks.finite
+        return (
+            tuple(t.spec() for t in self.inputs),
+            tuple(t.spec(finite=finite) for t in self.outputs),
+        )
+
+    def output_checks_config(self) -> OutputChecks:
+        """Per-output ``probabilities = true`` first, then ``[output_checks] probabilities``."""
+        names = [t.name for t in self.outputs if t.probabilities]
+        names += [n for n in self.output_checks.probabilities if n not in names]
+        return OutputChecks(
+            finite=self.output_checks.finite,
+            probabilities=tuple(dict.fromkeys(names)),
+            probabilities_tolerance=self.output_checks.probabilities_tolerance,
+        )
+
+    def onnx_config(self) -> OnnxConfig | None:
+        if self.backend != "onnx":
+            return None
+        return self.onnx.config() if self.onnx is not None else OnnxConfig()
+
+    def python_config(self) -> PythonConfig | None:
+        return self.python.config() if self.python is not None else None
+
+    def native_table(self) -> dict[str, Any] | None:
+        """The ``[native]`` table as given (validated), a fresh dict for the native backend."""
+        return self.native.model_dump(exclude_unset=True) if self.native is not None else None
+
+    def cache_config(self) -> CacheConfig:
+        return self.cache.config() if self.cache is not None else CacheConfig()
+
+
+def parse_model_toml(data: object, file: Path, versions: Sequence[int]) -> ModelToml:
+    """Validate a parsed model.toml; ``versions`` are the version folders found beside it.
+
+    Raises RepositoryError naming ``file``, the first failing field and what it expected.
+    """
+    try:
+        return ModelToml.model_validate(data, context={"versions": tuple(versions)})
+    except ValidationError as e:
+        field, message = describe(e)
+        raise RepositoryError(file, field or None, message) from None
+
+
+def parse_native(table: object) -> NativeTable:
+    """Validate a ``[native]`` table given from Python; ValueError names the field."""
+    try:
+        return NativeTable.model_validate(table)
+    except ValidationError as e:
+        field, message = describe(e, ("native",))
+        raise ValueError(f"{field}: {message}") from None
