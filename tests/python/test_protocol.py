@@ -18,20 +18,22 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import inferline.server.protocol as protocol_module
+import inferline.server.codec as codec_module
+from inferline.server.codec import (
+    bf16_bits_to_float32,
+    deserialize_bytes_tensor,
+    float_to_bf16_bits,
+    serialize_bytes_tensor,
+)
+from inferline.server.errors import encode_error
 from inferline.server.protocol import (
     InferRequest,
     ProtocolError,
     RequestedOutput,
-    bf16_bits_to_float32,
-    deserialize_bytes_tensor,
-    encode_error,
-    encode_infer_response,
-    float_to_bf16_bits,
     parse_header_length,
     parse_infer_request,
-    serialize_bytes_tensor,
 )
+from inferline.server.responses import encode_infer_response
 from inferline.types import DATATYPES
 
 tc = pytest.importorskip("tritonclient.http")
@@ -59,10 +61,10 @@ NP = {
 def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs with orjson (when installed) and with the standard library alone."""
     if request.param == "orjson":
-        if protocol_module._orjson is None:
+        if codec_module._orjson is None:
             pytest.skip("orjson is not installed")
     else:
-        monkeypatch.setattr(protocol_module, "_orjson", None)
+        monkeypatch.setattr(codec_module, "_orjson", None)
     return str(request.param)
 
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import inferline
 from inferline import Batching, TensorSpec
 from inferline.server import create_app
-from inferline.server.protocol import bf16_bits_to_float32, float_to_bf16_bits
+from inferline.server.codec import bf16_bits_to_float32, float_to_bf16_bits
 
 tc = pytest.importorskip("tritonclient.http")
 tc_aio = pytest.importorskip("tritonclient.http.aio")

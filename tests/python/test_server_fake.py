@@ -9,7 +9,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,28 +21,14 @@ from inferline import (
     EngineStopped,
     InvalidInput,
     ModelError,
+    ModelInfo,
     ModelNotFound,
     ModelNotReady,
     QueueFullError,
     TensorSpec,
 )
 from inferline.server import create_app
-from inferline.server.app import _triton_stats
-
-
-@dataclass
-class Info:
-    name: str
-    version: int
-    versions: list[int]
-    state: str
-    reason: str | None
-    platform: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    max_batch_size: int
-    aliases: dict[str, int] = field(default_factory=dict)
-    default: bool = True
+from inferline.server.admin import triton_stats
 
 
 class FakeEngine:
@@ -58,24 +43,26 @@ class FakeEngine:
         self.state = "ready"
         self.ready = True
 
-    def model_info(self, name: str, version: int | str | None = None) -> Info:
+    def model_info(self, name: str, version: int | str | None = None) -> ModelInfo:
         if name != "m":
             raise ModelNotFound(f"no model named {name!r}")
         if version not in (None, 3, "stable"):
             raise ModelNotFound(f"model 'm' has no version {version!r}")
-        return Info(
-            "m",
-            3,
-            [3],
-            "ready",
-            None,
-            "python",
-            [TensorSpec("x", "INT32", (2,))],
-            [TensorSpec("x", "INT32", (2,))],
-            4,
+        spec = TensorSpec("x", "INT32", (2,))
+        return ModelInfo(
+            name="m",
+            version=3,
+            versions=[3],
+            state="ready",
+            reason=None,
+            platform="python",
+            inputs=[spec],
+            outputs=[spec],
+            max_batch_size=4,
+            default=True,
         )
 
-    def models(self) -> list[Info]:
+    def models(self) -> list[ModelInfo]:
         return [self.model_info("m")]
 
     def stats(self, name: str, version: Any = None) -> dict[str, Any]:
@@ -85,12 +72,17 @@ class FakeEngine:
             "batches": 2,
             "queue_depth": 0,
             "in_flight": 0,
-            "batch_sizes": {4: 1, 1: 1},
             "queue_wait": {"count": 6, "sum": 0.5},
             "compute": {"count": 2, "sum": 0.25},
             "request": {"count": 6, "sum": 1.2},
             "batch_size": {"count": 2, "sum": 5},
         }
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        return [
+            {"name": i.name, "version": i.version, "state": "READY", "reason": ""}
+            for i in self.models()
+        ]
 
     async def infer_batch(self, name: str, inputs: dict[str, np.ndarray], **kw: Any) -> Any:
         self.calls.append({"name": name, "inputs": inputs, **kw})
@@ -230,7 +222,7 @@ def test_repository_load_unload(fake: tuple[FakeEngine, ServerThread]) -> None:
 
 def test_statistics_mapping_to_triton_shape() -> None:
     engine = FakeEngine()
-    st = _triton_stats("m", 3, engine.stats("m"), 1234)
+    st = triton_stats("m", 3, engine.stats("m"), 1234)
     assert st["name"] == "m" and st["version"] == "3" and st["last_inference"] == 1234
     assert st["inference_count"] == 5 and st["execution_count"] == 2
     inf = st["inference_stats"]
@@ -238,10 +230,10 @@ def test_statistics_mapping_to_triton_shape() -> None:
     assert inf["fail"] == {"count": 1, "ns": 200_000_000}
     assert inf["queue"] == {"count": 6, "ns": 500_000_000}
     assert inf["compute_infer"] == {"count": 2, "ns": 250_000_000}
-    assert [b["batch_size"] for b in st["batch_stats"]] == [1, 4]
-    assert st["batch_stats"][1]["compute_infer"]["count"] == 1
+    assert st["batch_stats"] == []  # the engine keeps a batch-size histogram, not counts
+    assert st["inferline"]["batch_size"] == {"count": 2, "sum": 5}
     assert st["inferline"]["requests"] == {"success": 5, "queue_full": 1}
-    empty = _triton_stats("m", 1, {}, 0)
+    empty = triton_stats("m", 1, {}, 0)
     assert empty["inference_stats"]["success"] == {"count": 0, "ns": 0}
 
 

@@ -1,6 +1,7 @@
-"""Codec for the Open Inference Protocol (KServe v2) REST messages and Triton's extensions.
+"""Parser of the Open Inference Protocol (KServe v2) REST requests and Triton's extensions.
 
-Pure functions, no I/O and no engine: bytes in, validated numpy arrays out, and back.
+Pure functions, no I/O and no engine: bytes in, validated numpy arrays out (the responses
+are encoded by :mod:`.responses`, the tensors' wire forms are in :mod:`.codec`).
 
 * Requests are JSON, or JSON followed by binary tensor data when the
   ``Inference-Header-Content-Length`` header gives the JSON's length (Triton's binary tensor
@@ -8,10 +9,7 @@ Pure functions, no I/O and no engine: bytes in, validated numpy arrays out, and 
   says), shape a list of non-negative ints, data length equal to the product of the shape,
   element types that fit the datatype (no bool for an int, no NaN for an int, no int beyond
   the datatype's range), nested or flat JSON data.
-* BF16 has no numpy dtype: tensors are carried as ``uint16`` bit patterns (the upper half of
-  a float32). JSON numbers given for BF16 are rounded to the nearest BF16, ties to even.
-* BYTES tensors are numpy object arrays of ``bytes``; in binary form each element is a
-  4-byte little-endian length followed by that many bytes.
+* JSON numbers given for BF16 are rounded to the nearest BF16, ties to even.
 * Request parameters of the schedule-policy extension: ``priority`` (int >= 0; 0 means the
   default priority, 1 the highest, as in Triton) and ``timeout`` in **microseconds**
   (int >= 0; 0 means no timeout), the unit Triton uses. :attr:`InferRequest.timeout_s`
@@ -26,42 +24,27 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..types import DATATYPES
-
-try:  # optional accelerator: same results, several times faster on large JSON tensors
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None  # type: ignore[assignment]
+from ..types import DATATYPES, FLOAT_DATATYPES, LIMITS
+from .codec import WIRE_DTYPES, deserialize_bytes_tensor, float_to_bf16_bits, loads
+from .errors import ProtocolError
 
 __all__ = [
     "INFERENCE_HEADER",
-    "MAX_NDIM",
-    "EncodedResponse",
     "InferRequest",
     "ProtocolError",
     "RequestedOutput",
-    "bf16_bits_to_float32",
-    "deserialize_bytes_tensor",
-    "encode_error",
-    "encode_infer_response",
-    "float_to_bf16_bits",
     "parse_header_length",
     "parse_infer_request",
-    "serialize_bytes_tensor",
 ]
 
 #: Header giving the length of the JSON part of a body that carries binary tensor data.
 INFERENCE_HEADER = "Inference-Header-Content-Length"
-
-#: Most dimensions a tensor may have (numpy allows 64; no model needs that many).
-MAX_NDIM = 32
 
 # Bound on the product of a shape's non-zero dimensions. A tensor with a zero dimension has
 # no elements, but numpy still refuses shapes whose other dimensions multiply past its index
@@ -69,28 +52,8 @@ MAX_NDIM = 32
 _MAX_NONZERO_PRODUCT = 1 << 40
 _MAX_DIM = (1 << 63) - 1
 
-# Fixed-size datatypes: element size in bytes, little-endian numpy dtype of the wire format.
-_WIRE_DTYPES: dict[str, np.dtype] = {
-    name: dt.newbyteorder("<") for name, dt in DATATYPES.items() if name != "BYTES"
-}
 _INT_TYPES = frozenset(("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"))
-_FLOAT_TYPES = frozenset(("FP16", "FP32", "FP64", "BF16"))
 _FLOAT_MAX = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32")}
-_U32 = struct.Struct("<I")
-
-
-class ProtocolError(Exception):
-    """A request that breaks the protocol. ``status`` is the HTTP status (always 4xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        if not 400 <= status < 500:
-            raise ValueError(f"ProtocolError status must be 4xx, got {status}")
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _bad(message: str) -> ProtocolError:
@@ -134,118 +97,6 @@ class InferRequest:
         if not self.timeout_us:
             return None
         return self.timeout_us / 1e6
-
-
-@dataclass(frozen=True)
-class EncodedResponse:
-    """An encoded inference response: the body and the headers that go with it."""
-
-    body: bytes
-    content_type: str
-    header_length: int | None  # value for Inference-Header-Content-Length, None for pure JSON
-
-    @property
-    def headers(self) -> dict[str, str]:
-        h = {"content-type": self.content_type}
-        if self.header_length is not None:
-            h[INFERENCE_HEADER.lower()] = str(self.header_length)
-        return h
-
-
-# --------------------------------------------------------------------------------- BF16
-
-
-def float_to_bf16_bits(values: Any) -> np.ndarray:
-    """BF16 bit patterns (uint16) of ``values``, rounded to nearest, ties to even.
-
-    Float64 input is first narrowed to float32 with round-to-odd, which makes the second
-    rounding to BF16 exact (float32 has more than 8 + 2 significand bits), so the result is
-    the correctly rounded BF16 of the float64 value. NaN becomes a quiet NaN with its sign;
-    values beyond BF16's range become infinities.
-    """
-    x = np.asarray(values)
-    if x.dtype == np.float32:
-        bits = x.view(np.uint32).copy()
-    else:
-        x64 = x.astype(np.float64, copy=False)
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            f32 = x64.astype(np.float32)
-            back = f32.astype(np.float64)
-        bits = f32.view(np.uint32).copy()
-        inexact = (back != x64) & np.isfinite(back) & np.isfinite(x64)
-        if inexact.any():
-            # Round to odd: truncate toward zero, then set the lowest bit (sticky).
-            overshoot = inexact & (np.abs(back) > np.abs(x64))
-            bits[overshoot] -= np.uint32(1)
-            bits[inexact] |= np.uint32(1)
-    sign = (bits >> np.uint32(16)) & np.uint32(0x8000)
-    is_nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    bias = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    out: np.ndarray = ((bits + bias) >> np.uint32(16)).astype(np.uint16)
-    if is_nan.any():
-        out[is_nan] = (sign[is_nan] | np.uint32(0x7FC0)).astype(np.uint16)
-    return out
-
-
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """float32 values of BF16 bit patterns (exact: every BF16 is a float32)."""
-    wide = np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)
-    out: np.ndarray = wide.view(np.float32)
-    return out
-
-
-# --------------------------------------------------------------------------------- BYTES
-
-
-def serialize_bytes_tensor(array: np.ndarray) -> bytes:
-    """Binary form of a BYTES tensor: each element (row-major) as 4-byte LE length + bytes.
-
-    Elements may be ``bytes``, ``bytearray``, ``memoryview`` or ``str`` (encoded as UTF-8);
-    anything else raises ``TypeError``.
-    """
-    parts: list[bytes] = []
-    append = parts.append
-    for item in np.asarray(array, dtype=object).ravel(order="C"):
-        if isinstance(item, str):
-            item = item.encode("utf-8")
-        elif isinstance(item, (bytearray, memoryview, np.bytes_)):
-            item = bytes(item)
-        elif not isinstance(item, bytes):
-            raise TypeError(f"BYTES element must be bytes or str, got {type(item).__name__}")
-        if len(item) > 0xFFFFFFFF:
-            raise ValueError("BYTES element longer than 2**32 - 1 bytes")
-        append(_U32.pack(len(item)))
-        append(item)
-    return b"".join(parts)
-
-
-def deserialize_bytes_tensor(buf: bytes | memoryview, count: int) -> np.ndarray:
-    """Parse exactly ``count`` length-prefixed elements that fill ``buf`` exactly.
-
-    Returns a 1-D object array of ``bytes``; raises :class:`ProtocolError` (400) when the
-    buffer is short, long, or a length runs past its end.
-    """
-    mv = memoryview(buf).cast("B")
-    n = len(mv)
-    # Each element takes at least its 4-byte prefix: a count beyond that cannot fit.
-    if count * 4 > n:
-        raise _bad(f"BYTES data of {n} bytes cannot hold {count} elements (4-byte prefix each)")
-    out = np.empty(count, dtype=object)
-    pos = 0
-    unpack = _U32.unpack_from
-    for i in range(count):
-        if pos + 4 > n:
-            raise _bad(f"BYTES data ends inside the length prefix of element {i}")
-        (length,) = unpack(mv, pos)
-        pos += 4
-        end = pos + length
-        if end > n:
-            raise _bad(f"BYTES element {i} claims {length} bytes but only {n - pos} remain")
-        out[i] = bytes(mv[pos:end])
-        pos = end
-    if pos != n:
-        raise _bad(f"BYTES data has {n - pos} bytes left over after {count} elements")
-    return out
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -329,8 +180,10 @@ def _shape(raw: Any, where: str) -> tuple[tuple[int, ...], int]:
     """Validated shape and element count."""
     if not isinstance(raw, list):
         raise _bad(f"{where}: 'shape' must be an array of non-negative integers, got {_jtype(raw)}")
-    if len(raw) > MAX_NDIM:
-        raise _bad(f"{where}: shape has {len(raw)} dimensions; at most {MAX_NDIM} are allowed")
+    if len(raw) > LIMITS.max_ndim:
+        raise _bad(
+            f"{where}: shape has {len(raw)} dimensions; at most {LIMITS.max_ndim} are allowed"
+        )
     count = 1
     nonzero = 1
     for d in raw:
@@ -421,7 +274,7 @@ def _json_tensor(
                 f"{where}: value {bad} is out of range for {datatype} [{info.min}, {info.max}]"
             )
         return np.array(flat, dtype=target).reshape(shape)
-    if datatype in _FLOAT_TYPES:
+    if datatype in FLOAT_DATATYPES:
         if kinds - {int, float}:
             raise _bad(
                 f"{where}: {datatype} data must be numbers, found {_kinds(kinds - {int, float})}"
@@ -465,7 +318,7 @@ def _binary_tensor(
 ) -> np.ndarray:
     if datatype == "BYTES":
         return deserialize_bytes_tensor(chunk, count).reshape(shape)
-    wire = _WIRE_DTYPES[datatype]
+    wire = WIRE_DTYPES[datatype]
     expected = count * wire.itemsize
     if len(chunk) != expected:
         raise _bad(
@@ -517,7 +370,7 @@ def parse_infer_request(
         )
     text = body if hl is None and isinstance(body, bytes) else bytes(mv[:json_end])
     try:
-        doc = _loads(text)
+        doc = loads(text)
     except RecursionError:
         raise _bad("request JSON is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
@@ -632,141 +485,3 @@ def parse_infer_request(
 
 def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------------- encoding
-
-
-def _json_values(arr: np.ndarray, datatype: str) -> list[Any] | np.ndarray | None:
-    """Flat JSON values: a list of str for BYTES (None when not valid UTF-8, so the tensor
-    must go as binary), otherwise a flat C-contiguous array that :func:`_dumps` writes."""
-    flat = arr.reshape(-1)
-    if datatype == "BYTES":
-        out: list[Any] = []
-        for item in flat:
-            if isinstance(item, str):
-                out.append(item)
-            elif isinstance(item, (bytes, bytearray, memoryview, np.bytes_)):
-                try:
-                    out.append(bytes(item).decode("utf-8"))
-                except UnicodeDecodeError:
-                    return None
-            else:
-                raise TypeError(f"BYTES output element is {type(item).__name__}")
-        return out
-    if datatype == "BF16":
-        return bf16_bits_to_float32(flat)
-    if datatype == "FP16":
-        return flat.astype(np.float32)  # exact; orjson has no float16
-    return np.ascontiguousarray(flat, dtype=DATATYPES[datatype])
-
-
-def _binary_values(arr: np.ndarray, datatype: str) -> bytes:
-    if datatype == "BYTES":
-        return serialize_bytes_tensor(arr)
-    wire = _WIRE_DTYPES[datatype]
-    return np.ascontiguousarray(arr, dtype=wire).tobytes()
-
-
-def encode_infer_response(
-    *,
-    model_name: str,
-    model_version: str | int | None,
-    request_id: str | None,
-    outputs: Mapping[str, np.ndarray],
-    datatypes: Mapping[str, str],
-    requested: Sequence[RequestedOutput] | None = None,
-    binary_data_output: bool = False,
-    parameters: Mapping[str, Any] | None = None,
-) -> EncodedResponse:
-    """Encode an inference response.
-
-    ``outputs`` holds the model's arrays and ``datatypes`` their protocol datatypes (needed for
-    BF16, which numpy sees as uint16). ``requested`` selects and orders the outputs (all of
-    them, in ``outputs`` order, when ``None``); a requested output's ``binary_data`` overrides
-    ``binary_data_output``. BYTES outputs that are not valid UTF-8 cannot be JSON strings and
-    are sent as binary data whatever was asked. When any output is binary the body is the
-    JSON header followed by the binary tensors and ``header_length`` is set.
-    """
-    if requested is None:
-        selection = [(name, binary_data_output) for name in outputs]
-    else:
-        selection = [
-            (r.name, binary_data_output if r.binary_data is None else r.binary_data)
-            for r in requested
-        ]
-    entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for name, binary in selection:
-        arr = np.asarray(outputs[name])
-        datatype = datatypes[name]
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        values = None if binary else _json_values(arr, datatype)
-        if values is None:
-            chunk = _binary_values(arr, datatype)
-            entry["parameters"] = {"binary_data_size": len(chunk)}
-            chunks.append(chunk)
-        else:
-            entry["data"] = values
-        entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name}
-    if model_version is not None:
-        doc["model_version"] = str(model_version)
-    if request_id is not None:
-        doc["id"] = request_id
-    if parameters:
-        doc["parameters"] = dict(parameters)
-    doc["outputs"] = entries
-    header = _dumps(doc, entries)
-    if not chunks:
-        return EncodedResponse(header, "application/json", None)
-    return EncodedResponse(header + b"".join(chunks), "application/octet-stream", len(header))
-
-
-def _dumps(doc: dict[str, Any], entries: list[dict[str, Any]]) -> bytes:
-    """JSON text of a response whose entries' ``data`` may be numpy arrays.
-
-    With orjson installed, arrays are written by it directly (about 25x faster than
-    ``tolist`` + ``json.dumps`` for float tensors). orjson writes NaN and infinities as
-    ``null``, so a tensor holding them goes through the standard library, which writes
-    ``NaN``/``Infinity``: not standard JSON, but what Triton's clients (rapidjson) and
-    Python's json read back.
-    """
-    if _orjson is not None:
-        try:
-            text: bytes = _orjson.dumps(doc, option=_orjson.OPT_SERIALIZE_NUMPY)
-        except (TypeError, _orjson.JSONEncodeError):
-            pass  # something orjson cannot write (an int beyond 64 bits): use json
-        else:
-            # The document holds no None, so ``null`` in the text is a NaN or an infinity
-            # (or those letters inside a string, when the slower path is merely unneeded).
-            if b"null" not in text:
-                return text
-    for e in entries:
-        data = e.get("data")
-        if isinstance(data, np.ndarray):
-            e["data"] = data.tolist()
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
-
-
-# orjson (3.8 at least) recurses without a bound and crashes the process on JSON nested a
-# million deep. Nesting depth cannot exceed the number of opening brackets, which
-# ``bytes.count`` finds at memory speed, so orjson only sees documents that cannot be deep.
-_ORJSON_MAX_OPENERS = 512
-
-
-def _loads(data: bytes) -> Any:
-    """Parse JSON: orjson when installed and safe, else the standard library, which also
-    takes what orjson refuses (NaN/Infinity tokens, UTF-16/32 text) so the accepted
-    language does not depend on orjson being present."""
-    if _orjson is not None and data.count(b"[") + data.count(b"{") <= _ORJSON_MAX_OPENERS:
-        try:
-            return _orjson.loads(data)
-        except _orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
-
-
-def encode_error(message: str) -> bytes:
-    """The protocol's error body: ``{"error": message}``."""
-    return json.dumps({"error": message}).encode("utf-8")

@@ -26,8 +26,10 @@ from typing import Any
 
 import uvicorn
 
+from ..engine import Engine
 from ..lifecycle import GracefulShutdown
-from .app import ServerState, create_app
+from .app import create_app
+from .state import ServerState
 
 __all__ = ["serve", "serve_async", "serve_repository"]
 
@@ -198,8 +200,6 @@ def serve_repository(
 ) -> int:
     """``inferline serve REPO``: serves every model of a repository folder until SIGTERM or
     SIGINT, then drains. Returns the process exit status (0 after a graceful stop)."""
-    from ..engine import Engine
-
     engine = Engine.from_repository(repository, watch=watch, poll_interval=poll_interval)
     serve(
         engine,
