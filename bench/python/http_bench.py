@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
+
+import inferline
+from inferline.server import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,14 +48,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _load_engine(repo: str, model: str) -> Any:
     """An engine serving the repository (``model`` among its models)."""
-    import inferline
-
     return inferline.Engine.from_repository(repo)
 
 
 def serve_inferline(repo: str, model: str) -> None:
-    from inferline.server import serve
-
     serve(
         _load_engine(repo, model),
         "127.0.0.1",
@@ -61,8 +62,9 @@ def serve_inferline(repo: str, model: str) -> None:
 
 
 def serve_baseline(repo: str, model: str, mode: str) -> None:
+    # FastAPI, pydantic and onnxruntime are the baseline's dependencies, not inferline's
+    # (optional for the package): only the baseline server's process imports them.
     import onnxruntime as ort
-    import uvicorn
     from fastapi import FastAPI
     from pydantic import BaseModel
 
@@ -303,8 +305,6 @@ def _requests(model: str, n_features: int, count: int) -> list[bytes]:
 
 def _check(port: int, request: bytes) -> None:
     """One request through a plain socket: the server answers 200 with outputs."""
-    import socket
-
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request)
         data = b""
