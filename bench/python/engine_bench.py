@@ -31,8 +31,10 @@ if __name__ == "__main__":
     limit_blas_threads(sys.argv)
 
 import numpy as np
+from safetensors.numpy import save_file
 
 import inferline
+from inferline.backends.native import native_model
 
 DIM = 128
 
@@ -50,10 +52,6 @@ def make_model() -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
 
 def make_native_model(w: np.ndarray, max_batch_size: int, folder: Path) -> Any:
     """The same matmul + relu as native kernels (one fused linear op), off the GIL."""
-    from safetensors.numpy import save_file
-
-    from inferline.native import native_model
-
     save_file({"w": w}, str(folder / "w.safetensors"))
     table = {
         "weights": "w.safetensors",
@@ -128,7 +126,7 @@ class AsyncioBatcher:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from loadgen import drive
+    from loadgen import drive  # beside this script: on sys.path only when run as one
 
     fn, w = make_model()
     rng = np.random.default_rng(1)
@@ -206,7 +204,7 @@ def main() -> None:
     p.add_argument("--blas-threads", default="1", help="BLAS threads for both contenders")
     args = p.parse_args()
     if args.loop == "uvloop":
-        import uvloop
+        import uvloop  # optional: only for --loop uvloop
 
         uvloop.run(run(args))
     else:

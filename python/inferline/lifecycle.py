@@ -30,10 +30,9 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from .engine import Engine
 
 __all__ = ["DEFAULT_SIGNALS", "GracefulShutdown", "serve_until_signalled"]
 

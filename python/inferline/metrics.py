@@ -41,7 +41,6 @@ the buckets of one scrape are always cumulative and consistent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -49,10 +48,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from .engine import Engine, VersionView
 
 __all__ = ["SECONDS_BUCKETS", "EngineCollector", "batch_size_buckets", "collector", "render"]
 
@@ -125,7 +124,7 @@ class _Series:
     )
 
     def __init__(self) -> None:
-        self.versions: list[Any] = []
+        self.versions: list[VersionView] = []
         self.batch_bounds: set[int] = set()
         self.requests: dict[str, float] = dict.fromkeys(OUTCOMES, 0.0)
         self.batches = 0.0
@@ -133,28 +132,6 @@ class _Series:
         self.in_flight = 0.0
         self.ready = 0.0
         self.cache: tuple[float, float] | None = None
-
-
-def _live_versions(engine: Any) -> list[Any]:
-    """Every version the engine holds: registered (any state) and retired, still draining.
-
-    ``list(...)`` of a dict view runs without releasing the GIL, so this is safe while the
-    loop thread adds or removes versions.
-    """
-    versions = [v for m in list(engine._models.values()) for v in list(m.versions.values())]
-    seen = {id(v) for v in versions}
-    versions += [v for v in list(getattr(engine, "_retired", ())) if id(v) not in seen]
-    return versions
-
-
-def _cache_counts(version: Any) -> tuple[float, float] | None:
-    cache = getattr(version, "cache", None)
-    if cache is None:
-        return None
-    hits, misses = getattr(cache, "hits", None), getattr(cache, "misses", None)
-    if hits is None or misses is None:
-        return None
-    return float(hits), float(misses)
 
 
 class _Families:
@@ -253,30 +230,30 @@ class EngineCollector(Collector):
 
     def _series(self) -> dict[tuple[str, str], _Series]:
         series: dict[tuple[str, str], _Series] = {}
-        for v in _live_versions(self.engine):
+        for v in self.engine.live_versions():
             # A version re-loaded while its retired namesake still drains shares its labels:
             # the two are summed, since one label set may appear once per family.
             s = series.setdefault((str(v.name), str(v.version)), _Series())
             s.versions.append(v)
-            s.batch_bounds.update(batch_size_buckets(int(v.batching.max_batch_size)))
-            stats = v.sched.stats()
+            s.batch_bounds.update(batch_size_buckets(v.max_batch_size))
+            stats = v.stats()
             for outcome, n in stats["requests"].items():
                 s.requests[outcome] = s.requests.get(outcome, 0.0) + float(n)
             s.batches += float(stats["batches"])
             s.queue_depth += float(stats["queue_depth"])
             s.in_flight += float(stats["in_flight"])
             s.ready = max(s.ready, 1.0 if v.state == "ready" else 0.0)
-            cache = _cache_counts(v)
+            cache = v.cache_stats
             if cache is not None:
                 old = s.cache or (0.0, 0.0)
-                s.cache = (old[0] + cache[0], old[1] + cache[1])
+                s.cache = (old[0] + cache["hits"], old[1] + cache["misses"])
         return series
 
 
 def _add_histogram(
     family: HistogramMetricFamily,
     labels: list[str],
-    versions: Sequence[Any],
+    versions: Sequence[VersionView],
     which: str,
     bounds: Sequence[float],
     unit: float,
@@ -288,7 +265,7 @@ def _add_histogram(
     total = 0
     total_sum = 0.0
     for v in versions:
-        counts, count, sum_ = v.sched.histogram_buckets(which, query, unit)
+        counts, count, sum_ = v.histogram_buckets(which, query, unit)
         cumulative = [a + b for a, b in zip(cumulative, counts, strict=True)]
         total += count
         total_sum += sum_
@@ -314,8 +291,6 @@ def render(engine: Engine) -> bytes:
     Uses a private registry, so the process' default collectors (GC, platform) are not
     included; serve it with ``prometheus_client.exposition.CONTENT_TYPE_LATEST``.
     """
-    from prometheus_client.exposition import generate_latest
-
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector(engine))
     return generate_latest(registry)

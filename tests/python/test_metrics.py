@@ -330,10 +330,10 @@ async def test_two_versions_under_the_same_labels_are_summed() -> None:
     engine = two_version_engine(v1, v2)
     async with engine:
         await asyncio.gather(*(engine.infer("m", item(i), version=1) for i in range(3)))
-        old = engine._models["m"].versions.pop(1)
-        engine._retired.append(old)
+        old = engine._router.models["m"].versions.pop(1)
+        engine._router.retired.append(old)
         engine.register("m", Gated(2.0), inputs=X, outputs=Y, version=1, warmup=False)
-        new = engine._models["m"].versions[1]
+        new = engine._router.models["m"].versions[1]
         await until(lambda: new.state == "ready")
         await engine.infer("m", item(1), version=1)
         families = scrape(engine)
@@ -347,7 +347,7 @@ async def test_two_versions_under_the_same_labels_are_summed() -> None:
         assert count == old.sched.stats()["batches"] + new.sched.stats()["batches"]
         assert [le for le, _ in buckets[:-1]] == [1, 2, 4, 8]  # both versions' bounds
         assert value(families, "inferline_model_ready", model="m", version="1") == 1
-        engine._retired.remove(old)
+        engine._router.retired.remove(old)
         families = scrape(engine)
         assert (
             value(
@@ -355,7 +355,7 @@ async def test_two_versions_under_the_same_labels_are_summed() -> None:
             )
             == 1
         )
-        engine._retired.append(old)  # so that stop() shuts its scheduler down
+        engine._router.retired.append(old)  # so that stop() shuts its scheduler down
 
 
 @pytest.mark.asyncio

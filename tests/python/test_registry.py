@@ -285,8 +285,8 @@ async def test_result_cache_hits_and_never_serves_an_old_version(tmp_path: Path)
     write_python_model(repo, "m", 1, 1.0, extra="[cache]\nmax_entries = 4\nmax_bytes = 4096\n")
     calls_before = 0
     async with inferline.Engine.from_repository(repo) as engine:
-        v1 = engine._models["m"].versions[1]
-        assert v1.cache is not None
+        (v1,) = [v for v in engine.live_versions() if (v.name, v.version) == ("m", 1)]
+        assert v1.cache_stats is not None
         calls_before = engine.stats("m")["items_computed"]
         a = await engine.infer("m", item(5))
         b = await engine.infer("m", item(5))
@@ -295,10 +295,10 @@ async def test_result_cache_hits_and_never_serves_an_old_version(tmp_path: Path)
         np.testing.assert_array_equal(a, item(5))
         np.testing.assert_array_equal(c, item(5))
         assert engine.stats("m")["items_computed"] - calls_before == 1
-        assert v1.cache.hits == 2 and v1.cache.misses == 1
+        assert v1.cache_stats["hits"] == 2 and v1.cache_stats["misses"] == 1
         for i in range(10):  # bounded by entries
             await engine.infer("m", item(100 + i))
-        assert len(v1.cache) <= 4
+        assert v1.cache_stats["entries"] <= 4
         write_python_model(repo, "m", 2, 10.0, extra="[cache]\nmax_entries = 4\nmax_bytes = 4096\n")
         await engine.load("m")
         np.testing.assert_array_equal(await engine.infer("m", item(5)), item(50))

@@ -1,0 +1,18 @@
+"""The asyncio engine, one room per purpose; a request goes ``Engine.infer`` (engine.py) ->
+the version's native scheduler (versions.py) -> the core's completion queue, drained on the
+loop into its future (runtime.py).
+
+- ``engine.py``: the ``Engine``: start/stop, register, infer/infer_batch, introspection.
+- ``versions.py``: ``Batching``, ``ModelInfo``, a served version and its scheduler, a model's
+  versions, aliases and default, and the ``Router`` that picks the version of a request.
+- ``runtime.py``: the native core on the event loop; warm-up, retiring and draining versions.
+- ``inputs.py``: input checks and coercion against a list of ``TensorSpec``.
+- ``repo_sync.py``: ``Engine.from_repository``'s model source: load, watch, the index.
+"""
+
+from __future__ import annotations
+
+from .engine import Engine, ModelSource
+from .versions import Batching, ModelInfo, VersionView
+
+__all__ = ["Batching", "Engine", "ModelInfo", "ModelSource", "VersionView"]
