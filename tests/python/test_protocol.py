@@ -646,9 +646,7 @@ def test_response_round_trip_through_tritonclient(binary: bool) -> None:
         binary_data_output=binary,
     )
     assert (resp.header_length is not None) == binary
-    assert resp.headers["content-type"] == (
-        "application/octet-stream" if binary else "application/json"
-    )
+    assert resp.content_type == ("application/octet-stream" if binary else "application/json")
     result = decode(resp)
     doc = result.get_response()
     assert doc["model_name"] == "m" and doc["model_version"] == "3" and doc["id"] == "q"

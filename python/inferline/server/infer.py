@@ -102,7 +102,7 @@ class InferRoute:
             except ProtocolError as e:
                 raise HTTPError(e.status, e.message) from None
             encoded = await self._infer(name, version, req, receive)
-            status, out_headers, out_body = 200, _response_headers(encoded), encoded.body
+            status, out_headers, out_body = 200, encoded.asgi_headers(), encoded.body
             out_headers.append((b"x-request-id", rid.encode()))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s: infer %s -> 200", rid, name, extra={"request_id": rid})
@@ -374,10 +374,3 @@ def _output_datatypes(
                 ) from None
         datatypes[k] = dt
     return datatypes
-
-
-def _response_headers(encoded: EncodedResponse) -> _Headers:
-    headers = [(b"content-type", encoded.content_type.encode())]
-    if encoded.header_length is not None:
-        headers.append((b"inference-header-content-length", str(encoded.header_length).encode()))
-    return headers

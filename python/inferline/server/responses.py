@@ -28,12 +28,13 @@ class EncodedResponse:
     content_type: str
     header_length: int | None  # value for Inference-Header-Content-Length, None for pure JSON
 
-    @property
-    def headers(self) -> dict[str, str]:
-        h = {"content-type": self.content_type}
+    def asgi_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers that go with the body, as ASGI's ``http.response.start`` takes them
+        (a new list each call: the caller adds its own)."""
+        headers = [(b"content-type", self.content_type.encode())]
         if self.header_length is not None:
-            h[INFERENCE_HEADER.lower()] = str(self.header_length)
-        return h
+            headers.append((INFERENCE_HEADER.lower().encode(), str(self.header_length).encode()))
+        return headers
 
 
 def _json_values(arr: np.ndarray, datatype: str) -> list[Any] | np.ndarray | None:
