@@ -1,5 +1,6 @@
 # Kernel libraries: inferline_kernels (CPU, always; OpenBLAS for sgemm) and, when CUDA was found,
-# inferline_cuda linked into it. Included from the top-level CMakeLists.txt.
+# inferline_cuda linked into it; then inferline_native, the native model backend on top of the
+# kernels and the core. Included from the top-level CMakeLists.txt.
 
 # ---- BLAS: OpenBLAS ----------------------------------------------------------------------
 # First choice: the distribution's OpenBLAS (Debian: libopenblas-dev), which ships cblas.h and a
@@ -52,10 +53,9 @@ file(GLOB INFERLINE_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/s
 add_library(inferline_kernels STATIC ${INFERLINE_KERNEL_SOURCES})
 target_include_directories(inferline_kernels PUBLIC ${PROJECT_SOURCE_DIR}/cpp/include
                                                     ${PROJECT_SOURCE_DIR}/cuda)
-# inferline_core: the native model backend implements inferline::backend and answers requests
-# with blocks from the core's block_pool.
+# No scheduler here: the native model (which implements inferline::backend) is inferline_native.
 # inferline_blas is PUBLIC: the benchmarks call sgemm directly as the baseline.
-target_link_libraries(inferline_kernels PUBLIC inferline_core Threads::Threads inferline_blas
+target_link_libraries(inferline_kernels PUBLIC Threads::Threads inferline_blas
                                         PRIVATE inferline_options)
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   # -fopenmp-simd honours `#pragma omp simd reduction` (vectorised sums without -ffast-math) and
@@ -84,3 +84,11 @@ if(INFERLINE_HAVE_CUDA)
   target_compile_definitions(inferline_cuda PUBLIC INFERLINE_HAVE_CUDA=1)
   target_link_libraries(inferline_kernels PUBLIC inferline_cuda)
 endif()
+
+# ---- native model backend -----------------------------------------------------------------
+# The native model implements inferline::backend and answers requests with blocks from the
+# core's block_pool, so it depends on both the kernels and the core (which know nothing of it).
+file(GLOB INFERLINE_NATIVE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/native/*.cpp)
+add_library(inferline_native STATIC ${INFERLINE_NATIVE_SOURCES})
+target_link_libraries(inferline_native PUBLIC inferline_kernels inferline_core
+                                       PRIVATE inferline_options)

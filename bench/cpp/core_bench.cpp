@@ -6,6 +6,7 @@
 // machine the threads rarely overlap, and a mutex baseline then looks as fast as one thread
 // (its unfair hand-off lets one thread run while the other sleeps).
 #include <benchmark/benchmark.h>
+#include <poll.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -19,11 +20,15 @@
 #include <utility>
 #include <vector>
 
+#include "inferline/backend.hpp"
 #include "inferline/block_pool.hpp"
 #include "inferline/clock.hpp"
+#include "inferline/completion_queue.hpp"
 #include "inferline/histogram.hpp"
 #include "inferline/mpmc_queue.hpp"
+#include "inferline/platform.hpp"
 #include "inferline/request.hpp"
+#include "inferline/scheduler.hpp"
 
 namespace {
 
@@ -241,6 +246,58 @@ void BM_mutex_free_list_acquire_release(benchmark::State& state) {
 }
 BENCHMARK(BM_mutex_free_list_acquire_release)->Threads(1)->Threads(2)->UseRealTime();
 
+// ---- lone request round trip: work-conserving batching vs Triton's fixed window ------------
+
+// A backend that computes nothing: the rows measure the scheduler's own round trip.
+class null_backend final : public backend {
+ public:
+  void run(batch& /*b*/) override {}
+  std::string platform() const override { return "bench"; }
+};
+
+// Concurrency 1 (what every user at low traffic sees): submit one request, sleep in poll(2) on
+// the completion fd as the event loop does, drain it, finish it; repeat. The argument is
+// max_queue_delay in µs, which work_conserving ignores and fixed_window waits out.
+void lone_request_round_trip(benchmark::State& state, batch_policy policy) {
+  completion_queue completions;
+  scheduler_config c;
+  c.name = "bench";
+  c.input_bytes = {64};
+  c.max_batch_size = 8;
+  c.max_queue_delay_ns = state.range(0) * 1'000;
+  c.policy = policy;
+  model_scheduler sched(c, std::make_shared<null_backend>(), completions);
+  sched.start();
+  std::uint64_t id = 0;
+  for (auto _ : state) {
+    request* r = nullptr;
+    if (sched.prepare(0, &r) != admit::ok) {
+      state.SkipWithError("request refused");
+      break;
+    }
+    sched.commit(r, nullptr, no_deadline, id++);
+    request* done = nullptr;
+    while ((done = completions.take_all()) == nullptr) {
+      pollfd p{completions.fd(), POLLIN, 0};
+      ::poll(&p, 1, -1);
+    }
+    sched.finish(done, done->result_outcome, now_ns());
+  }
+  sched.shutdown();
+  state.SetItemsProcessed(state.iterations());  // item: one round trip
+}
+
+void BM_lone_request_work_conserving(benchmark::State& state) {
+  lone_request_round_trip(state, batch_policy::work_conserving);
+}
+BENCHMARK(BM_lone_request_work_conserving)->Arg(200)->Arg(1'000)->UseRealTime();
+
+// Baseline: the same request under Triton's dynamic batcher (the previous behaviour).
+void BM_lone_request_fixed_window(benchmark::State& state) {
+  lone_request_round_trip(state, batch_policy::fixed_window);
+}
+BENCHMARK(BM_lone_request_fixed_window)->Arg(200)->Arg(1'000)->UseRealTime();
+
 // ---- ratio table ------------------------------------------------------------------------------
 
 // Prints Google Benchmark's usual table, remembers each run's throughput, and at the end
@@ -270,6 +327,7 @@ class ratio_reporter : public benchmark::ConsoleReporter {
         {"BM_histogram_record", "BM_mutex_histogram_record"},
         {"BM_gather_pooled_block", "BM_gather_fresh_vector"},
         {"BM_request_pool_acquire_release", "BM_mutex_free_list_acquire_release"},
+        {"BM_lone_request_work_conserving", "BM_lone_request_fixed_window"},
     };
     std::printf("\n%-34s %-12s %14s %14s %8s\n", "candidate vs baseline", "variant",
                 "candidate/s", "baseline/s", "ratio");
@@ -286,7 +344,8 @@ class ratio_reporter : public benchmark::ConsoleReporter {
       }
     }
     std::printf("(items/s: queue push+pop pairs, records, gathered rows, acquire+release "
-                "pairs; ratio > 1 means the core is faster)\n");
+                "pairs, lone-request round trips (variant: max_queue_delay in µs); ratio > 1 "
+                "means the core is faster)\n");
   }
 
  private:

@@ -1,9 +1,14 @@
 // The dynamic batcher: admission, priority lanes, batch forming, dispatch and answers.
 #include "inferline/scheduler.hpp"
 
+#include "inferline/clock.hpp"
+#include "inferline/platform.hpp"
+
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <stdexcept>
 
 namespace inferline {
@@ -49,21 +54,71 @@ const std::shared_ptr<const std::string>& msg_stopped() {
   return m;
 }
 
+// batch_due's answer for "dispatch what is held now".
+constexpr std::int64_t leave_now = std::numeric_limits<std::int64_t>::min();
+
+// a + b for a stamp and a non-negative duration, saturating at no_deadline.
+std::int64_t add_saturating(std::int64_t stamp, std::int64_t duration) noexcept {
+  return duration > no_deadline - stamp ? no_deadline : stamp + duration;
+}
+
 }  // namespace
+
+// ---- batch cost model ----------------------------------------------------------------------
+
+void batch_cost_model::observe(std::size_t n, std::int64_t ns) noexcept {
+  if (n == 0) return;
+  const auto x = static_cast<double>(n);
+  auto y = static_cast<double>(std::max<std::int64_t>(ns, 0));
+  std::lock_guard lock(write_mutex_);
+  // The last publication was made under this mutex, so this relaxed read sees it.
+  const cost_line current = line();
+  if (current.measured) y = std::min(y, 8.0 * static_cast<double>(current.predict_ns(n)) + 1e3);
+  constexpr double keep = 1.0 - 1.0 / memory_batches;
+  sum_w_ = keep * sum_w_ + 1.0;
+  sum_n_ = keep * sum_n_ + x;
+  sum_nn_ = keep * sum_nn_ + x * x;
+  sum_y_ = keep * sum_y_ + y;
+  sum_ny_ = keep * sum_ny_ + x * y;
+  const double mean_n = sum_n_ / sum_w_;
+  const double mean_y = sum_y_ / sum_w_;
+  const double var_n = sum_nn_ / sum_w_ - mean_n * mean_n;
+  double a = 0;
+  double b = 0;
+  if (var_n >= 0.25) {
+    a = (sum_ny_ / sum_w_ - mean_n * mean_y) / var_n;
+    b = mean_y - a * mean_n;
+  } else {
+    a = sum_y_ / sum_n_;  // sizes hardly vary: proportional, over-predicts larger batches
+  }
+  if (a < 0) {
+    a = 0;
+    b = mean_y;
+  } else if (b < 0) {
+    b = 0;
+    a = sum_ny_ / sum_nn_;
+  }
+  const auto bits = [](double v) {
+    return static_cast<std::uint64_t>(std::bit_cast<std::uint32_t>(static_cast<float>(v)));
+  };
+  packed_.store(bits(a) << 32 | bits(b), std::memory_order_relaxed);
+}
+
+cost_line batch_cost_model::line() const noexcept {
+  const std::uint64_t p = packed_.load(std::memory_order_relaxed);
+  if (p == unmeasured) return {};
+  return {std::bit_cast<float>(static_cast<std::uint32_t>(p >> 32)),
+          std::bit_cast<float>(static_cast<std::uint32_t>(p)), true};
+}
+
+// ---- scheduler -----------------------------------------------------------------------------
 
 model_scheduler::model_scheduler(scheduler_config config, std::shared_ptr<backend> model,
                                  completion_queue& completions)
     : config_(std::move(config)), backend_(std::move(model)), completions_(completions) {
   if (!backend_) throw std::invalid_argument("model_scheduler needs a backend");
-  if (config_.max_batch_size == 0) throw std::invalid_argument("max_batch_size must be >= 1");
-  if (config_.max_queue_size == 0) throw std::invalid_argument("max_queue_size must be >= 1");
-  if (config_.priority_levels == 0 || config_.priority_levels > 16) {
-    throw std::invalid_argument("priority_levels must be between 1 and 16");
-  }
-  if (config_.instances == 0 || config_.instances > 256) {
-    throw std::invalid_argument("instances must be between 1 and 256");
-  }
-  if (config_.max_queue_delay_ns < 0) throw std::invalid_argument("max_queue_delay must be >= 0");
+  validate(config_);
+  validate_policy(config_);
   for (std::size_t b : config_.input_bytes) {
     input_offsets_.push_back(item_bytes_);
     item_bytes_ += b;
@@ -101,7 +156,9 @@ admit model_scheduler::prepare(std::uint32_t priority, request** out) noexcept {
   if (closed_.load(std::memory_order_acquire)) return admit::stopped;
   if (priority >= config_.priority_levels) return admit::bad_priority;
   const auto limit = static_cast<std::int64_t>(config_.max_queue_size);
-  if (queued_.fetch_add(1, std::memory_order_relaxed) >= limit) {
+  const std::int64_t ahead = queued_.fetch_add(1, std::memory_order_relaxed);
+  if (ahead >= limit ||
+      (config_.policy == batch_policy::latency_target && !can_make_target(ahead))) {
     queued_.fetch_sub(1, std::memory_order_relaxed);
     return admit::queue_full;
   }
@@ -113,6 +170,21 @@ admit model_scheduler::prepare(std::uint32_t priority, request** out) noexcept {
   r->priority = priority;
   *out = r;
   return admit::ok;
+}
+
+bool model_scheduler::can_make_target(std::int64_t ahead) const noexcept {
+  const cost_line cost = cost_.line();
+  if (!cost.measured) return true;  // nothing learned yet: refuse nothing
+  const auto batch = static_cast<std::int64_t>(config_.max_batch_size);
+  const std::int64_t queued = std::max<std::int64_t>(ahead, 0);
+  // Full batches ahead run `instances` at a time; then this request's own batch, shared with
+  // the items left over.
+  const std::int64_t rounds = queued / batch / static_cast<std::int64_t>(config_.instances);
+  const auto own = static_cast<std::size_t>(queued % batch) + 1;
+  const double finish =
+      static_cast<double>(rounds) * static_cast<double>(cost.predict_ns(config_.max_batch_size)) +
+      static_cast<double>(cost.predict_ns(own));
+  return finish <= static_cast<double>(config_.max_latency_ns);
 }
 
 void model_scheduler::abandon(request* r) noexcept {
@@ -243,11 +315,10 @@ bool model_scheduler::form_batch(std::vector<request*>& items) {
       oldest = std::min(oldest, items[i]->t_enqueue);
     }
     if (items.size() >= config_.max_batch_size) return true;
-    std::int64_t due = no_deadline;
-    if (!items.empty()) {
-      due = oldest + config_.max_queue_delay_ns;
-      if (now >= due) return true;
-    }
+    const std::int64_t due = batch_due(items.size(), oldest);
+    if (now >= due) return true;
+    // What lets the batch leave before `due`: any item when nothing is held (the only way a
+    // work_conserving former sleeps), else a full batch.
     const auto need = static_cast<std::int64_t>(
         items.empty() ? 1 : config_.max_batch_size - items.size());
     if (config_.idle_spin_ns > 0 && items.empty()) {
@@ -275,6 +346,23 @@ bool model_scheduler::form_batch(std::vector<request*>& items) {
     }
     sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
+}
+
+std::int64_t model_scheduler::batch_due(std::size_t held, std::int64_t oldest) const noexcept {
+  if (held == 0) return no_deadline;
+  switch (config_.policy) {
+    case batch_policy::fixed_window:
+      return add_saturating(oldest, config_.max_queue_delay_ns);
+    case batch_policy::latency_target: {
+      const cost_line cost = cost_.line();
+      if (!cost.measured) return leave_now;
+      // Held while the oldest, with one more item in its batch, still makes the target.
+      return add_saturating(oldest, config_.max_latency_ns) - cost.predict_ns(held + 1);
+    }
+    case batch_policy::work_conserving:
+      break;
+  }
+  return leave_now;  // the former is an idle instance: it takes what is there
 }
 
 void model_scheduler::compute(std::vector<request*>& items, int instance) {
@@ -331,6 +419,9 @@ void model_scheduler::compute(std::vector<request*>& items, int instance) {
   metrics_.batch_size.record(items.size());
   metrics_.batches.fetch_add(1, std::memory_order_relaxed);
   metrics_.items_computed.fetch_add(items.size(), std::memory_order_relaxed);
+  if (!error && config_.policy == batch_policy::latency_target) {
+    cost_.observe(items.size(), end - start);  // a failed batch's time says nothing of the cost
+  }
   for (request* r : items) {
     r->t_compute_start = start;
     r->t_compute_end = end;

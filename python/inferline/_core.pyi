@@ -1,6 +1,6 @@
 """Type stub of the private native module inferline._core (pybind11)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,97 @@ def set_error_types(
     invalid: type[BaseException],
 ) -> None: ...
 
+class LimitsTable:
+    """The largest values a model configuration may ask for (read-only)."""
+
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def max_queue_size(self) -> int: ...
+    @property
+    def max_priority_levels(self) -> int: ...
+    @property
+    def max_instances(self) -> int: ...
+    @property
+    def max_ndim(self) -> int: ...
+
+class DefaultsTable:
+    """What a model gets for every setting it leaves out (read-only)."""
+
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def max_queue_delay_ms(self) -> float: ...
+    @property
+    def max_queue_size(self) -> int: ...
+    @property
+    def priority_levels(self) -> int: ...
+    @property
+    def instances(self) -> int: ...
+    @property
+    def idle_spin_us(self) -> float: ...
+
+limits: LimitsTable
+defaults: DefaultsTable
+
+class TensorSpec:
+    """One declared input or output per item (immutable; ValueError when invalid).
+
+    The float kind of the finite check comes from the dtype (float16/32/64); BF16 travels as
+    uint16 bit patterns and is declared with ``bf16=True``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dtype: np.dtype[Any] | type | str,
+        shape: Sequence[int] = (),
+        finite: bool = False,
+        *,
+        bf16: bool = False,
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def finite(self) -> bool: ...
+    @property
+    def bf16(self) -> bool: ...
+    @property
+    def item_bytes(self) -> int: ...
+
+class SchedulerConfig:
+    """Batching settings of one model version (immutable; ValueError outside ``limits``)."""
+
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        max_batch_size: int = 8,
+        max_queue_delay_ms: float = 1.0,
+        max_queue_size: int = 1024,
+        priority_levels: int = 1,
+        instances: int = 1,
+        idle_spin_us: float = 0.0,
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def max_queue_delay_ms(self) -> float: ...
+    @property
+    def max_queue_size(self) -> int: ...
+    @property
+    def priority_levels(self) -> int: ...
+    @property
+    def instances(self) -> int: ...
+    @property
+    def idle_spin_us(self) -> float: ...
+
 class Backend:
     @property
     def platform(self) -> str: ...
@@ -41,21 +132,21 @@ class Scheduler:
     def __init__(
         self,
         core: Core,
-        name: str,
-        inputs: list[tuple[str, np.dtype[Any], tuple[int, ...], bool, int]],
-        outputs: list[tuple[str, np.dtype[Any], tuple[int, ...], bool, int]],
-        dict_inputs: bool,
-        dict_outputs: bool,
+        config: SchedulerConfig,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
         model: Callable[..., Any] | Backend,
-        max_batch_size: int,
-        max_delay_ns: int,
-        max_queue_size: int,
-        priority_levels: int,
-        instances: int,
-        idle_spin_ns: int,
     ) -> None: ...
     def start(self) -> None: ...
-    def submit(self, x: Any, priority: int, deadline_ns: int, future: Any) -> int: ...
+    def submit(
+        self,
+        x: Any,
+        priority: int,
+        timeout: float | None,
+        future: Any,
+        *,
+        converted: bool = False,
+    ) -> int | None: ...
     def cancel(self, handle: int, expired: bool = False) -> bool: ...
     def close(self) -> None: ...
     def shutdown(self) -> None: ...

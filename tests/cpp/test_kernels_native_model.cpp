@@ -24,8 +24,8 @@
 #include "inferline/kernels/convert.hpp"
 #include "inferline/kernels/cuda_api.hpp"
 #include "inferline/kernels/math.hpp"
-#include "inferline/kernels/native_model.hpp"
-#include "inferline/kernels/safetensors.hpp"
+#include "inferline/native/native_model.hpp"
+#include "inferline/native/safetensors.hpp"
 #include "inferline/request.hpp"
 
 namespace {

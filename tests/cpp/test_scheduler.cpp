@@ -1,6 +1,7 @@
 // model_scheduler end to end: a summing test backend, a drain thread on the completion queue,
-// and checks of the batching contract (exactly-once answers, batch bounds, delay, priority,
-// admission, deadlines, cancellation, model errors, shutdown and warm-up).
+// and checks of the batching contract (exactly-once answers, batch bounds, the three batching
+// policies, priority, admission, deadlines, cancellation, model errors, shutdown and warm-up),
+// plus the batch cost model on its own.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "inferline/backend.hpp"
@@ -188,6 +190,33 @@ struct answer {
   std::int64_t t_answered = 0;
 };
 
+// ---- a latch that holds every batch inside the backend until the test opens it -------------
+class latch {
+ public:
+  void pass() {
+    std::unique_lock lock(mutex_);
+    ++entered_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
+  /// Waits until `n` batches in total have entered.
+  bool wait_entered(std::size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return entered_ >= n; });
+  }
+  void open() {
+    std::lock_guard lock(mutex_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::size_t entered_ = 0;
+  bool open_ = false;
+};
+
 // ---- scheduler + completion drain thread ------------------------------------------------------
 // The drain thread plays the event loop: it polls the completion fd, takes every answer in one
 // call, records it by request id, and finishes the request.
@@ -349,6 +378,31 @@ scheduler_config config(std::size_t max_batch, std::int64_t delay_ns, std::size_
   return c;
 }
 
+// `c` with Triton's fixed window (the tests that check the window itself).
+scheduler_config windowed(scheduler_config c) {
+  c.policy = batch_policy::fixed_window;
+  return c;
+}
+
+// `c` with the latency-target policy and target `target_ns`.
+scheduler_config targeted(scheduler_config c, std::int64_t target_ns) {
+  c.policy = batch_policy::latency_target;
+  c.max_latency_ns = target_ns;
+  return c;
+}
+
+// Makes every real batch sleep a·n+b (a synthetic model whose cost the test controls), after
+// passing `g` when given.
+void cost_per_batch(harness& h, std::int64_t per_item_ns, std::int64_t per_batch_ns,
+                    gate* g = nullptr) {
+  h.model().hook = [=](const batch& b) {
+    if (b.warmup()) return;
+    if (g != nullptr) g->pass();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(
+        per_item_ns * static_cast<std::int64_t>(b.size) + per_batch_ns));
+  };
+}
+
 // Makes every real batch (not warm-up) pass gate `g`. Call before the first submit.
 void pass_batches_through(harness& h, gate& g) {
   h.model().hook = [&g](const batch& b) {
@@ -358,15 +412,19 @@ void pass_batches_through(harness& h, gate& g) {
 
 // ---- exactly once, under load -----------------------------------------------------------------
 
-class SchedulerLoad : public ::testing::TestWithParam<std::size_t> {};
+class SchedulerLoad
+    : public ::testing::TestWithParam<std::tuple<batch_policy, std::size_t>> {};
 
 TEST_P(SchedulerLoad, EveryRequestAnsweredOnceWithItsOwnRow) {
-  const std::size_t instances = GetParam();
+  const auto [policy, instances] = GetParam();
   const std::size_t max_batch = 8;
   const std::size_t producers = 3;
   const std::size_t per_producer = scaled(20'000, 10'000);
   const std::size_t total = producers * per_producer;
-  harness h(config(max_batch, 500'000, instances, 256), total);
+  scheduler_config c = config(max_batch, 500'000, instances, 256);
+  c.policy = policy;
+  c.max_latency_ns = 50 * ms;  // latency_target only (a refusal is retried by the producer)
+  harness h(c, total);
 
   std::atomic<bool> go{false};
   std::vector<std::thread> threads;
@@ -412,18 +470,27 @@ TEST_P(SchedulerLoad, EveryRequestAnsweredOnceWithItsOwnRow) {
   EXPECT_EQ(m.queue_wait_ns.snapshot().count, total);
 }
 
-INSTANTIATE_TEST_SUITE_P(Instances, SchedulerLoad,
-                         ::testing::Values(std::size_t{2}, std::size_t{3}),
-                         [](const auto& info) {
-                           std::string name = "x";
-                           name += std::to_string(info.param);
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Policies, SchedulerLoad,
+    ::testing::Combine(::testing::Values(batch_policy::work_conserving, batch_policy::fixed_window,
+                                         batch_policy::latency_target),
+                       ::testing::Values(std::size_t{2}, std::size_t{3})),
+    [](const auto& info) {
+      std::string name(batch_policy_name(std::get<0>(info.param)));
+      name += "_x" + std::to_string(std::get<1>(info.param));
+      return name;
+    });
 
 // ---- batch forming ------------------------------------------------------------------------
 
-TEST(Scheduler, BacklogIsCutIntoFullBatches) {
-  harness h(config(8, 1 * ms), 32);
+// Under load (the only instance busy while requests accumulate) the next batches leave full,
+// under the work-conserving default as under the fixed window.
+class SchedulerBacklog : public ::testing::TestWithParam<batch_policy> {};
+
+TEST_P(SchedulerBacklog, BacklogIsCutIntoFullBatches) {
+  scheduler_config c = config(8, 1 * ms);
+  c.policy = GetParam();
+  harness h(c, 32);
   gate g;
   pass_batches_through(h, g);
   g.arm();
@@ -438,7 +505,7 @@ TEST(Scheduler, BacklogIsCutIntoFullBatches) {
   EXPECT_EQ(batches[0].size(), 1u);
   EXPECT_EQ(batches[1].size(), 8u);
   EXPECT_EQ(batches[2].size(), 8u);
-  EXPECT_EQ(batches[3].size(), 4u);  // its oldest item is long overdue: it leaves at once
+  EXPECT_EQ(batches[3].size(), 4u);  // idle instance, or oldest long overdue: it leaves at once
   std::uint64_t want = 0;
   for (const auto& b : batches) {
     for (std::uint64_t id : b) EXPECT_EQ(id, want++);  // one lane: FIFO
@@ -447,14 +514,21 @@ TEST(Scheduler, BacklogIsCutIntoFullBatches) {
   h.stop();
 }
 
-TEST(Scheduler, LoneRequestLeavesAfterMaxQueueDelay) {
+INSTANTIATE_TEST_SUITE_P(Policies, SchedulerBacklog,
+                         ::testing::Values(batch_policy::work_conserving,
+                                           batch_policy::fixed_window),
+                         [](const auto& info) {
+                           return std::string(batch_policy_name(info.param));
+                         });
+
+TEST(Scheduler, FixedWindowLoneRequestLeavesAfterMaxQueueDelay) {
   // The former's timed wait must fire at the oldest item's due time on its own, with no other
   // request arriving. Shared CI machines stall threads now and then, so every try must leave
   // no earlier than the delay and within a second, and the best try within +50 ms.
   const std::int64_t delay = 20 * ms;
   const std::int64_t slack = 50 * ms;
   const std::uint64_t tries = 5;
-  harness h(config(8, delay, 2), tries);
+  harness h(windowed(config(8, delay, 2)), tries);
   std::int64_t best = no_deadline;
   for (std::uint64_t id = 0; id < tries; ++id) {
     ASSERT_EQ(h.submit(id), admit::ok);
@@ -505,6 +579,202 @@ TEST(Scheduler, HigherPriorityIsComputedFirst) {
   EXPECT_EQ(order, want);
   for (std::uint64_t id = 0; id <= 8; ++id) EXPECT_EQ(h.get(id).result, outcome::success);
   h.stop();
+}
+
+// ---- work-conserving and fixed-window batching ----------------------------------------------
+
+TEST(Scheduler, WorkConservingLoneRequestPaysNoWindow) {
+  // The default policy: an idle instance takes a lone request at once, however long the
+  // window. Each try is given half the 10 s delay to be answered.
+  const std::int64_t delay = 10'000 * ms;
+  for (std::size_t instances : {std::size_t{1}, std::size_t{2}}) {
+    harness h(config(8, delay, instances), 4);
+    ASSERT_EQ(h.sched().config().policy, batch_policy::work_conserving);
+    for (std::uint64_t id = 0; id < 4; ++id) {
+      ASSERT_EQ(h.submit(id), admit::ok);
+      ASSERT_TRUE(h.wait_answered(id + 1, 5s)) << "a lone request waited for the window";
+      const answer a = h.get(id);
+      EXPECT_EQ(a.result, outcome::success);
+      EXPECT_EQ(a.sum, expected_sum(id));
+      EXPECT_EQ(a.batch_size, 1u);
+      EXPECT_LT(a.t_dispatch - a.t_enqueue, delay);
+    }
+    h.stop();
+  }
+}
+
+TEST(Scheduler, WorkConservingFillsBatchesWhileAllInstancesAreBusy) {
+  // Two instances, each held in the backend by one lone request (each taken at once by an
+  // idle instance, so neither waits for the 10 s window); the 16 requests that accumulate
+  // meanwhile leave as two full batches when the instances free up.
+  harness h(config(8, 10'000 * ms, 2, 64), 18);
+  latch l;
+  h.model().hook = [&l](const batch& b) {
+    if (!b.warmup()) l.pass();
+  };
+  ASSERT_EQ(h.submit(0), admit::ok);
+  ASSERT_TRUE(l.wait_entered(1, 5s));
+  ASSERT_EQ(h.submit(1), admit::ok);
+  ASSERT_TRUE(l.wait_entered(2, 5s)) << "the idle instance held a lone request back";
+  for (std::uint64_t id = 2; id < 18; ++id) ASSERT_EQ(h.submit(id), admit::ok);
+  EXPECT_EQ(h.sched().queue_depth(), 16);
+  l.open();
+  ASSERT_TRUE(h.wait_answered(18));
+  std::vector<std::size_t> sizes;
+  for (const auto& b : h.model().batches()) sizes.push_back(b.size());
+  std::sort(sizes.begin(), sizes.end());
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{1, 1, 8, 8}));
+  for (std::uint64_t id = 0; id < 18; ++id) {
+    EXPECT_EQ(h.get(id).times, 1);
+    EXPECT_EQ(h.get(id).sum, expected_sum(id));
+  }
+  h.stop();
+}
+
+TEST(Scheduler, FixedWindowHoldsAnIdleInstanceForCompany) {
+  // Under Triton's window three requests sent back to back leave together once the oldest has
+  // waited the delay, although the instance was idle all along (work_conserving would have
+  // dispatched the first alone). A machine stalled for the whole 500 ms between two submits
+  // would split them: that is the only way this can fail.
+  const std::int64_t delay = 500 * ms;
+  harness h(windowed(config(8, delay)), 3);
+  for (std::uint64_t id = 0; id < 3; ++id) ASSERT_EQ(h.submit(id), admit::ok);
+  ASSERT_TRUE(h.wait_answered(3));
+  const auto batches = h.model().batches();
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_EQ(batches[0], (std::vector<std::uint64_t>{0, 1, 2}));
+  EXPECT_GE(h.get(0).t_dispatch - h.get(0).t_enqueue, delay);
+  h.stop();
+}
+
+// ---- latency target ---------------------------------------------------------------------------
+
+TEST(Scheduler, LatencyTargetLearnsTheBatchCost) {
+  // A synthetic model costing 2 ms per item + 2 ms per batch (sleeps: never less, sometimes
+  // more on a loaded machine). Bursts of 8 (full: they leave at once) and of 4 (held until the
+  // target allows no more) give the fit two sizes. The bounds are wide on purpose: the fit must
+  // land near the line, not on it.
+  const std::int64_t a = 2 * ms;
+  const std::int64_t b = 2 * ms;
+  const std::size_t rounds = 12;
+  harness h(targeted(config(8, 0, 1, 64), 60 * ms), rounds * 8);
+  cost_per_batch(h, a, b);
+  EXPECT_FALSE(h.sched().batch_cost().measured);
+  std::uint64_t id = 0;
+  for (std::size_t r = 0; r < rounds; ++r) {
+    const std::size_t burst = r % 2 == 0 ? 8 : 4;
+    for (std::size_t i = 0; i < burst; ++i) h.submit_retrying(id++);
+    ASSERT_TRUE(h.wait_answered(id));
+  }
+  const cost_line line = h.sched().batch_cost();
+  ASSERT_TRUE(line.measured);
+  EXPECT_GE(line.per_item_ns, 0.5 * a) << "per-batch " << line.per_batch_ns;
+  EXPECT_LE(line.per_item_ns, 2.0 * a) << "per-batch " << line.per_batch_ns;
+  EXPECT_GE(line.predict_ns(8), (8 * a + b) * 8 / 10);
+  EXPECT_LE(line.predict_ns(8), 8 * a + b + 40 * ms);
+  for (std::uint64_t i = 0; i < id; ++i) EXPECT_EQ(h.get(i).result, outcome::success);
+  h.stop();
+}
+
+TEST(Scheduler, LatencyTargetRefusesWhatCannotMakeIt) {
+  // One item per batch, each taking at least 20 ms; target 200 ms. With the instance held
+  // busy, a request is admitted while (items ahead + 1) x cost(1) <= 200 ms, so by the
+  // learned cost c the first target / c are admitted and the next is refused queue_full: at
+  // most ten, since c >= 20 ms.
+  const std::int64_t target = 200 * ms;
+  harness h(targeted(config(1, 0, 1, 64), target), 64);
+  gate g;
+  bool gated = false;  // written before the batch it concerns is submitted
+  h.model().hook = [&](const batch& bt) {
+    if (bt.warmup()) return;
+    if (gated) g.pass();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(20 * ms));
+  };
+  for (std::uint64_t id = 0; id < 3; ++id) {  // learn the cost
+    ASSERT_EQ(h.submit(id), admit::ok);
+    ASSERT_TRUE(h.wait_answered(id + 1));
+  }
+  const cost_line line = h.sched().batch_cost();
+  ASSERT_TRUE(line.measured);
+  const std::int64_t cost = line.predict_ns(1);
+  ASSERT_GE(cost, 20 * ms);
+  ASSERT_LE(cost, target) << "the machine stalled for longer than the target";
+
+  gated = true;
+  g.arm();
+  ASSERT_EQ(h.submit(3), admit::ok);  // nothing ahead of it: it can make the target
+  ASSERT_TRUE(g.wait_entered());       // computing: no longer queued
+  gated = false;
+  std::uint64_t id = 4;
+  while (id < 64 && h.submit(id) == admit::ok) ++id;
+  const std::int64_t admitted = static_cast<std::int64_t>(id) - 4;
+  EXPECT_EQ(admitted, target / cost);
+  EXPECT_LE(admitted, 10);
+  EXPECT_EQ(h.sched().queue_depth(), admitted) << "a refusal leaves no trace";
+  EXPECT_EQ(h.sched().batch_cost().predict_ns(1), cost) << "nothing was computed meanwhile";
+
+  g.open();
+  ASSERT_TRUE(h.wait_answered(id));
+  EXPECT_EQ(h.submit(id), admit::ok) << "an empty queue makes the target again";
+  ASSERT_TRUE(h.wait_answered(id + 1));
+  for (std::uint64_t i = 0; i <= id; ++i) {
+    EXPECT_EQ(h.get(i).times, 1);
+    EXPECT_EQ(h.get(i).result, outcome::success) << "id " << i;
+  }
+  h.stop();
+}
+
+TEST(Scheduler, LatencyTargetRefusesNothingBeforeTheFirstBatch) {
+  // A 1 ns target nothing can make: until a batch was measured every request is admitted,
+  // afterwards every one is refused.
+  harness h(targeted(config(4, 0, 1, 64), 1), 32);
+  gate g;
+  pass_batches_through(h, g);
+  g.arm();
+  ASSERT_EQ(h.submit(0), admit::ok);
+  ASSERT_TRUE(g.wait_entered());
+  for (std::uint64_t id = 1; id <= 20; ++id) ASSERT_EQ(h.submit(id), admit::ok);
+  g.open();
+  ASSERT_TRUE(h.wait_answered(21));
+  for (std::uint64_t id = 0; id <= 20; ++id) EXPECT_EQ(h.get(id).result, outcome::success);
+  ASSERT_TRUE(h.sched().batch_cost().measured);
+  EXPECT_EQ(h.submit(21), admit::queue_full);
+  EXPECT_EQ(h.sched().queue_depth(), 0);
+  h.stop();
+}
+
+TEST(Scheduler, LatencyTargetHoldsABatchOnlyWhileTheTargetAllows) {
+  // Cheap batches and a long target: once the cost is known, a lone request is held open for
+  // company (not answered within 100 ms; work_conserving would answer it at once) and leaves
+  // with the next request as a full batch of two. With a short target it is held only until
+  // the target leaves just room for the predicted cost.
+  {
+    harness h(targeted(config(2, 0), 10'000 * ms), 4);
+    ASSERT_EQ(h.submit(0), admit::ok);  // not measured yet: leaves at once
+    ASSERT_TRUE(h.wait_answered(1, 5s));
+    ASSERT_TRUE(h.sched().batch_cost().measured);
+    ASSERT_EQ(h.submit(1), admit::ok);
+    EXPECT_FALSE(h.wait_answered(2, 100ms)) << "the batch left although the target allowed more";
+    ASSERT_EQ(h.submit(2), admit::ok);
+    ASSERT_TRUE(h.wait_answered(3, 5s)) << "a full batch was held";
+    EXPECT_EQ(h.get(1).batch_size, 2u);
+    EXPECT_EQ(h.get(2).batch_size, 2u);
+    h.stop();
+  }
+  {
+    const std::int64_t target = 50 * ms;
+    harness h(targeted(config(8, 0), target), 4);
+    ASSERT_EQ(h.submit(0), admit::ok);
+    ASSERT_TRUE(h.wait_answered(1, 5s));
+    const cost_line line = h.sched().batch_cost();  // nothing else is computed until id 1 leaves
+    ASSERT_TRUE(line.measured);
+    ASSERT_EQ(h.submit(1), admit::ok);
+    ASSERT_TRUE(h.wait_answered(2, 5s));
+    const answer a = h.get(1);
+    EXPECT_EQ(a.batch_size, 1u);
+    EXPECT_GE(a.t_dispatch - a.t_enqueue, target - line.predict_ns(2));
+    h.stop();
+  }
 }
 
 // ---- admission --------------------------------------------------------------------------------
@@ -573,6 +843,39 @@ TEST(Scheduler, RejectsBadConfig) {
   EXPECT_THROW(model_scheduler(config(1, 0), nullptr, q), std::invalid_argument);
 }
 
+TEST(Scheduler, RejectsBadPolicyConfig) {
+  completion_queue q;
+  auto model = std::make_shared<sum_backend>(1);
+  scheduler_config c = config(1, 0);
+  c.policy = batch_policy::latency_target;
+  EXPECT_THROW(model_scheduler(c, model, q), std::invalid_argument) << "no target";
+  c.max_latency_ns = -1;
+  EXPECT_THROW(model_scheduler(c, model, q), std::invalid_argument);
+  c.policy = batch_policy::work_conserving;
+  EXPECT_THROW(model_scheduler(c, model, q), std::invalid_argument) << "negative, even unused";
+  c.max_latency_ns = 0;
+  c.policy = static_cast<batch_policy>(7);
+  EXPECT_THROW(model_scheduler(c, model, q), std::invalid_argument);
+  try {
+    model_scheduler(targeted(config(1, 0), 0), model, q);
+    ADD_FAILURE() << "latency_target with a zero target was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("max_latency"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(model_scheduler(targeted(config(1, 0), 5 * ms), model, q));
+  EXPECT_NO_THROW(model_scheduler(windowed(config(1, 0)), model, q));
+}
+
+TEST(Scheduler, PolicyNamesRoundTrip) {
+  for (batch_policy p : {batch_policy::work_conserving, batch_policy::fixed_window,
+                         batch_policy::latency_target}) {
+    EXPECT_EQ(batch_policy_from_name(batch_policy_name(p)), p);
+  }
+  EXPECT_EQ(batch_policy_name(batch_policy::latency_target), "latency_target");
+  EXPECT_FALSE(batch_policy_from_name("adaptive").has_value());
+  EXPECT_EQ(scheduler_config{}.policy, batch_policy::work_conserving);
+}
+
 // ---- deadlines and cancellation -------------------------------------------------------------
 
 TEST(Scheduler, ExpiredInQueueIsAnsweredAndNeverComputed) {
@@ -606,7 +909,7 @@ TEST(Scheduler, ExpiredInQueueIsAnsweredAndNeverComputed) {
 
 TEST(Scheduler, ExpiredWhileBatchFormsIsNeverComputed) {
   // The former holds the item while it waits for company; its deadline passes first.
-  harness h(config(8, 30 * ms), 2);
+  harness h(windowed(config(8, 30 * ms)), 2);
   ASSERT_EQ(h.submit(0, 0, now_ns() + 5 * ms), admit::ok);
   ASSERT_TRUE(h.wait_answered(1));
   EXPECT_EQ(h.get(0).result, outcome::deadline_exceeded);
@@ -774,7 +1077,7 @@ TEST(Scheduler, NonStandardExceptionBecomesModelError) {
 
 TEST(Scheduler, ShutdownAnswersBatchBeingFormed) {
   // A long delay keeps the items in the batch being formed until shutdown.
-  harness h(config(8, 60'000 * ms), 4);
+  harness h(windowed(config(8, 60'000 * ms)), 4);
   for (std::uint64_t id = 0; id < 3; ++id) ASSERT_EQ(h.submit(id), admit::ok);
   std::this_thread::sleep_for(20ms);
   const auto t0 = std::chrono::steady_clock::now();
@@ -879,6 +1182,107 @@ TEST(Scheduler, RunDirectPropagatesTheBackendError) {
   ASSERT_TRUE(h.wait_answered(1));
   EXPECT_EQ(h.get(0).result, outcome::success);
   h.stop();
+}
+
+// ---- batch cost model -------------------------------------------------------------------------
+
+TEST(BatchCostModel, ConvergesOnAnExactLine) {
+  batch_cost_model m;
+  EXPECT_FALSE(m.line().measured);
+  EXPECT_EQ(m.line().predict_ns(8), 0);
+  for (int i = 0; i < 200; ++i) {
+    const std::size_t n = 1 + static_cast<std::size_t>(i % 8);
+    m.observe(n, static_cast<std::int64_t>(3'000 * n + 20'000));
+  }
+  const cost_line l = m.line();
+  ASSERT_TRUE(l.measured);
+  EXPECT_NEAR(l.per_item_ns, 3'000, 3);
+  EXPECT_NEAR(l.per_batch_ns, 20'000, 20);
+  EXPECT_NEAR(static_cast<double>(l.predict_ns(32)), 116'000, 120);
+}
+
+TEST(BatchCostModel, OneSizeOnlyIsProportional) {
+  // With every batch of 4 the intercept cannot be told from the slope: the fit goes through
+  // the origin, so it predicts the observed size exactly and over-predicts larger batches
+  // (b >= 0 for any true line through that point).
+  batch_cost_model m;
+  for (int i = 0; i < 50; ++i) m.observe(4, 40'000);
+  const cost_line l = m.line();
+  EXPECT_NEAR(l.per_item_ns, 10'000, 1);
+  EXPECT_EQ(l.per_batch_ns, 0);
+  EXPECT_NEAR(static_cast<double>(l.predict_ns(4)), 40'000, 4);
+  EXPECT_NEAR(static_cast<double>(l.predict_ns(8)), 80'000, 8);
+}
+
+TEST(BatchCostModel, FollowsACostChange) {
+  batch_cost_model m;
+  for (int i = 0; i < 200; ++i) {
+    const std::size_t n = 1 + static_cast<std::size_t>(i % 8);
+    m.observe(n, static_cast<std::int64_t>(1'000 * n + 10'000));
+  }
+  for (int i = 0; i < 300; ++i) {  // the model got twice as slow
+    const std::size_t n = 1 + static_cast<std::size_t>(i % 8);
+    m.observe(n, static_cast<std::int64_t>(2'000 * n + 20'000));
+  }
+  const cost_line l = m.line();
+  EXPECT_NEAR(l.per_item_ns, 2'000, 20);
+  EXPECT_NEAR(l.per_batch_ns, 20'000, 200);
+}
+
+TEST(BatchCostModel, AStallMovesTheLineOnlyABit) {
+  batch_cost_model m;
+  for (int i = 0; i < 200; ++i) {
+    const std::size_t n = 1 + static_cast<std::size_t>(i % 8);
+    m.observe(n, static_cast<std::int64_t>(1'000 * n + 10'000));
+  }
+  m.observe(4, 10'000'000'000);  // one batch stalled for 10 s
+  EXPECT_LT(m.line().predict_ns(4), 2 * 14'000);
+}
+
+TEST(BatchCostModel, NegativeSlopeFallsBackToTheMean) {
+  batch_cost_model m;
+  for (int i = 0; i < 100; ++i) {
+    m.observe(1, 10'000);
+    m.observe(8, 9'000);
+  }
+  const cost_line l = m.line();
+  EXPECT_EQ(l.per_item_ns, 0);
+  EXPECT_NEAR(l.per_batch_ns, 9'500, 100);
+}
+
+TEST(BatchCostModel, ReadersNeverWaitAndSeeWholeFits) {
+  // Two writers, two readers: a reader sees either "not measured" or a published pair; both
+  // writers feed the same line, so once enough is known every fit predicts it.
+  batch_cost_model m;
+  std::atomic<bool> go{false};
+  std::atomic<int> writers_done{0};
+  const int per_writer = static_cast<int>(scaled(50'000, 5'000));
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      for (int i = 0; i < per_writer; ++i) {
+        const std::size_t n = 1 + static_cast<std::size_t>((i + w) % 8);
+        m.observe(n, static_cast<std::int64_t>(1'000 * n + 5'000));
+      }
+      writers_done.fetch_add(1, std::memory_order_release);
+    });
+  }
+  std::atomic<std::size_t> bad{0};
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&] {
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      while (writers_done.load(std::memory_order_acquire) < 2) {
+        const cost_line l = m.line();
+        if (l.measured && (!(l.per_item_ns >= 0) || !(l.per_batch_ns >= 0))) bad.fetch_add(1);
+      }
+    });
+  }
+  go.store(true, std::memory_order_release);
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_NEAR(m.line().per_item_ns, 1'000, 1);
+  EXPECT_NEAR(m.line().per_batch_ns, 5'000, 5);
 }
 
 }  // namespace

@@ -1,4 +1,9 @@
 // Monotonic nanosecond clock shared by every stage stamp and deadline.
+//
+// The clock contract: every deadline and stamp in the core is nanoseconds on
+// std::chrono::steady_clock, which on Linux (libstdc++ and libc++) is CLOCK_MONOTONIC, the
+// clock behind Python's time.monotonic() and asyncio's loop.time(). Callers outside the core
+// never pass absolute stamps in: the bindings take a timeout in seconds and add it to now_ns().
 #pragma once
 
 #include <chrono>
@@ -20,15 +25,6 @@ inline constexpr std::int64_t no_deadline = std::numeric_limits<std::int64_t>::m
 /// Converts a steady-clock nanosecond stamp to a time_point for timed waits. Thread-safe.
 inline std::chrono::steady_clock::time_point to_time_point(std::int64_t ns) noexcept {
   return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
-}
-
-/// CPU hint for spin-wait loops.
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
 }
 
 }  // namespace inferline

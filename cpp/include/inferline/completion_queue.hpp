@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "inferline/mpmc_queue.hpp"
+#include "inferline/platform.hpp"
 #include "inferline/request.hpp"
 
 namespace inferline {

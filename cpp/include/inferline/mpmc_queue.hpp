@@ -8,10 +8,9 @@
 #include <stdexcept>
 #include <type_traits>
 
-namespace inferline {
+#include "inferline/platform.hpp"
 
-/// Size of a cache line for padding hot atomics apart.
-inline constexpr std::size_t cache_line = 64;
+namespace inferline {
 
 /// A bounded FIFO of trivially copyable values. Each slot carries a turn counter: a producer
 /// claims a ticket from head_, waits for its slot's turn to be even (empty), writes and makes it

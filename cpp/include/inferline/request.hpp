@@ -10,6 +10,7 @@
 
 #include "inferline/block_pool.hpp"
 #include "inferline/clock.hpp"
+#include "inferline/platform.hpp"
 #include "inferline/metrics.hpp"
 
 namespace inferline {

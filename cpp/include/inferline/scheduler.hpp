@@ -8,7 +8,6 @@
 #include <memory>
 #include <mutex>
 #include <span>
-#include <string>
 #include <thread>
 #include <vector>
 
@@ -18,35 +17,92 @@
 #include "inferline/metrics.hpp"
 #include "inferline/mpmc_queue.hpp"
 #include "inferline/request.hpp"
+#include "inferline/scheduler_config.hpp"
 
 namespace inferline {
 
-/// Batching and capacity settings of one model version.
-struct scheduler_config {
-  std::string name;                       ///< for messages and logs
-  std::vector<std::size_t> input_bytes;   ///< bytes of one item of each input
-  std::size_t max_batch_size = 8;         ///< most items per batch (>= 1)
-  std::int64_t max_queue_delay_ns = 1'000'000;  ///< wait for the oldest item before dispatch
-  std::size_t max_queue_size = 1024;      ///< most items queued (not yet dispatched)
-  std::size_t priority_levels = 1;        ///< lanes; priority 0 is served first
-  std::size_t instances = 1;              ///< worker threads
-  std::int64_t idle_spin_ns = 0;          ///< spin this long before sleeping when idle
-  void* user = nullptr;                   ///< opaque owner data (the bindings' handle)
-};
-
 /// Why `prepare` refused a request.
 enum class admit : std::uint8_t { ok, queue_full, stopped, bad_priority };
+
+/// A fitted batch cost: a batch of n items takes `per_item_ns * n + per_batch_ns` to compute.
+/// A plain value; thread-safe to copy.
+struct cost_line {
+  double per_item_ns = 0;   ///< a: the cost each item adds
+  double per_batch_ns = 0;  ///< b: the fixed cost of a batch
+  bool measured = false;    ///< false until a batch was observed (then a and b mean nothing)
+  /// Predicted nanoseconds for a batch of `n` items (0 while not measured). Thread-safe.
+  std::int64_t predict_ns(std::size_t n) const noexcept {
+    return static_cast<std::int64_t>(per_item_ns * static_cast<double>(n) + per_batch_ns);
+  }
+};
+
+/// Online estimate of a model's batch cost as a line a·n+b (n items), learned from the compute
+/// time of the batches it ran.
+///
+/// The estimator is an exponentially weighted least-squares fit: every observation (n, ns)
+/// is added to the five sums Σw, Σw·n, Σw·n², Σw·y, Σw·n·y after they are all scaled by
+/// 1 - 1/`memory_batches`, so a batch's weight halves after about 22 newer ones and the line
+/// follows a model whose cost drifts (a warmed cache, a busier GPU). It is seeded
+/// conservatively: until the first batch it is `measured == false`, and callers then neither
+/// hold batches nor refuse requests. While the recent sizes hardly vary (weighted variance of
+/// n below 1/4, e.g. every batch of size 1 at low load) the slope cannot be told from the
+/// intercept and the fit is proportional, a = Σw·y / Σw·n and b = 0, which over-predicts
+/// larger batches (the safe side for holding a batch open). A negative slope or intercept
+/// (noise) falls back to the flat mean or the line through the origin. One observation is
+/// clipped to 8x the current prediction (+1 µs), so a stalled batch moves the line at most
+/// that far; a real cost jump is still followed within a few batches.
+///
+/// Thread safety: `observe` is called by workers after compute and serializes on a mutex that
+/// only writers take; `line` (read by producers at admission and by the batch former) is one
+/// relaxed load of both coefficients packed as two floats in one 64-bit atomic, so a reader
+/// never waits and never sees a torn pair.
+class batch_cost_model {
+ public:
+  /// Each observation scales the weight of the earlier ones by 1 - 1/memory_batches: an
+  /// effective memory of about this many batches.
+  static constexpr double memory_batches = 32.0;
+
+  /// Folds in one batch of `n` (>= 1) items that took `ns` to compute. Thread-safe (writers
+  /// serialize among themselves; readers are never blocked).
+  void observe(std::size_t n, std::int64_t ns) noexcept;
+  /// The current fit. Thread-safe, lock-free, wait-free.
+  cost_line line() const noexcept;
+
+ private:
+  std::mutex write_mutex_;  // writers only; guards the sums below
+  double sum_w_ = 0, sum_n_ = 0, sum_nn_ = 0, sum_y_ = 0, sum_ny_ = 0;
+  // (float a, float b) packed; all ones (two NaNs) = not measured yet.
+  static constexpr std::uint64_t unmeasured = ~std::uint64_t{0};
+  std::atomic<std::uint64_t> packed_{unmeasured};
+};
 
 /// The scheduler of one model version.
 ///
 /// Producers (`prepare` + `commit`, usually the event-loop thread) never take a lock a worker
 /// holds while computing: admission is an atomic counter, the request slot comes from a
 /// lock-free pool and the lanes are lock-free MPMC queues. Workers take turns forming batches
-/// (one former at a time, under `form_mutex_`); the former sleeps on a condition variable that
-/// producers signal only when a sleeper waits and the batch could now be dispatched: one
-/// signal per batch under load, not one per request. A batch leaves when it holds
-/// `max_batch_size` items or its oldest item has waited `max_queue_delay`; the wait is a timed
-/// wait on that exact instant, never a polling tick.
+/// (one former at a time, under `form_mutex_`; the former is by definition an idle instance);
+/// the former sleeps on a condition variable that producers signal only when a sleeper waits
+/// and the batch could now be dispatched: one signal per batch under load, not one per request.
+/// Timed waits are on the exact instant a batch is due, never a polling tick; an idle former
+/// first spins `idle_spin_ns`, since waking a sleeping thread costs ~25-30 µs.
+///
+/// When a batch leaves is the config's `policy`:
+/// - `work_conserving` (default): the former dispatches whatever it pulled at once (up to
+///   `max_batch_size`) and sleeps only with nothing queued, so any ready item wakes it. A lone
+///   request pays no window; under load every instance is busy, requests accumulate in the
+///   lanes and the next instance to free up takes a batch as full as the queue allows. Best
+///   latency at every load; batches are as large as the load makes them, no larger.
+/// - `fixed_window` (Triton's dynamic batcher): a batch leaves when it holds `max_batch_size`
+///   items or its oldest has waited `max_queue_delay`. Larger batches at low and medium load,
+///   paid by every request at low load as up to one whole window of latency.
+/// - `latency_target`: the scheduler learns the batch cost a·n+b online (batch_cost_model)
+///   and holds a batch of n open only while `now + cost(n+1) <= oldest enqueue +
+///   max_latency`, so batches grow as large as the target allows. At admission a request
+///   whose predicted finish (the batches queued ahead of it, shared among the instances, plus
+///   its own batch) exceeds `max_latency` is refused at once with `admit::queue_full` rather
+///   than served late. Before the first batch is measured it behaves as work_conserving and
+///   refuses nothing. The estimate ignores the time left on batches already computing.
 ///
 /// Thread-safe unless a method says otherwise.
 class model_scheduler {
@@ -107,6 +163,9 @@ class model_scheduler {
   const model_metrics& metrics() const noexcept { return metrics_; }
   /// Counts an outcome decided outside the core (e.g. invalid input refused by the bindings).
   void count(outcome o) noexcept { metrics_.count(o); }
+  /// The learned batch cost (latency_target only; never measured under the other policies).
+  /// Thread-safe, lock-free.
+  cost_line batch_cost() const noexcept { return cost_.line(); }
   /// Settings this scheduler runs with.
   const scheduler_config& config() const noexcept { return config_; }
   /// The backend.
@@ -127,6 +186,11 @@ class model_scheduler {
   // Answers `items` and everything left in the lanes engine_stopped. Caller holds form_mutex_.
   void answer_stopped(std::span<request* const> items) noexcept;
   void notify_former(std::int64_t ready) noexcept;
+  // latency_target admission: can a request with `ahead` items queued before it finish within
+  // max_latency by the learned cost? True while the cost is not measured.
+  bool can_make_target(std::int64_t ahead) const noexcept;
+  // When the batch being formed must leave (steady-clock ns); no_deadline with nothing held.
+  std::int64_t batch_due(std::size_t held, std::int64_t oldest) const noexcept;
 
   scheduler_config config_;
   std::shared_ptr<backend> backend_;
@@ -134,6 +198,7 @@ class model_scheduler {
   std::size_t item_bytes_ = 0;
   std::vector<std::size_t> input_offsets_;
   std::vector<std::size_t> region_bytes_;
+  batch_cost_model cost_;  // written by workers after compute, read by producers and the former
 
   model_metrics metrics_;
   std::unique_ptr<request_pool> pool_;

@@ -1,6 +1,6 @@
 // Native model backend: plans an op sequence against mapped safetensors weights once, then runs
 // batches through the CPU kernels or the CUDA launchers with per-instance workspaces.
-#include "inferline/kernels/native_model.hpp"
+#include "inferline/native/native_model.hpp"
 
 #include <algorithm>
 #include <cstring>

@@ -1,6 +1,6 @@
 // .safetensors reader: POSIX mmap of the file and a small recursive-descent JSON parser for
 // its header (objects, arrays, strings with escapes, numbers, literals; depth-limited).
-#include "inferline/kernels/safetensors.hpp"
+#include "inferline/native/safetensors.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>

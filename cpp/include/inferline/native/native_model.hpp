@@ -13,7 +13,7 @@
 #include "inferline/backend.hpp"
 #include "inferline/block_pool.hpp"
 #include "inferline/kernels/math.hpp"
-#include "inferline/kernels/safetensors.hpp"
+#include "inferline/native/safetensors.hpp"
 
 namespace inferline::kernels {
 

@@ -1,0 +1,276 @@
+// One model version's scheduler as Python sees it: the submit fast path, answers as numpy,
+// stats and warm-up.
+#include "py_scheduler.hpp"
+
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+
+#include "checked_backend.hpp"
+#include "drain.hpp"
+#include "errors.hpp"
+#include "inferline/clock.hpp"
+#include "python_backend.hpp"
+
+namespace py = pybind11;
+
+namespace inferline::bindings {
+namespace {
+
+py::dict hist_dict(const histogram& h, double scale) {
+  const histogram_snapshot s = h.snapshot();
+  py::dict d;
+  d["count"] = s.count;
+  d["sum"] = static_cast<double>(s.sum) * scale;
+  d["mean"] = s.mean() * scale;
+  d["max"] = static_cast<double>(s.max) * scale;
+  d["p50"] = s.quantile(0.50) * scale;
+  d["p90"] = s.quantile(0.90) * scale;
+  d["p99"] = s.quantile(0.99) * scale;
+  return d;
+}
+
+const histogram& pick(const model_metrics& m, const std::string& which) {
+  if (which == "queue_wait") return m.queue_wait_ns;
+  if (which == "compute") return m.compute_ns;
+  if (which == "request") return m.request_ns;
+  if (which == "batch_size") return m.batch_size;
+  throw py::value_error("unknown histogram '" + which +
+                        "'; expected queue_wait, compute, request or batch_size");
+}
+
+std::string names_of(const std::vector<tensor_spec>& specs) {
+  std::string s = "[";
+  for (const auto& t : specs) s += (s.size() > 1 ? ", '" : "'") + t.name + "'";
+  return s + "]";
+}
+
+std::string keys_of(py::handle d) {
+  std::string s = "[";
+  for (auto item : py::reinterpret_borrow<py::dict>(d)) {
+    if (s.size() > 1) s += ", ";
+    s += py::repr(item.first).cast<std::string>();
+  }
+  return s + "]";
+}
+
+// A deadline on the core's steady clock, `timeout_s` seconds from now (none: no_deadline).
+std::int64_t deadline_after(std::optional<double> timeout_s) {
+  if (!timeout_s) return no_deadline;
+  const double t = *timeout_s;
+  if (!(t > 0)) {
+    raise_error(errors().invalid, "timeout must be a positive number of seconds, got " +
+                                      py::repr(py::float_(t)).cast<std::string>());
+  }
+  const std::int64_t now = now_ns();
+  const double ns = t * 1e9;
+  if (ns >= static_cast<double>(no_deadline - now)) return no_deadline;  // also inf
+  return now + static_cast<std::int64_t>(ns);
+}
+
+}  // namespace
+
+std::shared_ptr<py_scheduler> py_scheduler::create(py_core& core, scheduler_config config,
+                                                   std::vector<tensor_spec> inputs,
+                                                   std::vector<tensor_spec> outputs,
+                                                   const py::object& model) {
+  if (inputs.empty()) throw py::value_error("a model needs at least one input");
+  validate(config);  // before any thread starts: ValueError naming the setting
+  std::shared_ptr<backend> be;
+  if (py::isinstance<backend>(model)) {
+    be = model.cast<std::shared_ptr<backend>>();
+    const bool any_finite = std::any_of(outputs.begin(), outputs.end(),
+                                        [](const tensor_spec& t) { return t.checks_finite(); });
+    if (any_finite) be = std::make_shared<finite_checked_backend>(be, outputs);
+  } else if (PyCallable_Check(model.ptr())) {
+    be = std::make_shared<python_backend>(model, inputs, outputs);
+  } else {
+    throw py::type_error("model must be a callable or a native Backend");
+  }
+  auto s = std::make_shared<py_scheduler>(core.queue(), std::move(config), std::move(inputs),
+                                          std::move(outputs), std::move(be));
+  core.adopt(s);
+  return s;
+}
+
+py_scheduler::py_scheduler(completion_queue& completions, scheduler_config config,
+                           std::vector<tensor_spec> inputs, std::vector<tensor_spec> outputs,
+                           std::shared_ptr<backend> model)
+    : inputs_(std::move(inputs)),
+      outputs_(std::move(outputs)),
+      dict_inputs_(inputs_.size() > 1),
+      dict_outputs_(outputs_.size() > 1) {
+  config.input_bytes.clear();
+  for (const auto& t : inputs_) config.input_bytes.push_back(t.item_bytes);
+  name_ = config.name;
+  config.user = this;
+  sched_ = std::make_unique<model_scheduler>(std::move(config), std::move(model), completions);
+}
+
+py_scheduler::~py_scheduler() {
+  if (sched_) {
+    py::gil_scoped_release nogil;  // workers of a Python backend need the GIL to finish
+    sched_.reset();
+  }
+}
+
+py::handle py_scheduler::input_of(py::handle x, const tensor_spec& t) const {
+  return dict_inputs_ ? py::handle(PyDict_GetItemString(x.ptr(), t.name.c_str())) : x;
+}
+
+void py_scheduler::raise_mismatch(py::handle x) const {
+  const std::string model = "model '" + name_ + "': ";
+  if (!dict_inputs_) {
+    raise_error(errors().invalid, model + "input '" + inputs_[0].name + "' " +
+                                      mismatch(inputs_[0], x));
+  }
+  if (!PyDict_Check(x.ptr())) {
+    raise_error(errors().invalid, model + "expected a dict of inputs " + names_of(inputs_) +
+                                      ", got " +
+                                      py::str(py::type::handle_of(x).attr("__name__"))
+                                          .cast<std::string>());
+  }
+  bool same_keys = PyDict_Size(x.ptr()) == static_cast<py::ssize_t>(inputs_.size());
+  for (const auto& t : inputs_) same_keys = same_keys && input_of(x, t).ptr() != nullptr;
+  if (!same_keys) {
+    raise_error(errors().invalid,
+                model + "expected inputs " + names_of(inputs_) + ", got keys " + keys_of(x));
+  }
+  for (const auto& t : inputs_) {
+    py::handle v = input_of(x, t);
+    if (!is_exact(t, v)) raise_error(errors().invalid, model + "input '" + t.name + "' " +
+                                                           mismatch(t, v));
+  }
+  raise_error(errors().invalid, model + "input does not match its declaration");
+}
+
+std::optional<std::uint64_t> py_scheduler::submit(py::handle x, std::uint32_t priority,
+                                                  std::optional<double> timeout_s,
+                                                  py::handle future, bool converted) {
+  const std::int64_t deadline_ns = deadline_after(timeout_s);
+  // Fast path: exact arrays go straight into the slot; anything else is converted by Python.
+  bool exact = true;
+  if (!dict_inputs_) {
+    exact = is_exact(inputs_[0], x);
+  } else if (!PyDict_Check(x.ptr()) ||
+             PyDict_Size(x.ptr()) != static_cast<py::ssize_t>(inputs_.size())) {
+    exact = false;
+  } else {
+    for (const auto& t : inputs_) {
+      py::handle v = input_of(x, t);
+      if (v.ptr() == nullptr || !is_exact(t, v)) {
+        exact = false;
+        break;
+      }
+    }
+  }
+  if (!exact) {
+    if (!converted) return std::nullopt;
+    raise_mismatch(x);
+  }
+  for (const auto& t : inputs_) {
+    if (!t.checks_finite()) continue;
+    auto a = py::reinterpret_borrow<py::array>(input_of(x, t));
+    if (!all_finite(a.data(), static_cast<std::size_t>(a.size()), t.kind)) {
+      raise_error(errors().invalid, "model '" + name_ + "': input '" + t.name +
+                                        "' contains NaN or Inf; the model accepts finite "
+                                        "values only");
+    }
+  }
+  request* r = nullptr;
+  switch (sched_->prepare(priority, &r)) {
+    case admit::ok: break;
+    case admit::queue_full:
+      sched_->count(outcome::queue_full);
+      raise_error(errors().queue_full, "model '" + name_ + "': queue is full (" +
+                                           std::to_string(sched_->config().max_queue_size) +
+                                           " requests waiting); retry later");
+    case admit::stopped:
+      sched_->count(outcome::engine_stopped);
+      raise_error(errors().stopped, "model '" + name_ + "' is stopped or draining; no new requests");
+    case admit::bad_priority:
+      sched_->count(outcome::invalid_input);
+      raise_error(errors().invalid, "priority " + std::to_string(priority) +
+                                        " is out of range; expected 0.." +
+                                        std::to_string(sched_->config().priority_levels - 1) +
+                                        " (0 is the highest)");
+  }
+  std::byte* dst = r->input;
+  for (const auto& t : inputs_) {
+    // A short copy: the GIL stays held (releasing it would cost more than the copy).
+    std::memcpy(dst, py::reinterpret_borrow<py::array>(input_of(x, t)).data(), t.item_bytes);
+    dst += t.item_bytes;
+  }
+  const std::uint64_t handle = r->handle();
+  Py_INCREF(future.ptr());  // the request owns a reference until the drain answers it
+  sched_->commit(r, future.ptr(), deadline_ns, ++next_id_);
+  return handle;
+}
+
+py::object py_scheduler::take_result(request* r) {
+  if (r->result != nullptr) {
+    py::object o = py::reinterpret_steal<py::object>(static_cast<PyObject*>(r->result));
+    r->result = nullptr;
+    return o;
+  }
+  if (r->output == nullptr) return py::none();
+  auto make = [&](std::size_t k) {
+    const tensor_spec& t = outputs_[k];
+    py::array a(t.dtype, t.shape);
+    std::memcpy(a.mutable_data(), r->output->region(k) + r->row * t.item_bytes, t.item_bytes);
+    return a;
+  };
+  if (!dict_outputs_) return make(0);
+  py::dict d;
+  for (std::size_t k = 0; k < outputs_.size(); ++k) d[py::str(outputs_[k].name)] = make(k);
+  return d;
+}
+
+void py_scheduler::warmup(std::size_t batch_size, const py::list& inputs) {
+  std::vector<py::array> keep;
+  std::vector<const std::byte*> ptrs;
+  for (auto a : inputs) {
+    if (a.is_none()) {
+      ptrs.push_back(nullptr);
+      continue;
+    }
+    keep.push_back(py::array::ensure(a, py::array::c_style));
+    ptrs.push_back(static_cast<const std::byte*>(keep.back().data()));
+  }
+  py::gil_scoped_release nogil;  // the backend takes the GIL itself if it needs it
+  sched_->run_direct(batch_size, ptrs);
+}
+
+py::dict py_scheduler::stats() const {
+  const model_metrics& m = sched_->metrics();
+  py::dict requests;
+  for (std::size_t i = 0; i < outcome_count; ++i) {
+    requests[py::str(std::string(outcome_name(static_cast<outcome>(i))))] =
+        m.requests[i].load(std::memory_order_relaxed);
+  }
+  py::dict d;
+  d["requests"] = requests;
+  d["batches"] = m.batches.load(std::memory_order_relaxed);
+  d["items_computed"] = m.items_computed.load(std::memory_order_relaxed);
+  d["queue_depth"] = sched_->queue_depth();
+  d["in_flight"] = sched_->in_flight();
+  d["queue_wait"] = hist_dict(m.queue_wait_ns, 1e-9);
+  d["compute"] = hist_dict(m.compute_ns, 1e-9);
+  d["request"] = hist_dict(m.request_ns, 1e-9);
+  d["batch_size"] = hist_dict(m.batch_size, 1.0);
+  return d;
+}
+
+py::tuple py_scheduler::histogram_buckets(const std::string& which,
+                                          const std::vector<double>& bounds, double unit) const {
+  const histogram_snapshot snap = pick(sched_->metrics(), which).snapshot();
+  std::vector<std::uint64_t> out;
+  out.reserve(bounds.size());
+  for (double b : bounds) out.push_back(snap.count_at_most(static_cast<std::uint64_t>(b / unit)));
+  return py::make_tuple(out, snap.count, static_cast<double>(snap.sum) * unit);
+}
+
+}  // namespace inferline::bindings

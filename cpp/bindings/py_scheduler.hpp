@@ -1,0 +1,91 @@
+// One model version's scheduler as Python sees it (_core.Scheduler): the submit fast path that
+// copies an exact array into a pooled slot, answers as numpy, stats and warm-up.
+#pragma once
+
+#include <pybind11/numpy.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "inferline/scheduler.hpp"
+#include "tensor_spec.hpp"
+
+namespace inferline::bindings {
+
+class py_core;
+
+/// Owns a model_scheduler and the specs of its inputs and outputs. Every method is called with
+/// the GIL held, from the event-loop thread; the workers it starts never call into it except
+/// through the core's thread-safe methods.
+class py_scheduler {
+ public:
+  /// Builds the backend for `model` (a Python callable, or a native Backend wrapped with the
+  /// finite output checks when any output asks for them), the scheduler, and hands the result
+  /// to `core` to keep until it is stopped and fully answered. Several inputs (or outputs) are
+  /// passed to and expected from the model as a dict. Throws ValueError for an invalid config
+  /// or no inputs, TypeError for a model that is neither. GIL required.
+  static std::shared_ptr<py_scheduler> create(py_core& core, scheduler_config config,
+                                              std::vector<tensor_spec> inputs,
+                                              std::vector<tensor_spec> outputs,
+                                              const pybind11::object& model);
+
+  /// Use create(). GIL required.
+  py_scheduler(completion_queue& completions, scheduler_config config,
+               std::vector<tensor_spec> inputs, std::vector<tensor_spec> outputs,
+               std::shared_ptr<backend> model);
+  /// Shuts the scheduler down with the GIL released (a Python backend's workers need it).
+  ~py_scheduler();
+
+  /// The core scheduler.
+  model_scheduler& sched() { return *sched_; }
+  /// The core scheduler.
+  const model_scheduler& sched() const { return *sched_; }
+  /// The model version's name, for messages.
+  const std::string& name() const { return name_; }
+
+  /// Queues one item whose answer resolves `future` (see the binding's docstring for the
+  /// contract). Returns the request's handle, or nullopt when `x` is not an exact C-contiguous
+  /// array (or dict of them) of the declared dtypes and shapes and `converted` is false. With
+  /// `converted` true such an input raises InvalidInput naming what was got and expected.
+  /// `timeout_s` (seconds, > 0, or nullopt for none) is added to the core's steady clock
+  /// (now_ns(), CLOCK_MONOTONIC, as Python's time.monotonic()) here. Raises InvalidInput for a
+  /// NaN or Inf in a `finite` input, QueueFullError, EngineStopped, or InvalidInput for a bad
+  /// priority. GIL required.
+  std::optional<std::uint64_t> submit(pybind11::handle x, std::uint32_t priority,
+                                      std::optional<double> timeout_s, pybind11::handle future,
+                                      bool converted);
+
+  /// Moves an answered request's payload out as a Python object: the Python backend's row, or
+  /// a numpy copy of a native output row (a dict for several outputs). GIL required.
+  pybind11::object take_result(request* r);
+
+  /// Runs one batch outside the queue (inputs: one array [B, ...] or None per input), the GIL
+  /// released while it runs. GIL required on entry.
+  void warmup(std::size_t batch_size, const pybind11::list& inputs);
+
+  /// Counters, gauges and latency summaries (seconds) as a dict. GIL required.
+  pybind11::dict stats() const;
+
+  /// Cumulative counts at each bound (in `unit`s, e.g. 1e-9 for seconds of ns), the total
+  /// count and the sum, of histogram `which` (queue_wait, compute, request or batch_size).
+  /// GIL required.
+  pybind11::tuple histogram_buckets(const std::string& which, const std::vector<double>& bounds,
+                                    double unit) const;
+
+ private:
+  pybind11::handle input_of(pybind11::handle x, const tensor_spec& t) const;
+  [[noreturn]] void raise_mismatch(pybind11::handle x) const;
+
+  std::string name_;
+  std::vector<tensor_spec> inputs_;
+  std::vector<tensor_spec> outputs_;
+  bool dict_inputs_;
+  bool dict_outputs_;
+  std::uint64_t next_id_ = 0;
+  std::unique_ptr<model_scheduler> sched_;
+};
+
+}  // namespace inferline::bindings
