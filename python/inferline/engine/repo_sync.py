@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends import LoadedModel, load_version
-from ..backends.checks import with_output_checks
 from ..errors import ModelError, ModelNotFound
 from ..repository import (
     ModelConfig,
@@ -70,25 +69,6 @@ def _fingerprint(cfg: ModelConfig, number: int) -> _Fingerprint:
     except OSError:
         pass
     return tuple(marks)
-
-
-def _batch_fn(cfg: ModelConfig, loaded: LoadedModel) -> Callable[..., Any]:
-    """The loaded function in the engine's batch form: one dict argument for several inputs,
-    and the model's output checks applied."""
-    fn = loaded.fn
-    in_names = [s.name for s in loaded.inputs]
-    if len(in_names) > 1:
-        raw = fn
-        fn = lambda batch, _raw=raw, _names=in_names: _raw(*[batch[n] for n in _names])  # noqa: E731
-    checks = cfg.output_checks
-    if checks.probabilities:
-        fn = with_output_checks(
-            fn,
-            loaded.outputs,
-            probabilities=checks.probabilities,
-            tolerance=checks.probabilities_tolerance,
-        )
-    return fn
 
 
 class RepositorySync:
@@ -211,7 +191,7 @@ class RepositorySync:
         batching = Batching(**loaded.batching.as_kwargs())
         engine.register(
             cfg.name,
-            _batch_fn(cfg, loaded),
+            loaded.fn,  # already in the engine's batch form, output checks applied
             inputs=list(loaded.inputs),
             outputs=list(loaded.outputs),
             batching=batching,
