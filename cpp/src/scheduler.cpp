@@ -57,7 +57,7 @@ const std::shared_ptr<const std::string>& msg_stopped() {
 // batch_due's answer for "dispatch what is held now".
 constexpr std::int64_t leave_now = std::numeric_limits<std::int64_t>::min();
 
-// a + b for a stamp and a non-negative duration, saturating at no_deadline.
+// stamp + duration (>= 0), saturating at no_deadline.
 std::int64_t add_saturating(std::int64_t stamp, std::int64_t duration) noexcept {
   return duration > no_deadline - stamp ? no_deadline : stamp + duration;
 }
