@@ -107,6 +107,9 @@ class Calls:
 
 
 SLOW_CALLS = Calls()
+# Cleared by a test that needs the slow model held in its batch until it says so.
+SLOW_RELEASE = threading.Event()
+SLOW_RELEASE.set()
 
 
 def double(x: np.ndarray) -> np.ndarray:
@@ -122,6 +125,7 @@ def picky(x: np.ndarray) -> np.ndarray:
 def slow(x: np.ndarray) -> np.ndarray:
     SLOW_CALLS.add(len(x))
     time.sleep(0.2)
+    SLOW_RELEASE.wait(30)
     return x
 
 
@@ -538,46 +542,60 @@ def test_request_id_echoed_generated_and_logged(
 # ------------------------------------------------------------------------------ cancellation
 
 
-def test_client_disconnect_cancels_queued_work(server: ServerThread, client: Any) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # earlier tests may still have slow work running
-        stats = client.get_inference_statistics("slow")["model_stats"][0]["inferline"]
-        if stats["in_flight"] == 0:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    before = stats["requests"]
+def test_client_disconnect_cancels_queued_work(
+    server: ServerThread, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def slow_stats() -> dict[str, Any]:
+        return client.get_inference_statistics("slow")["model_stats"][0]["inferline"]  # type: ignore[no-any-return]
+
+    def wait_for(cond: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    wait_for(lambda: slow_stats()["in_flight"] == 0, "earlier slow work to finish")
+    before = slow_stats()["requests"]
     calls_before = SLOW_CALLS.rows
     body = json.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
     ).encode()
-    # occupy the single worker, then queue 3 more requests whose clients hang up
-    blocker = threading.Thread(
-        target=lambda: httpx.post(f"{server.base}/v2/models/slow/infer", content=body, timeout=30)
-    )
-    blocker.start()
-    time.sleep(0.05)
-    socks = []
-    for _ in range(3):
-        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        s.sendall(
-            b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
-            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    # Occupy the single worker (held until released), then queue 3 more requests whose clients
+    # hang up while they wait.
+    caplog.set_level(logging.INFO, logger="inferline.server")
+    SLOW_RELEASE.clear()
+    try:
+        blocker = threading.Thread(
+            target=lambda: httpx.post(
+                f"{server.base}/v2/models/slow/infer", content=body, timeout=30
+            )
         )
-        socks.append(s)
-    time.sleep(0.05)
-    for s in socks:
-        s.close()
+        blocker.start()
+        wait_for(lambda: SLOW_CALLS.rows == calls_before + 1, "the blocker to be computing")
+        socks = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(
+                b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            socks.append(s)
+        wait_for(lambda: slow_stats()["queue_depth"] == 3, "3 requests queued")
+        caplog.clear()
+        for s in socks:
+            s.close()
+        # The server logs each hang-up once the engine has cancelled its queued request.
+        wait_for(
+            lambda: sum("client disconnected" in r.getMessage() for r in caplog.records) >= 3,
+            "3 hang-ups seen by the server",
+        )
+    finally:
+        SLOW_RELEASE.set()
     blocker.join(30)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        stats = client.get_inference_statistics("slow")["model_stats"][0]["inferline"]
-        if stats["requests"]["cancelled"] - before["cancelled"] >= 3 and stats["in_flight"] == 0:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: slow_stats()["in_flight"] == 0, "the blocker to be answered")
+    stats = slow_stats()
     assert stats["requests"]["cancelled"] - before["cancelled"] == 3
-    assert stats["queue_depth"] == 0 and stats["in_flight"] == 0
-    time.sleep(0.3)
+    assert stats["queue_depth"] == 0
     assert SLOW_CALLS.rows - calls_before == 1  # only the blocker was computed
 
 
