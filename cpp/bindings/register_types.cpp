@@ -73,7 +73,8 @@ void register_types(py::module_& m) {
                                "(immutable; defaults and limits from _core.defaults/limits).")
       .def(py::init([](std::string name, std::size_t max_batch_size, double max_queue_delay_ms,
                        std::size_t max_queue_size, std::size_t priority_levels,
-                       std::size_t instances, double idle_spin_us) {
+                       std::size_t instances, double idle_spin_us, const std::string& policy,
+                       double max_latency_ms) {
              scheduler_config c;
              c.name = std::move(name);
              c.max_batch_size = max_batch_size;
@@ -82,6 +83,13 @@ void register_types(py::module_& m) {
              c.priority_levels = priority_levels;
              c.instances = instances;
              c.idle_spin_ns = to_ns(idle_spin_us, 1e3, "idle_spin_us");
+             const auto p = batch_policy_from_name(policy);
+             if (!p) {
+               throw py::value_error("policy must be 'work_conserving', 'fixed_window' or "
+                                     "'latency_target', got '" + policy + "'");
+             }
+             c.policy = *p;
+             c.max_latency_ns = to_ns(max_latency_ms, 1e6, "max_latency_ms");
              validate(c);  // std::invalid_argument -> ValueError naming the setting
              return c;
            }),
@@ -91,7 +99,9 @@ void register_types(py::module_& m) {
            py::arg("max_queue_size") = defaults.max_queue_size,
            py::arg("priority_levels") = defaults.priority_levels,
            py::arg("instances") = defaults.instances,
-           py::arg("idle_spin_us") = defaults.idle_spin_us)
+           py::arg("idle_spin_us") = defaults.idle_spin_us,
+           py::arg("policy") = std::string(batch_policy_name(batch_policy::work_conserving)),
+           py::arg("max_latency_ms") = 0.0)
       .def_readonly("name", &scheduler_config::name)
       .def_readonly("max_batch_size", &scheduler_config::max_batch_size)
       .def_property_readonly("max_queue_delay_ms",
@@ -104,6 +114,12 @@ void register_types(py::module_& m) {
       .def_property_readonly(
           "idle_spin_us",
           [](const scheduler_config& c) { return static_cast<double>(c.idle_spin_ns) / 1e3; })
+      .def_property_readonly(
+          "policy",
+          [](const scheduler_config& c) { return std::string(batch_policy_name(c.policy)); })
+      .def_property_readonly(
+          "max_latency_ms",
+          [](const scheduler_config& c) { return static_cast<double>(c.max_latency_ns) / 1e6; })
       .def("__repr__", [](const scheduler_config& c) {
         return "SchedulerConfig(name='" + c.name + "', max_batch_size=" +
                std::to_string(c.max_batch_size) + ", max_queue_delay_ms=" +
@@ -113,6 +129,9 @@ void register_types(py::module_& m) {
                ", priority_levels=" + std::to_string(c.priority_levels) +
                ", instances=" + std::to_string(c.instances) + ", idle_spin_us=" +
                py::repr(py::float_(static_cast<double>(c.idle_spin_ns) / 1e3))
+                   .cast<std::string>() +
+               ", policy='" + std::string(batch_policy_name(c.policy)) + "', max_latency_ms=" +
+               py::repr(py::float_(static_cast<double>(c.max_latency_ns) / 1e6))
                    .cast<std::string>() +
                ")";
       });

@@ -29,6 +29,7 @@ void validate(const scheduler_config& config) {
     throw std::invalid_argument("idle_spin must be >= 0, got " +
                                 std::to_string(config.idle_spin_ns) + " ns");
   }
+  validate_policy(config);
 }
 
 }  // namespace inferline

@@ -1,7 +1,7 @@
 """Type stub of the private native module inferline._core (pybind11)."""
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -100,6 +100,8 @@ class SchedulerConfig:
         priority_levels: int = 1,
         instances: int = 1,
         idle_spin_us: float = 0.0,
+        policy: str = "work_conserving",
+        max_latency_ms: float = 0.0,
     ) -> None: ...
     @property
     def name(self) -> str: ...
@@ -115,6 +117,10 @@ class SchedulerConfig:
     def instances(self) -> int: ...
     @property
     def idle_spin_us(self) -> float: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def max_latency_ms(self) -> float: ...
 
 class Backend:
     @property
@@ -138,6 +144,7 @@ class Scheduler:
         model: Callable[..., Any] | Backend,
     ) -> None: ...
     def start(self) -> None: ...
+    @overload
     def submit(
         self,
         x: Any,
@@ -145,8 +152,12 @@ class Scheduler:
         timeout: float | None,
         future: Any,
         *,
-        converted: bool = False,
+        converted: Literal[False] = False,
     ) -> int | None: ...
+    @overload
+    def submit(
+        self, x: Any, priority: int, timeout: float | None, future: Any, *, converted: Literal[True]
+    ) -> int: ...
     def cancel(self, handle: int, expired: bool = False) -> bool: ...
     def close(self) -> None: ...
     def shutdown(self) -> None: ...

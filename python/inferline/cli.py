@@ -11,12 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from . import __version__, build_info
+from .engine import Batching, Engine
+from .server import serve_repository
+from .types import TensorSpec
+
 __all__ = ["main"]
 
 
 def _demo_model(dim: int) -> Any:
-    import numpy as np
-
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
     w2 = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
@@ -29,18 +34,14 @@ def _demo_model(dim: int) -> Any:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    import inferline
-
     dim = args.dim
-    engine = inferline.Engine(blas_threads=args.blas_threads)
+    engine = Engine(blas_threads=args.blas_threads)
     engine.register(
         "demo-mlp",
         _demo_model(dim),
-        inputs=[inferline.TensorSpec("x", "FP32", (dim,))],
-        outputs=[inferline.TensorSpec("y", "FP32", (dim,))],
-        batching=inferline.Batching(
+        inputs=[TensorSpec("x", "FP32", (dim,))],
+        outputs=[TensorSpec("y", "FP32", (dim,))],
+        batching=Batching(
             max_batch_size=args.max_batch_size,
             max_queue_delay_ms=args.max_queue_delay_ms,
             max_queue_size=max(1024, 2 * args.concurrency),
@@ -48,11 +49,11 @@ async def _demo(args: argparse.Namespace) -> int:
         instances=args.instances,
     )
     print(
-        f"inferline {inferline.__version__} demo: a {dim}x{dim} two-layer MLP (float32), "
+        f"inferline {__version__} demo: a {dim}x{dim} two-layer MLP (float32), "
         f"{args.concurrency} concurrent callers, max_batch_size={args.max_batch_size}, "
         f"max_queue_delay={args.max_queue_delay_ms}ms, {args.seconds:g}s"
     )
-    info = inferline.build_info()
+    info = build_info()
     print(
         f"native core: {info['compiler']}, CUDA compiled: {info['cuda_compiled']}, "
         f"CUDA devices: {info['cuda_device_count']}"
@@ -116,8 +117,6 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve_repository
-
     return serve_repository(
         args.repository,
         host=args.host,
@@ -141,20 +140,37 @@ def _default_repository() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="inferline", description="Serve AI models with a native batching core."
+        prog="inferline",
+        description="Serve AI models with a native batching core.",
+        formatter_class=fmt,
     )
-    parser.add_argument("--log-level", default=os.environ.get("INFERLINE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--version", action="version", version=f"inferline {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("INFERLINE_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (env INFERLINE_LOG_LEVEL)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="serve an embedded model to many concurrent callers")
-    demo.add_argument("--seconds", type=float, default=5.0)
-    demo.add_argument("--concurrency", type=int, default=256)
-    demo.add_argument("--max-batch-size", type=int, default=32)
-    demo.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    demo.add_argument("--instances", type=int, default=1)
-    demo.add_argument("--dim", type=int, default=128)
-    demo.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    demo = sub.add_parser(
+        "demo", help="serve an embedded model to many concurrent callers", formatter_class=fmt
+    )
+    demo.add_argument("--seconds", type=float, default=5.0, help="how long to run")
+    demo.add_argument("--concurrency", type=int, default=256, help="concurrent callers")
+    demo.add_argument("--max-batch-size", type=int, default=32, help="largest batch")
+    demo.add_argument(
+        "--max-queue-delay-ms", type=float, default=2.0, help="batching window (fixed_window)"
+    )
+    demo.add_argument("--instances", type=int, default=1, help="model worker threads")
+    demo.add_argument("--dim", type=int, default=128, help="width of the MLP")
+    demo.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="asyncio" if sys.platform == "win32" else "uvloop",
+        help="event loop",
+    )
     demo.add_argument(
         "--blas-threads",
         type=int,
@@ -163,20 +179,36 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     serve = sub.add_parser(
-        "serve", help="serve a model repository over HTTP (Open Inference Protocol v2)"
+        "serve",
+        help="serve a model repository over HTTP (Open Inference Protocol v2)",
+        formatter_class=fmt,
     )
     serve.add_argument(
         "repository",
         nargs="?",
-        default=None,
+        default=argparse.SUPPRESS,
         help="model repository folder (default: the bundled example repository)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--watch", action="store_true", help="poll the repository for new versions")
-    serve.add_argument("--poll-interval", type=float, default=5.0)
-    serve.add_argument("--max-body-mib", type=int, default=64)
-    serve.add_argument("--drain-timeout", type=float, default=30.0)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (0: any free one)")
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="poll the repository: load new versions, swap defaults, unload removed ones "
+        "(edits to an already loaded model's model.toml are not picked up)",
+    )
+    serve.add_argument(
+        "--poll-interval", type=float, default=5.0, help="seconds between --watch polls"
+    )
+    serve.add_argument(
+        "--max-body-mib", type=int, default=64, help="largest request body accepted (MiB)"
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds accepted requests get to finish after SIGTERM",
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -185,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         if args.concurrency < 1 or args.seconds <= 0:
             parser.error("--concurrency must be >= 1 and --seconds > 0")
-        if args.uvloop:
-            import uvloop
+        if args.loop == "uvloop":
+            import uvloop  # a dependency everywhere but Windows, where the default is asyncio
 
             return int(uvloop.run(_demo(args)))
         return asyncio.run(_demo(args))
-    if args.repository is None:
+    if getattr(args, "repository", None) is None:
         args.repository = _default_repository()
     return _serve(args)
 

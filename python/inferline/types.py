@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _core
+
 __all__ = [
     "DATATYPES",
     "DEFAULTS",
@@ -42,32 +44,13 @@ DATATYPES: dict[str, np.dtype] = {
 FLOAT_DATATYPES: tuple[str, ...] = ("FP16", "FP32", "FP64", "BF16")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The largest values any model configuration may ask for (Python API and model.toml)."""
-
-    max_batch_size: int = 1 << 16
-    max_queue_size: int = 1 << 24
-    max_priority_levels: int = 16
-    max_instances: int = 256
-    max_ndim: int = 32
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """What a model gets for every setting it leaves out (Python API and model.toml alike)."""
-
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 1.0
-    max_queue_size: int = 1024
-    priority_levels: int = 1
-    instances: int = 1
-    idle_spin_us: float = 0.0
-
-
-# The one table of limits and defaults: every layer reads these, none repeats a number.
-LIMITS = Limits()
-DEFAULTS = Defaults()
+# The one table of limits and defaults lives in the core (cpp/include/inferline/limits.hpp):
+# the native scheduler enforces it, and every Python layer (Batching, model.toml, the HTTP
+# protocol) reads these read-only views of it instead of repeating a number.
+Limits = _core.LimitsTable
+Defaults = _core.DefaultsTable
+LIMITS: Limits = _core.limits
+DEFAULTS: Defaults = _core.defaults
 
 _FROM_NUMPY: dict[np.dtype, str] = {
     dt: name for name, dt in DATATYPES.items() if name not in ("BF16", "BYTES")

@@ -97,7 +97,36 @@ async def test_batches_never_exceed_max_batch_size_under_concurrency() -> None:
 
 
 @pytest.mark.asyncio
-async def test_lone_request_reaches_model_within_max_queue_delay() -> None:
+async def test_lone_request_pays_no_window_by_default() -> None:
+    # Work-conserving (the default): an idle instance takes a lone request at once, however
+    # long the window; under the fixed window the same request would wait 10 s.
+    model = Recorder()
+    async with make_engine(model, max_batch_size=16, max_queue_delay_ms=10_000) as engine:
+        t0 = time.monotonic()
+        y = await asyncio.wait_for(engine.infer("m", item(3)), 5)
+        np.testing.assert_array_equal(y, item(3) * 2.0)
+        assert time.monotonic() - t0 < 5
+        assert engine.model_info("m").max_batch_size == 16
+    assert model.sizes() == [1]
+
+
+@pytest.mark.asyncio
+async def test_requests_accumulate_while_the_instance_is_busy() -> None:
+    # Work-conserving under load: what queues while the only instance computes leaves as one
+    # batch when it is free.
+    model = Recorder()
+    async with make_engine(model, max_batch_size=16, max_queue_delay_ms=10_000) as engine:
+        blocker = await hold_worker(engine, model)
+        waiting = [asyncio.ensure_future(engine.infer("m", item(i))) for i in range(10)]
+        while engine.stats("m")["queue_depth"] < 10:
+            await asyncio.sleep(0.001)
+        model.gate.set()
+        await asyncio.gather(blocker, *waiting)
+    assert model.sizes() == [1, 10]
+
+
+@pytest.mark.asyncio
+async def test_fixed_window_holds_a_lone_request_for_company() -> None:
     calls: list[float] = []
 
     def model(b: np.ndarray) -> np.ndarray:
@@ -105,7 +134,9 @@ async def test_lone_request_reaches_model_within_max_queue_delay() -> None:
         return b
 
     delay_ms = 30.0
-    async with make_engine(model, max_batch_size=16, max_queue_delay_ms=delay_ms) as engine:
+    async with make_engine(
+        model, max_batch_size=16, max_queue_delay_ms=delay_ms, policy="fixed_window"
+    ) as engine:
         t0 = time.monotonic()
         y = await engine.infer("m", item(3))
         np.testing.assert_array_equal(y, item(3))
@@ -510,3 +541,43 @@ def test_build_info_reports_cuda() -> None:
     assert isinstance(info["cuda_compiled"], bool)
     assert info["cuda_device_count"] >= 0
     assert info["version"] == inferline.__version__
+
+
+def test_batching_policy_is_checked_by_the_core() -> None:
+    with pytest.raises(ValueError, match="policy must be 'work_conserving', 'fixed_window'"):
+        Batching(policy="greedy")
+    with pytest.raises(ValueError, match="latency_target needs max_latency > 0"):
+        Batching(policy="latency_target")
+    with pytest.raises(ValueError, match=r"Batching.max_latency_ms must be a number > 0, got 0"):
+        Batching(max_latency_ms=0)
+    assert Batching().policy == "work_conserving"
+    assert Batching(max_latency_ms=20).policy == "latency_target"
+    assert Batching(policy="fixed_window").policy == "fixed_window"
+
+
+@pytest.mark.asyncio
+async def test_latency_target_refuses_at_once_what_cannot_make_it() -> None:
+    def slow(b: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)
+        return b * 2.0
+
+    model = Recorder(slow)
+    async with make_engine(model, max_batch_size=1, max_latency_ms=200.0) as engine:
+        for i in range(5):  # the core learns what a batch costs
+            await engine.infer("m", item(i))
+        blocker = await hold_worker(engine, model)
+        admitted, refused = [], 0
+        for i in range(40):
+            # A refusal happens inside infer, before anything is queued: the task is done, with
+            # QueueFullError, after its first step.
+            fut = asyncio.ensure_future(engine.infer("m", item(i)))
+            await asyncio.sleep(0)
+            if fut.done() and isinstance(fut.exception(), inferline.QueueFullError):
+                refused += 1
+            else:
+                admitted.append(fut)
+        model.gate.set()
+        results = await asyncio.gather(blocker, *admitted)
+    assert refused > 0 and admitted
+    assert len(results) == len(admitted) + 1
+    assert engine.stats("m")["requests"]["queue_full"] == refused

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import inferline.server.codec as codec_module
 from inferline.server.codec import (
     bf16_bits_to_float32,
     deserialize_bytes_tensor,
@@ -55,17 +54,6 @@ NP = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
-
-
-@pytest.fixture(autouse=True, params=["orjson", "stdlib"])
-def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with orjson (when installed) and with the standard library alone."""
-    if request.param == "orjson":
-        if codec_module._orjson is None:
-            pytest.skip("orjson is not installed")
-    else:
-        monkeypatch.setattr(codec_module, "_orjson", None)
-    return str(request.param)
 
 
 def client_body(

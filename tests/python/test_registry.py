@@ -372,7 +372,9 @@ async def test_native_model_from_repository_matches_onnx(tmp_path: Path) -> None
         stats = engine.stats("classifier_native")
     for a, b in zip(native, onnx, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert stats["batch_size"]["max"] > 1
+    # Every item computed once (work-conserving: how they were grouped depends on timing).
+    assert stats["requests"]["success"] >= 64
+    assert stats["batch_size"]["sum"] == stats["requests"]["success"]
 
 
 @pytest.mark.asyncio

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,18 +34,13 @@ from ..errors import (
     QueueFullError,
 )
 from ..types import TensorSpec
-from .inputs import check_specs, convert, not_finite, split_batch, stack_outputs
+from .inputs import check_specs, convert, split_batch, stack_outputs
 from .repo_sync import RepositorySync, loaded_rows
 from .runtime import Runtime, log
 from .versions import Batching, ModelInfo, Router, ServedVersion, VersionView, check_identity
 
 __all__ = ["Engine", "ModelSource"]
 
-_NO_DEADLINE = (1 << 63) - 1
-# What Scheduler.submit answers instead of a handle: the item needs conversion first, or
-# it holds NaN/Inf where a spec says finite.
-_NEEDS_CONVERSION = -1
-_NOT_FINITE = -2
 
 # The exception classes the native core raises and answers futures with.
 _core.set_error_types(
@@ -411,21 +405,17 @@ class Engine:
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
         if priority.__class__ is not int or priority < 0:
             raise InvalidInput(f"priority must be an int >= 0 (0 is the highest), got {priority!r}")
+        if timeout is not None and not timeout > 0:
+            raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r}")
         fut = loop.create_future()
-        if timeout is None:
-            deadline = _NO_DEADLINE
-        else:
-            if not timeout > 0:
-                raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r}")
-            deadline = time.monotonic_ns() + int(timeout * 1e9)
-        h = v.sched.submit(x, priority, deadline, fut)
-        if h < 0:
-            if h == _NOT_FINITE:
-                raise not_finite(v.name, v.inputs, x)
+        # The core turns the timeout into a deadline on its own clock (time.monotonic's), checks
+        # NaN/Inf, and answers None only when the item needs converting first (a list, another
+        # dtype, a non-contiguous array): then once more, converted, and it raises if it still
+        # does not fit.
+        h = v.sched.submit(x, priority, timeout, fut)
+        if h is None:
             x = convert(v.name, v.inputs, x)
-            h = v.sched.submit(x, priority, deadline, fut)
-            if h < 0:
-                raise InvalidInput(f"model {name!r}: input does not match {v.inputs}")
+            h = v.sched.submit(x, priority, timeout, fut, converted=True)
         if timeout is None:
             try:
                 return await fut

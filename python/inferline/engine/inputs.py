@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InvalidInput
 from ..types import TensorSpec
 
-__all__ = ["check_specs", "coerce", "convert", "not_finite", "split_batch", "stack_outputs"]
+__all__ = ["check_specs", "coerce", "convert", "split_batch", "stack_outputs"]
 
 
 def check_specs(kind: str, specs: object, *, allow_empty: bool) -> list[TensorSpec]:
@@ -66,18 +66,6 @@ def convert(model: str, inputs: Sequence[TensorSpec], x: Any) -> Any:
             f"model {model!r}: inputs do not match; missing {missing}, unexpected {extra}"
         )
     return {s.name: coerce(model, s, x[s.name]) for s in inputs}
-
-
-def not_finite(model: str, inputs: Sequence[TensorSpec], x: Any) -> InvalidInput:
-    """The error for an item the core found NaN or Inf in, naming the input that has it."""
-    items = {inputs[0].name: x} if len(inputs) == 1 else x
-    for spec in inputs:
-        if spec.finite and not np.isfinite(np.asarray(items[spec.name])).all():
-            return InvalidInput(
-                f"model {model!r}: input {spec.name!r} contains NaN or Inf; "
-                "the model accepts finite values only"
-            )
-    return InvalidInput(f"model {model!r}: input is not finite")
 
 
 def coerce(model: str, spec: TensorSpec, value: Any) -> np.ndarray:

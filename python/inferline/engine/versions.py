@@ -32,9 +32,6 @@ __all__ = [
 
 log = logging.getLogger("inferline")
 
-# The core's code for each floating-point datatype (0: not a float, no finiteness check).
-_FLOAT_KIND = {"FP16": 1, "FP32": 2, "FP64": 3, "BF16": 4}
-
 
 def _positive_int(field_name: str, value: object, upper: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -47,8 +44,20 @@ def _positive_int(field_name: str, value: object, upper: int | None = None) -> N
 class Batching:
     """How a model's requests are batched and bounded.
 
-    A batch leaves when it holds ``max_batch_size`` items or its oldest item has waited
-    ``max_queue_delay_ms``. At most ``max_queue_size`` items wait; beyond that ``infer`` raises
+    ``policy`` says when a batch leaves (at most ``max_batch_size`` items in any case):
+
+    - ``"work_conserving"`` (the default): an idle instance takes what is queued at once, so a
+      lone request pays no window; while every instance is busy, requests accumulate and the
+      next free instance takes a batch as full as the queue allows.
+    - ``"fixed_window"`` (Triton's dynamic batcher): a batch waits until it is full or its
+      oldest item has waited ``max_queue_delay_ms``. Fuller batches at low load, paid for with
+      up to that much latency on every request.
+    - ``"latency_target"`` (chosen when ``max_latency_ms`` is given): the core learns the batch
+      cost online (a·n + b) and holds a batch open only while its oldest request can still be
+      computed within ``max_latency_ms`` of arriving; a request that could not make the target
+      is refused at once with ``QueueFullError``.
+
+    At most ``max_queue_size`` items wait; beyond that ``infer`` raises
     ``QueueFullError`` at once. ``priority_levels`` lanes are served in order (0 first).
     ``idle_spin_us`` lets an idle worker spin that long before sleeping, trading CPU for the
     latency of a lone request. ``max_queue_bytes`` bounds the input bytes waiting, and
@@ -63,6 +72,8 @@ class Batching:
     idle_spin_us: float = DEFAULTS.idle_spin_us
     max_queue_bytes: int | None = None
     max_item_bytes: int | None = None
+    policy: str | None = None
+    max_latency_ms: float | None = None
 
     def __post_init__(self) -> None:
         _positive_int("max_batch_size", self.max_batch_size, LIMITS.max_batch_size)
@@ -76,6 +87,22 @@ class Batching:
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)
+        if self.max_latency_ms is not None and (
+            not isinstance(self.max_latency_ms, int | float)
+            or isinstance(self.max_latency_ms, bool)
+            or not self.max_latency_ms > 0
+        ):
+            raise ValueError(
+                f"Batching.max_latency_ms must be a number > 0, got {self.max_latency_ms!r}"
+            )
+        policy = self.policy
+        if policy is None:
+            policy = "work_conserving" if self.max_latency_ms is None else "latency_target"
+        object.__setattr__(self, "policy", policy)
+        try:  # the core knows its policies: one check, no list of names kept here
+            _core.SchedulerConfig(policy=policy, max_latency_ms=self.max_latency_ms or 0.0)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"Batching.{exc}") from None
 
 
 @dataclass
@@ -97,13 +124,11 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def _spec_tuple(spec: TensorSpec) -> tuple[str, np.dtype, tuple[int, ...], bool, int]:
-    if spec.datatype == "BYTES":
-        raise ValueError(
-            f"tensor {spec.name!r}: BYTES tensors cannot be batched natively; "
-            "declare a fixed-size numeric datatype"
-        )
-    return (spec.name, spec.dtype, spec.shape, spec.finite, _FLOAT_KIND.get(spec.datatype, 0))
+def _native_spec(spec: TensorSpec) -> _core.TensorSpec:
+    # The core derives the NaN/Inf check from the dtype; BF16 travels as uint16 bit patterns.
+    return _core.TensorSpec(
+        spec.name, spec.dtype, spec.shape, spec.finite, bf16=spec.datatype == "BF16"
+    )
 
 
 def _new_scheduler(
@@ -117,20 +142,23 @@ def _new_scheduler(
     instances: int,
 ) -> _core.Scheduler:
     # The one call of the native scheduler's constructor.
+    config = _core.SchedulerConfig(
+        name,
+        max_batch_size=batching.max_batch_size,
+        max_queue_delay_ms=batching.max_queue_delay_ms,
+        max_queue_size=queue_size,
+        priority_levels=batching.priority_levels,
+        instances=instances,
+        idle_spin_us=batching.idle_spin_us,
+        policy=str(batching.policy),  # resolved by Batching.__post_init__
+        max_latency_ms=batching.max_latency_ms or 0.0,
+    )
     return _core.Scheduler(
         core,
-        name,
-        [_spec_tuple(s) for s in inputs],
-        [_spec_tuple(s) for s in outputs],
-        len(inputs) > 1,
-        len(outputs) > 1,
+        config,
+        [_native_spec(s) for s in inputs],
+        [_native_spec(s) for s in outputs],
         model,
-        batching.max_batch_size,
-        int(batching.max_queue_delay_ms * 1e6),
-        queue_size,
-        batching.priority_levels,
-        instances,
-        int(batching.idle_spin_us * 1e3),
     )
 
 

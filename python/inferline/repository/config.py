@@ -45,6 +45,8 @@ class BatchingConfig:
     idle_spin_us: float | None = None
     max_queue_bytes: int | None = None
     max_item_bytes: int | None = None
+    policy: str | None = None
+    max_latency_ms: float | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
         """The keys that were given, ready for ``inferline.Batching(**kwargs)``."""

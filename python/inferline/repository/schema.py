@@ -32,7 +32,10 @@ a typo never silently falls back to a default)::
 
     [batching]                        # a key left out takes the engine's default
     max_batch_size = 32               # at most 65536
-    max_queue_delay_ms = 2.0
+    policy = "work_conserving"        # "work_conserving" (default) | "fixed_window" |
+                                      # "latency_target" (the default when max_latency_ms is set)
+    max_queue_delay_ms = 2.0          # fixed_window: how long a batch waits for company
+    max_latency_ms = 20.0             # latency_target: arrival -> computed, per request
     max_queue_size = 1024             # requests queued, all priority lanes together
     priority_levels = 2               # lanes, 0 served first (at most 16)
     idle_spin_us = 0.0                # an idle worker spins this long before sleeping
@@ -101,6 +104,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .. import _core
 from ..kernels import ACTIVATIONS, IMAGE_LAYOUTS, LAYOUTS
 from ..types import DATATYPES, DEFAULTS, FLOAT_DATATYPES, TensorSpec
 from .config import (
@@ -180,12 +184,25 @@ class BatchingTable(Table):
     idle_spin_us: Microseconds | None = None
     max_queue_bytes: PositiveInt | None = None
     max_item_bytes: PositiveInt | None = None
+    policy: NonEmptyStr | None = None
+    max_latency_ms: PositiveNumber | None = None
 
     @model_validator(mode="after")
     def check_item_fits_queue(self) -> BatchingTable:
         item, queue = self.max_item_bytes, self.max_queue_bytes
         if item and queue and item > queue:
             raise fail(f"expected at most max_queue_bytes ({queue}), got {item}", "max_item_bytes")
+        return self
+
+    @model_validator(mode="after")
+    def check_policy(self) -> BatchingTable:
+        # The core knows its policies; its own check words the error (no list of names here).
+        if self.policy is None:
+            return self
+        try:
+            _core.SchedulerConfig(policy=self.policy, max_latency_ms=self.max_latency_ms or 0.0)
+        except ValueError as exc:
+            raise fail(f"{exc}", "policy") from None
         return self
 
     def config(self) -> BatchingConfig:

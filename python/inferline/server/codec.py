@@ -5,9 +5,9 @@
 * BYTES tensors are numpy object arrays of ``bytes``; in binary form each element is a
   4-byte little-endian length followed by that many bytes.
 * Fixed-size tensors travel as little-endian arrays of :data:`WIRE_DTYPES`.
-* JSON goes through orjson when it is installed (same results, several times faster on large
-  tensors) and the standard library otherwise; :func:`loads` and :func:`dumps_response`
-  accept and write the same language either way.
+* JSON goes through orjson (a dependency: several times faster than the standard library on
+  large tensors); the standard library takes only what orjson refuses or cannot write (NaN and
+  infinities, UTF-16/32 text, integers beyond 64 bits, very deep nesting).
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ import struct
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..types import DATATYPES
 from .errors import ProtocolError
-
-try:  # optional accelerator: same results, several times faster on large JSON tensors
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None  # type: ignore[assignment]
 
 __all__ = [
     "WIRE_DTYPES",
@@ -149,22 +145,21 @@ def deserialize_bytes_tensor(buf: bytes | memoryview, count: int) -> np.ndarray:
 def dumps_response(doc: dict[str, Any], entries: list[dict[str, Any]]) -> bytes:
     """JSON text of a response whose entries' ``data`` may be numpy arrays.
 
-    With orjson installed, arrays are written by it directly (about 25x faster than
+    orjson writes the arrays directly (about 25x faster than
     ``tolist`` + ``json.dumps`` for float tensors). orjson writes NaN and infinities as
     ``null``, so a tensor holding them goes through the standard library, which writes
     ``NaN``/``Infinity``: not standard JSON, but what Triton's clients (rapidjson) and
     Python's json read back.
     """
-    if _orjson is not None:
-        try:
-            text: bytes = _orjson.dumps(doc, option=_orjson.OPT_SERIALIZE_NUMPY)
-        except (TypeError, _orjson.JSONEncodeError):
-            pass  # something orjson cannot write (an int beyond 64 bits): use json
-        else:
-            # The document holds no None, so ``null`` in the text is a NaN or an infinity
-            # (or those letters inside a string, when the slower path is merely unneeded).
-            if b"null" not in text:
-                return text
+    try:
+        text: bytes = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    except (TypeError, orjson.JSONEncodeError):
+        pass  # something orjson cannot write (an int beyond 64 bits): use json
+    else:
+        # The document holds no None, so ``null`` in the text is a NaN or an infinity
+        # (or those letters inside a string, when the slower path is merely unneeded).
+        if b"null" not in text:
+            return text
     for e in entries:
         data = e.get("data")
         if isinstance(data, np.ndarray):
@@ -179,12 +174,11 @@ _ORJSON_MAX_OPENERS = 512
 
 
 def loads(data: bytes) -> Any:
-    """Parse JSON: orjson when installed and safe, else the standard library, which also
-    takes what orjson refuses (NaN/Infinity tokens, UTF-16/32 text) so the accepted
-    language does not depend on orjson being present."""
-    if _orjson is not None and data.count(b"[") + data.count(b"{") <= _ORJSON_MAX_OPENERS:
+    """Parse JSON: orjson when it is safe, else the standard library, which also takes what
+    orjson refuses (NaN/Infinity tokens, UTF-16/32 text)."""
+    if data.count(b"[") + data.count(b"{") <= _ORJSON_MAX_OPENERS:
         try:
-            return _orjson.loads(data)
-        except _orjson.JSONDecodeError:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
             pass
     return json.loads(data)

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -115,6 +116,8 @@ def _build(
         log_level=log_level,
         access_log=access_log,
         lifespan="on",
+        # uvloop is a dependency (not on Windows): the loop thread is the server's bottleneck.
+        loop="asyncio" if sys.platform == "win32" else "uvloop",
         timeout_graceful_shutdown=max(1, int(drain_timeout)),
         server_header=False,
         # The app never looks at the client address; X-Forwarded-* rewriting would only
