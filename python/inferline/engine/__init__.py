@@ -2,7 +2,8 @@
 the version's native scheduler (versions.py) -> the core's completion queue, drained on the
 loop into its future (runtime.py).
 
-- ``engine.py``: the ``Engine``: start/stop, register, infer/infer_batch, introspection.
+- ``engine.py``: the ``Engine``: start/stop, register and retire versions, infer/infer_batch.
+- ``catalog.py``: the engine's ``ModelCatalog`` base: aliases, default versions, introspection.
 - ``versions.py``: ``Batching``, ``ModelInfo``, a served version and its scheduler, a model's
   versions, aliases and default, and the ``Router`` that picks the version of a request.
 - ``runtime.py``: the native core on the event loop; warm-up, retiring and draining versions.

@@ -34,10 +34,11 @@ from ..errors import (
     QueueFullError,
 )
 from ..types import TensorSpec
+from .catalog import ModelCatalog
 from .inputs import check_specs, convert, split_batch, stack_outputs
 from .repo_sync import RepositorySync, loaded_rows
 from .runtime import Runtime, log
-from .versions import Batching, ModelInfo, Router, ServedVersion, VersionView, check_identity
+from .versions import Batching, ModelInfo, ServedVersion, check_identity
 
 __all__ = ["Engine", "ModelSource"]
 
@@ -91,7 +92,7 @@ def _stop_leftover_engines() -> None:
         engine._runtime.shutdown_now()
 
 
-class Engine:
+class Engine(ModelCatalog):
     """Serves registered models: batches concurrent ``infer`` calls natively.
 
     Life: created -> (``start``) loading/warming -> ready -> (``stop``) draining -> stopped.
@@ -114,7 +115,7 @@ class Engine:
             raise ValueError(f"blas_threads must be a positive int or None, got {blas_threads!r}")
         self._blas_threads = blas_threads
         self._blas_limit: Any = None
-        self._router = Router()
+        super().__init__()
         self._runtime = Runtime(self._router)
         self._state = "created"
         self._not_ready_reason: str | None = None
@@ -218,33 +219,6 @@ class Engine:
         await asyncio.gather(*(self._runtime.retire(entry, v, 60.0) for v in targets))
         if not entry.versions:
             del self._router.models[name]
-
-    # -- aliases and default version ----------------------------------------------------------
-    def set_alias(self, name: str, alias: str, version: int) -> None:
-        """Points ``alias`` (e.g. ``"stable"``) of model ``name`` at ``version`` (moves it if it
-        exists). Usable wherever a version is accepted."""
-        self._router.set_alias(name, alias, version)
-
-    def remove_alias(self, name: str, alias: str) -> None:
-        """Removes an alias of model ``name``."""
-        self._router.remove_alias(name, alias)
-
-    def set_default(self, name: str, version: int | str) -> None:
-        """Which version answers requests naming none: a number, an alias (followed when it
-        moves) or ``"latest"`` (the highest ready version)."""
-        self._router.set_default(name, version)
-
-    def set_version_policy(
-        self, name: str, *, default: int | str, aliases: Mapping[str, int]
-    ) -> None:
-        """A model's policy as a configuration file states it: ``default`` as in
-        ``set_default`` (not checked against the loaded versions) and ``aliases`` added where
-        the model has none of that name yet (aliases moved at run time win)."""
-        self._router.apply_policy(name, default, aliases)
-
-    def default_policy(self, name: str) -> int | str:
-        """What ``set_default`` (or ``set_version_policy``) last said for ``name``."""
-        return self._router.entry(name).default_policy
 
     # -- repository ---------------------------------------------------------------------------
     @classmethod
@@ -477,38 +451,6 @@ class Engine:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return stack_outputs(v.outputs, results)
-
-    # -- introspection ------------------------------------------------------------------------
-    def stats(self, name: str, version: int | str | None = None) -> dict[str, Any]:
-        """Counters, gauges and latency percentiles (seconds) of a model version, live."""
-        v = self._router.entry(name).shown(version)
-        s: dict[str, Any] = v.sched.stats()
-        s["model"] = name
-        s["version"] = v.version
-        s["state"] = v.state
-        return s
-
-    def model_info(self, name: str, version: int | str | None = None) -> ModelInfo:
-        """Metadata and state of a model version (the default one when ``version`` is None)."""
-        entry = self._router.entry(name)
-        return entry.info(entry.shown(version))
-
-    def models(self) -> list[ModelInfo]:
-        """Every registered model version with its state."""
-        return [
-            entry.info(entry.versions[n])
-            for entry in self._router.models.values()
-            for n in sorted(entry.versions)
-        ]
-
-    def model_names(self) -> list[str]:
-        """Registered model names, including those with no version left (all failed)."""
-        return sorted(self._router.models)
-
-    def live_versions(self) -> list[VersionView]:
-        """A read-only view of every version the engine holds: registered (any state) and
-        retired ones still finishing accepted work. Safe to call from a scrape thread."""
-        return [VersionView(v) for v in self._router.all_versions()]
 
 
 def _expire(fut: asyncio.Future[Any], v: ServedVersion, handle: int, timeout: float) -> None:
