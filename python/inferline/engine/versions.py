@@ -300,6 +300,11 @@ class VersionView:
         return self._v.batching.max_batch_size
 
     @property
+    def max_queue_size(self) -> int:
+        """Items that may wait at once (the effective bound, after ``max_queue_bytes``)."""
+        return self._v.queue_size
+
+    @property
     def queue_depth(self) -> int:
         """Items waiting (a best guess while requests flow)."""
         return int(self._v.sched.queue_depth)
