@@ -431,7 +431,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         print(f"  {_verdict(ok):<7} {loop:<8} {what:<38} {got}")
     print(
         "\nbusy: loop thread CPU / wall (the loop-busy target divides it by the ceiling's)."
-        "\n spread: (max - min) / median of req/s over repetitions."
+        "\nspread: (max - min) / median of req/s over repetitions."
         "\nrefused: QueueFullError answers (latency_target refuses what cannot make the target);"
         " they are not in req/s or latencies."
     )
