@@ -1,16 +1,19 @@
 """HTTP load benchmark: inferline's Open Inference Protocol server vs. a FastAPI baseline.
 
     python bench/python/http_bench.py [--repo examples/repository] [--model classifier]
-                                      [--concurrency 1,16,64] [--duration 5]
+                                      [--concurrency 1,64,256] [--duration 5] [--quick]
 
 The servers run in their own processes under uvicorn with the same settings (one worker, the
 same event loop and HTTP implementation; access log, Server header and proxy-header rewriting
 off, as ``inferline serve`` runs) and serve the same model from the example repository.
 inferline batches concurrent requests in its native core. The baselines are the usual FastAPI
-app (pydantic request model) calling the model once per request, once with an ``async def``
-endpoint that runs the model inline on the event loop and once with a plain ``def`` endpoint
-that FastAPI runs in its thread pool (``--baseline`` picks one). All get the same KServe v2
-JSON request of one item, so the comparison includes parsing and encoding.
+app (pydantic request model): ``inline``, an ``async def`` endpoint calling the model once per
+request on the event loop; ``threadpool``, a plain ``def`` endpoint that FastAPI runs in its
+thread pool; and ``batched``, an ``async def`` endpoint that awaits the hand-written batcher
+of engine_bench.py (baseline.HandBatcher: the same max_batch_size and window as the model's
+config, the ONNX session run inline on the loop), so that ratio measures the server, not
+batching against none (``--baselines`` picks them). All get the same KServe v2 JSON request
+of one item, so the comparison includes parsing and encoding.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio (uvloop when
 installed): ``c`` connections, each sending its next request as soon as the previous answer
@@ -37,11 +40,18 @@ from typing import Any
 
 import numpy as np
 import uvicorn
+from baseline import HandBatcher  # beside this script: sys.path[0] when run as one
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the package's own dependency below 3.11
+    import tomli as tomllib
 
 import inferline
 from inferline.server import serve
 
 ROOT = Path(__file__).resolve().parents[2]
+MODES = ("inline", "threadpool", "batched")
 
 # ------------------------------------------------------------------------------ servers
 
@@ -64,6 +74,8 @@ def serve_inferline(repo: str, model: str) -> None:
 def serve_baseline(repo: str, model: str, mode: str) -> None:
     # FastAPI, pydantic and onnxruntime are the baseline's dependencies, not inferline's
     # (optional for the package): only the baseline server's process imports them.
+    import contextlib
+
     import onnxruntime as ort
     from fastapi import FastAPI
     from pydantic import BaseModel
@@ -90,12 +102,26 @@ def serve_baseline(repo: str, model: str, mode: str) -> None:
         id: str | None = None
         inputs: list[Tensor]
 
-    app = FastAPI()
+    def model_fn(batch: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run([out_name], {in_name: batch})[0]
+        return out
 
-    def run(req: InferRequest, name: str) -> dict[str, Any]:
-        t = req.inputs[0]
-        x = np.asarray(t.data, dtype=np.float32).reshape(t.shape)
-        y = session.run([out_name], {in_name: x})[0]
+    # The batcher gets the model's own batch settings from its model.toml.
+    config = tomllib.loads((Path(repo) / model / "model.toml").read_text()).get("batching", {})
+    batcher = HandBatcher(
+        model_fn, config.get("max_batch_size", 32), config.get("max_queue_delay_ms", 2.0)
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if mode == "batched":
+            await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(lifespan=lifespan)
+
+    def response(name: str, y: np.ndarray) -> dict[str, Any]:
         return {
             "model_name": name,
             "outputs": [
@@ -108,7 +134,21 @@ def serve_baseline(repo: str, model: str, mode: str) -> None:
             ],
         }
 
-    if mode == "threadpool":
+    def run(req: InferRequest, name: str) -> dict[str, Any]:
+        t = req.inputs[0]
+        x = np.asarray(t.data, dtype=np.float32).reshape(t.shape)
+        return response(name, model_fn(x))
+
+    if mode == "batched":
+
+        @app.post("/v2/models/{name}/infer")
+        async def infer_batched(name: str, req: InferRequest) -> dict[str, Any]:
+            t = req.inputs[0]
+            x = np.asarray(t.data, dtype=np.float32).reshape(t.shape)
+            rows = [batcher.infer(row) for row in x]
+            return response(name, np.stack([await r for r in rows]))
+
+    elif mode == "threadpool":
 
         @app.post("/v2/models/{name}/infer")
         def infer_sync(name: str, req: InferRequest) -> dict[str, Any]:
@@ -319,12 +359,38 @@ def _check(port: int, request: bytes) -> None:
     assert json.loads(body)["outputs"], body
 
 
+def _targets(results: dict[int, dict[str, dict[str, Any]]], levels: list[int]) -> None:
+    """The issue's HTTP targets, each beside the figure of this run."""
+    print("\nissue targets (every figure from this run):")
+    lines = []
+    if 64 in results:
+        row = results[64]
+        ours = row["inferline"]["rps"]
+        for name, need in (("fastapi-batched", 2.0), ("fastapi-inline", 5.0)):
+            if name in row:
+                got = ours / row[name]["rps"]
+                lines.append((got >= need, f"c=64 req/s vs {name}", f"{got:.2f}x (>= {need:g}x)"))
+    low = min(levels)
+    if "fastapi-inline" in results[low]:
+        ours_p50 = results[low]["inferline"]["p50"]
+        base = results[low]["fastapi-inline"]["p50"]
+        lines.append(
+            (
+                ours_p50 <= base + 0.5,
+                f"c={low} p50 <= fastapi-inline's + 0.5 ms",
+                f"{ours_p50:.2f} ms vs {base:.2f} + 0.5 ms",
+            )
+        )
+    for ok, what, got in lines:
+        print(f"  {'met' if ok else 'MISSED':<7} {what:<40} {got}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repo", default=str(ROOT / "examples" / "repository"))
     ap.add_argument("--model", default="classifier")
     ap.add_argument("--features", type=int, default=16, help="input width of the model")
-    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--concurrency", default="1,64,256")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     ap.add_argument(
@@ -340,16 +406,25 @@ def main() -> None:
         help="distinct request bodies, cycled (more than any result cache holds)",
     )
     ap.add_argument(
-        "--baseline",
-        choices=["inline", "threadpool", "both"],
-        default="both",
-        help="FastAPI endpoint style: async def running the model inline, plain def "
-        "run in the thread pool, or both",
+        "--baselines",
+        default="inline,batched",
+        help="FastAPI endpoints, comma-separated: inline (async def, the model on the loop), "
+        "threadpool (plain def), batched (async def awaiting baseline.HandBatcher)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 s per point, 0.3 s warm-up, 2,000 distinct bodies, one repetition",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--serve", choices=["inferline", "baseline"], help=argparse.SUPPRESS)
-    ap.add_argument("--baseline-mode", choices=["inline", "threadpool"], help=argparse.SUPPRESS)
+    ap.add_argument("--baseline-mode", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.distinct, args.repeat = 1.0, 0.3, 2000, 1
+    modes = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    if not modes or set(modes) - set(MODES):
+        ap.error(f"--baselines takes a comma-separated list of {', '.join(MODES)}")
 
     if args.serve == "inferline":
         serve_inferline(args.repo, args.model)
@@ -367,7 +442,6 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     requests = _requests(args.model, args.features, args.distinct)
     common = ["--repo", args.repo, "--model", args.model]
-    modes = ["inline", "threadpool"] if args.baseline == "both" else [args.baseline]
     servers = {"inferline": Server("--serve", "inferline", *common)}
     for mode in modes:
         servers[f"fastapi-{mode}"] = Server("--serve", "baseline", "--baseline-mode", mode, *common)
@@ -377,9 +451,12 @@ def main() -> None:
     try:
         for s in servers.values():
             _check(s.port, requests[0])
-        for _ in range(args.repeat):
+        names = list(servers)
+        for rep in range(args.repeat):
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for c in levels:
-                for name, s in servers.items():  # same run, back to back, same client
+                for name in order:  # same run, back to back, same client, rotated order
+                    s = servers[name]
                     samples[c][name].append(
                         run(_load(s.port, s.proc.pid, requests, c, args.warmup, args.duration))
                     )
@@ -422,6 +499,7 @@ def main() -> None:
                 f"{c:>5} {name:<19} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
                 f"{r['errors']:>7} {r['cpu_us_per_request']:>10.0f}{ratio}"
             )
+    _targets(results, levels)
     print(
         "req/s ratio > 1: inferline serves more; p99 ratio < 1: inferline's p99 is lower.\n"
         "cpu us/req: the server process' CPU time (all threads) per answered request."
