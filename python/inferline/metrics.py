@@ -25,7 +25,13 @@ Families (every one labelled ``model`` and ``version``):
 * ``inferline_cache_hits_total``, ``inferline_cache_misses_total`` (counters): only for
   versions with a result cache.
 
-plus ``inferline_ready`` (gauge, no labels): the engine's readiness (``Engine.ready``).
+plus ``inferline_ready`` (gauge, no labels): the engine's readiness (``Engine.ready``), and,
+from the HTTP server, ``inferline_http_requests_total{model,outcome}`` (counter): inference
+requests by how they were answered (``success``, ``bad_request``, ``not_found``,
+``too_large``, ``queue_full``, ``overloaded``, ``body_bytes``, ``not_ready``, ``draining``,
+``engine_stopped``, ``timeout``, ``model_error``, ``internal_error``, ``disconnected``, ...),
+including those refused before they reached the engine; ``model`` is empty for names the
+engine does not serve.
 
 Versions that are draining or retired after a swap are exported for as long as the engine
 holds them, so their last answers are counted; once one is gone its series disappear (a
@@ -40,7 +46,7 @@ the buckets of one scrape are always cumulative and consistent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -53,7 +59,14 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .engine import Engine, VersionView
 
-__all__ = ["SECONDS_BUCKETS", "EngineCollector", "batch_size_buckets", "collector", "render"]
+__all__ = [
+    "SECONDS_BUCKETS",
+    "EngineCollector",
+    "HttpCollector",
+    "batch_size_buckets",
+    "collector",
+    "render",
+]
 
 #: Upper bounds (seconds) of the latency histograms: 50 us to 60 s in 1, 2.5, 5 steps per
 #: decade (each bound 2 to 2.5 times the previous one). Fixed, so series from different
@@ -285,12 +298,40 @@ def collector(engine: Engine) -> EngineCollector:
     return EngineCollector(engine)
 
 
-def render(engine: Engine) -> bytes:
-    """The Prometheus text exposition (format 0.0.4) of ``engine``'s metrics alone.
+class HttpCollector(Collector):
+    """``inferline_http_requests_total{model,outcome}`` from a mapping of counts by
+    ``(model, outcome)`` (the HTTP server's ``Outcomes.snapshot()``)."""
+
+    def __init__(self, counts: Mapping[tuple[str, str], int]) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for (model, outcome), n in sorted(self.counts.items()):
+            family.add_metric([model, outcome], float(n))
+        return [family]
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "inferline_http_requests",
+            "Inference requests over HTTP by how they were answered.",
+            labels=["model", "outcome"],
+        )
+
+
+def render(engine: Engine, *, http_counts: Mapping[tuple[str, str], int] | None = None) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of ``engine``'s metrics, and of the HTTP
+    server's outcome counts when given.
 
     Uses a private registry, so the process' default collectors (GC, platform) are not
     included; serve it with ``prometheus_client.exposition.CONTENT_TYPE_LATEST``.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector(engine))
+    if http_counts is not None:
+        registry.register(HttpCollector(http_counts))
     return generate_latest(registry)

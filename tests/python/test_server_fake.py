@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,8 +60,13 @@ class FakeEngine:
             inputs=[spec],
             outputs=[spec],
             max_batch_size=4,
+            priority_levels=3,
             default=True,
         )
+
+    def live_versions(self) -> list[Any]:
+        # What the server's default in-flight bound reads.
+        return [types.SimpleNamespace(max_queue_size=60, max_batch_size=4)]
 
     def models(self) -> list[ModelInfo]:
         return [self.model_info("m")]

@@ -5,8 +5,10 @@ and metrics.
 * ``GET  /v2``: server metadata and extensions
 * ``GET  /v2/models/{m}[/versions/{v}]``: model metadata; ``.../ready``; ``.../config``
 * ``GET  /v2/models[/{m}[/versions/{v}]]/stats``: Triton's statistics extension
-* ``POST /v2/repository/index``, ``/v2/repository/models/{m}/load``, ``.../unload``
-* ``GET  /metrics``: Prometheus text format
+* ``POST /v2/repository/index``, ``/v2/repository/models/{m}/load``, ``.../unload`` (load
+  and unload answer 403 when the server was started with ``repository_api=False``; a load
+  runs a repository ``model.py`` only with both keys, see ``Engine.from_repository``)
+* ``GET  /metrics``: Prometheus text format: the engine's families and the HTTP outcomes
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from starlette.responses import Response
 from ..errors import EngineStopped, InferlineError, ModelNotFound
 from ..metrics import render
 from .errors import HTTPError, engine_error, error_response
+from .outcomes import Outcomes
 from .requests import RequestIds, version_arg
 from .state import ServerState
 
@@ -64,6 +67,8 @@ class AdminRoutes:
         retry_after: bytes,
         server_name: str,
         last_inference: Mapping[tuple[str, int], int],
+        outcomes: Outcomes,
+        repository_api: bool = True,
     ) -> None:
         self.engine = engine
         self.state = state
@@ -72,6 +77,8 @@ class AdminRoutes:
         self.server_name = server_name
         self.server_version = _server_version()
         self.last_inference = last_inference
+        self.outcomes = outcomes
+        self.repository_api = repository_api
 
     # -- responses ---------------------------------------------------------------------------
     def _rid(self, request: Request) -> str:
@@ -225,6 +232,12 @@ class AdminRoutes:
     async def _repository_control(self, request: Request, action: str) -> Response:
         name = request.path_params["model"]
         try:
+            if not self.repository_api:
+                raise HTTPError(
+                    403,
+                    f"repository {action} is turned off on this server (--no-repository-api); "
+                    "the operator loads and unloads models",
+                )
             params = (await _control_body(request)).get("parameters", {})
             version = params.get("version")
             if isinstance(version, str) and version.isdigit() and version.isascii():
@@ -252,7 +265,8 @@ class AdminRoutes:
 
     # -- metrics ---------------------------------------------------------------------------------
     async def metrics(self, request: Request) -> Response:
-        return Response(render(self.engine), 200, headers={"content-type": CONTENT_TYPE_LATEST})
+        body = render(self.engine, http_counts=self.outcomes.snapshot())
+        return Response(body, 200, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 async def _control_body(request: Request) -> dict[str, Any]:

@@ -13,6 +13,7 @@ route's requests past Starlette's router.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -26,12 +27,21 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .admin import AdminRoutes
+from .admission import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, DEFAULT_MAX_ROWS_PER_REQUEST, Admission
 from .errors import encode_error
 from .infer import InferRoute
+from .outcomes import Outcomes
 from .requests import RequestIds
 from .state import ServerState
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_BYTES", "ServerState", "create_app"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_BODY_BYTES_IN_FLIGHT",
+    "DEFAULT_MAX_JSON_BYTES",
+    "DEFAULT_MAX_ROWS_PER_REQUEST",
+    "ServerState",
+    "create_app",
+]
 
 log = logging.getLogger("inferline.server")
 
@@ -52,6 +62,11 @@ def create_app(
     manage_engine: bool = True,
     state: ServerState | None = None,
     disconnect_check_delay_s: float = 0.005,
+    max_in_flight: int | None = None,
+    max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+    max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
+    log_interval_s: float = 10.0,
+    repository_api: bool = True,
 ) -> Starlette:
     """A Starlette app serving ``engine`` over the Open Inference Protocol (KServe v2 REST).
 
@@ -68,14 +83,32 @@ def create_app(
     A client that disconnects has its queued work cancelled; the server starts watching for
     the disconnect once a request has taken ``disconnect_check_delay_s`` (default 5 ms; 0
     watches from the start, at a cost of several microseconds of event-loop time per request).
+
+    Admission (:mod:`.admission`): beyond ``max_in_flight`` inference requests in the
+    server (default: what the served models' queues hold, plus one batch each) a request is
+    answered 503 before its body is read; beyond ``max_body_bytes_in_flight`` bytes of
+    request bodies held at once, 503; a request of more than ``max_rows_per_request`` rows,
+    413. Refusals, timeouts and disconnects are counted in
+    ``inferline_http_requests_total{model,outcome}`` and summarised in the log once every
+    ``log_interval_s`` seconds (:mod:`.outcomes`). ``repository_api=False`` turns the
+    repository load and unload routes off (403).
     """
     state = state or ServerState()
     ids = RequestIds()
     retry_after = str(max(0, int(retry_after_s))).encode()
+    admission = Admission(
+        engine,
+        max_in_flight=max_in_flight,
+        max_body_bytes_in_flight=max_body_bytes_in_flight,
+        max_rows_per_request=max_rows_per_request,
+    )
+    outcomes = Outcomes(log_interval_s)
     infer = InferRoute(
         engine,
         state=state,
         request_ids=ids,
+        admission=admission,
+        outcomes=outcomes,
         max_body_bytes=max_body_bytes,
         max_json_bytes=max_json_bytes,
         retry_after=retry_after,
@@ -88,6 +121,8 @@ def create_app(
         retry_after=retry_after,
         server_name=server_name,
         last_inference=infer.last_inference,
+        outcomes=outcomes,
+        repository_api=repository_api,
     )
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
@@ -111,7 +146,9 @@ def create_app(
         Route("/v2/repository/models/{model}/unload", a.repository_unload, methods=["POST"]),
         Route("/metrics", a.metrics, methods=["GET"]),
     ]
-    lifespan = _lifespan(engine, state, manage_engine=manage_engine, drain_timeout=drain_timeout)
+    lifespan = _lifespan(
+        engine, state, outcomes, manage_engine=manage_engine, drain_timeout=drain_timeout
+    )
     app = _InferlineStarlette(routes=routes, lifespan=lifespan)
     app.infer_handler = infer
     app.state.inferline = state
@@ -122,10 +159,16 @@ def create_app(
 
 
 def _lifespan(
-    engine: Any, state: ServerState, *, manage_engine: bool, drain_timeout: float
+    engine: Any,
+    state: ServerState,
+    outcomes: Outcomes,
+    *,
+    manage_engine: bool,
+    drain_timeout: float,
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """Starts the engine if it was not started (and ``manage_engine``); at shutdown turns
-    readiness false and stops the engine it started, draining up to ``drain_timeout``."""
+    """Starts the engine if it was not started (and ``manage_engine``) and the log summary;
+    at shutdown turns readiness false and stops the engine it started, draining up to
+    ``drain_timeout``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -133,12 +176,18 @@ def _lifespan(
         if manage_engine and engine.state == "created":
             await engine.start()
             started = True
+        summary = asyncio.get_running_loop().create_task(outcomes.run())
         try:
             yield
         finally:
             state.not_ready = True
-            if started and engine.state != "stopped":
-                await engine.stop(drain_timeout=drain_timeout)
+            try:
+                if started and engine.state != "stopped":
+                    await engine.stop(drain_timeout=drain_timeout)
+            finally:
+                summary.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await summary
 
     return lifespan
 

@@ -43,39 +43,57 @@ class ProtocolError(Exception):
         return self.message
 
 
-class HTTPError(Exception):
-    """An answer other than 200: its status, its message, and whether ``Retry-After`` goes
-    with it (the server's setting gives the value)."""
+# The metrics' outcome label of an answer, by status, where the error does not name one.
+_STATUS_OUTCOME = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "not_allowed",
+    413: "too_large",
+    415: "unsupported_encoding",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
+}
 
-    def __init__(self, status: int, message: str, retry_after: bool = False) -> None:
+
+class HTTPError(Exception):
+    """An answer other than 200: its status, its message, whether ``Retry-After`` goes with
+    it (the server's setting gives the value), and the ``outcome`` label it is counted under
+    in the metrics (by default one per status: ``bad_request``, ``not_found``, ...)."""
+
+    def __init__(
+        self, status: int, message: str, retry_after: bool = False, outcome: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.outcome = outcome or _STATUS_OUTCOME.get(status, f"http_{status}")
 
 
 class ClientGone(Exception):
     """The client disconnected; there is nobody to answer."""
 
 
-# The status of each engine error and whether Retry-After goes with it; any other
-# exception is a bug (500).
-_ENGINE_STATUS: tuple[tuple[type[Exception], int, bool], ...] = (
-    (engine_errors.ModelNotFound, 404, False),
-    (engine_errors.QueueFullError, 503, True),
-    (engine_errors.ModelNotReady, 503, True),
-    (engine_errors.EngineStopped, 503, True),
-    (engine_errors.DeadlineExceeded, 504, False),
-    (engine_errors.InvalidInput, 400, False),
-    (engine_errors.ModelError, 500, False),
+# The status of each engine error, whether Retry-After goes with it, and its outcome label;
+# any other exception is a bug (500).
+_ENGINE_STATUS: tuple[tuple[type[Exception], int, bool, str], ...] = (
+    (engine_errors.ModelNotFound, 404, False, "not_found"),
+    (engine_errors.QueueFullError, 503, True, "queue_full"),
+    (engine_errors.ModelNotReady, 503, True, "not_ready"),
+    (engine_errors.EngineStopped, 503, True, "engine_stopped"),
+    (engine_errors.DeadlineExceeded, 504, False, "timeout"),
+    (engine_errors.InvalidInput, 400, False, "bad_request"),
+    (engine_errors.ModelError, 500, False, "model_error"),
 )
 
 
 def engine_error(exc: Exception) -> HTTPError:
     """The HTTP answer to an exception raised by the engine (see the module docstring)."""
-    for kind, status, retry_after in _ENGINE_STATUS:
+    for kind, status, retry_after, outcome in _ENGINE_STATUS:
         if isinstance(exc, kind):
-            return HTTPError(status, str(exc) or type(exc).__name__, retry_after)
+            return HTTPError(status, str(exc) or type(exc).__name__, retry_after, outcome)
     return HTTPError(500, f"internal error: {type(exc).__name__}")
 
 
@@ -85,10 +103,11 @@ def encode_error(message: str) -> bytes:
 
 
 def log_error(method: str, path: str, rid: str, err: HTTPError) -> None:
-    """One log line per error answer: WARNING for 5xx, INFO for the client's mistakes."""
-    level = logging.WARNING if err.status >= 500 else logging.INFO
-    log.log(
-        level,
+    """The DEBUG line of one error answer (operators see counts and summaries instead:
+    :mod:`.outcomes`)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    log.debug(
         "request %s: %s %s -> %d: %s",
         rid,
         method,

@@ -1,19 +1,28 @@
 """The hot path: ``POST /v2/models/{m}[/versions/{v}]/infer``, from body to answer.
 
 The route is a plain ASGI app rather than a Starlette endpoint, which keeps the per-request
-work on the event loop small. In order, it:
+work on the event loop small. Work is refused as early as the request allows
+(:mod:`.admission`); in order, the route:
 
-1. reads the body with a bound (``Content-Length`` first, then the bytes received), and
-   inflates a gzip or deflate body with the same bound;
-2. parses it (:func:`.protocol.parse_infer_request`) and checks the inputs and requested
-   outputs against the model's signature;
-3. calls the engine (``engine.infer`` for one row, ``engine.infer_batch`` for more) in the
-   current task, which is cancelled if the client disconnects (the engine then drops the
-   queued work);
-4. encodes the outputs (:func:`.responses.encode_infer_response`) and writes the answer.
+1. refuses at once, before reading anything, while draining or when the server already
+   holds ``max_in_flight`` requests (503 + ``Retry-After``);
+2. looks the model up (404, or 503 when it is not ready);
+3. checks the declared sizes: ``Content-Length`` against ``max_body_bytes`` (413) and
+   against the bytes of bodies held at once (503); a JSON body against ``max_json_bytes``;
+4. reads the JSON part (all of a JSON body; only the header of a binary one, whose length
+   ``Inference-Header-Content-Length`` gives), parses it without converting any tensor data
+   (:func:`.protocol.parse_infer_header`), and checks every declared input, shape, row count
+   (``max_rows_per_request``: 413), priority and requested output against the model. A
+   binary request refused here has its tensor bytes left unread (the HTTP layer discards
+   them);
+5. reads the rest, converts the data, and calls the engine once for the whole request
+   (``engine.infer`` for one row, ``engine.infer_batch`` for more; its rows are admitted
+   together or not at all) in the current task, which is cancelled if the client
+   disconnects (the engine then drops the queued work);
+6. encodes the outputs (:func:`.responses.encode_infer_response`) and writes the answer.
 
-Every error becomes an :class:`.errors.HTTPError` answered here; a client that hung up gets
-no answer.
+Every error becomes an :class:`.errors.HTTPError` answered here and counted by
+:class:`.outcomes.Outcomes`; a client that hung up gets no answer.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import InferlineError
 from ..types import datatype_of
+from .admission import Admission
 from .errors import (
     ClientGone,
     HTTPError,
@@ -39,7 +49,14 @@ from .errors import (
     error_headers,
     log_error,
 )
-from .protocol import InferRequest, parse_infer_request
+from .outcomes import Outcomes
+from .protocol import (
+    InferHeader,
+    InferRequest,
+    check_json_length,
+    parse_header_length,
+    parse_infer_header,
+)
 from .requests import RequestIds, version_arg
 from .responses import EncodedResponse, encode_infer_response
 from .state import ServerState
@@ -65,6 +82,8 @@ class InferRoute:
         *,
         state: ServerState,
         request_ids: RequestIds,
+        admission: Admission,
+        outcomes: Outcomes,
         max_body_bytes: int,
         max_json_bytes: int,
         retry_after: bytes,
@@ -81,6 +100,8 @@ class InferRoute:
         self.engine = engine
         self.state = state
         self.request_id = request_ids
+        self.admission = admission
+        self.outcomes = outcomes
         self.max_body_bytes = max_body_bytes
         self.max_json_bytes = min(max_json_bytes, max_body_bytes)
         self.retry_after = retry_after
@@ -93,107 +114,162 @@ class InferRoute:
         params = scope["path_params"]
         name: str = params["model"]
         version = version_arg(params.get("version"))
+        admission = self.admission
+        body = _Body(receive, self.max_body_bytes, admission)
+        label = ""  # the model's name once the engine has said it serves it
+        entered = False
         try:
-            if self.state.draining:
-                raise HTTPError(503, "the server is draining and takes no new requests", True)
-            body, header_length = await self._read_body(headers, receive)
             try:
-                req = parse_infer_request(body, header_length, max_json_bytes=self.max_json_bytes)
+                if self.state.draining:
+                    raise HTTPError(
+                        503, "the server is draining and takes no new requests", True, "draining"
+                    )
+                admission.enter()
+                entered = True
+                info = self._lookup(name, version)
+                label = name
+                header, tail = await self._read(headers, body, info)
+                req = header.tensors(tail)
+                encoded = await self._infer(name, version, info, req, receive)
+                status, out_headers, out_body = 200, encoded.asgi_headers(), encoded.body
+                out_headers.append((b"x-request-id", rid.encode()))
+                self.outcomes.success(name)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("request %s: infer %s -> 200", rid, name, extra={"request_id": rid})
             except ProtocolError as e:
                 raise HTTPError(e.status, e.message) from None
-            encoded = await self._infer(name, version, req, receive)
-            status, out_headers, out_body = 200, encoded.asgi_headers(), encoded.body
-            out_headers.append((b"x-request-id", rid.encode()))
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("request %s: infer %s -> 200", rid, name, extra={"request_id": rid})
         except HTTPError as e:
             log_error("POST", scope.get("path", ""), rid, e)
+            self.outcomes.refused(label or self._label(name), e, rid)
             status, out_body = e.status, encode_error(e.message)
             out_headers = error_headers(rid, e, self.retry_after)
         except ClientGone:
-            log.info(
-                "request %s: client disconnected; its queued work was cancelled",
-                rid,
-                extra={"request_id": rid},
-            )
+            self.outcomes.disconnected(label, rid)
             return
         except Exception as e:  # a bug: answer 500 and keep serving
             log.exception("request %s: unhandled error in infer", rid)
             err = HTTPError(500, f"internal error: {type(e).__name__}")
+            self.outcomes.refused(label, err, rid)
             status, out_body = 500, encode_error(err.message)
             out_headers = error_headers(rid, err, self.retry_after)
+        finally:
+            if entered:
+                admission.leave()
+            body.release()
         out_headers.append((b"content-length", str(len(out_body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": out_body})
 
-    # -- 1. the body -----------------------------------------------------------------------
-    async def _read_body(self, headers: _Headers, receive: Receive) -> tuple[bytes, bytes | None]:
-        """The (inflated) body and the ``Inference-Header-Content-Length`` header, if any."""
+    def _label(self, name: str) -> str:
+        """``name`` when the engine serves a model of that name, else "" (the metrics' label
+        set must not grow with what clients send)."""
+        try:
+            self.engine.model_info(name)
+        except Exception:
+            return ""
+        return name
+
+    def _lookup(self, name: str, version: int | str | None) -> Any:
+        """The model version's info: 404 when there is none, 503 when it is not ready."""
+        try:
+            info = self.engine.model_info(name, version)
+        except InferlineError as e:
+            raise engine_error(e) from None
+        if info.state != "ready":
+            raise HTTPError(
+                503,
+                f"model {name!r} version {info.version} is {info.state}"
+                + (f": {info.reason}" if info.reason else ""),
+                retry_after=True,
+                outcome="not_ready",
+            )
+        return info
+
+    # -- 3.-5. the body, read no further than the checks allow ------------------------------
+    async def _read(
+        self, headers: _Headers, body: _Body, info: Any
+    ) -> tuple[InferHeader, bytes | bytearray | memoryview]:
+        """The request's checked header and the binary data after it."""
         limit = self.max_body_bytes
-        header_length: bytes | None = None
+        length: int | None = None
+        raw_header_length: bytes | None = None
         encoding = b""
         for k, v in headers:
             if k == b"content-length":
                 if not v.strip().isdigit():
                     raise HTTPError(400, "Content-Length is not a number")
-                if int(v) > limit:
-                    raise HTTPError(413, f"request body is {int(v)} bytes; the limit is {limit}")
+                length = int(v)
+                if length > limit:
+                    raise HTTPError(413, f"request body is {length} bytes; the limit is {limit}")
             elif k == b"inference-header-content-length":
-                header_length = v
+                raw_header_length = v
             elif k == b"content-encoding":
                 encoding = v.strip().lower()
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPError(413, f"request body is larger than the limit of {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if encoding and encoding != b"identity":
-            body = _decompress(body, encoding, limit)
-        return body, header_length
+        if encoding == b"identity":
+            encoding = b""
+        if length is not None:
+            body.declare(length)
+        if encoding or raw_header_length is None:
+            if not encoding and length is not None:
+                check_json_length(length, self.max_json_bytes)
+            data = await body.read_all()
+            if encoding:
+                data = _decompress(data, encoding, limit)
+                body.hold(len(data))
+            mv = memoryview(data).cast("B")
+            hl = parse_header_length(raw_header_length, len(mv))
+            json_end = len(mv) if hl is None else hl
+            check_json_length(json_end, self.max_json_bytes)
+            text = data if hl is None and isinstance(data, bytes) else bytes(mv[:json_end])
+            header = parse_infer_header(text, binary_length=None if hl is None else len(mv) - hl)
+            self._check(info, header)
+            return header, mv[json_end:]
+        # Binary tensor data: the JSON header first, checked before the tensors are read.
+        hl = parse_header_length(raw_header_length, limit if length is None else length)
+        assert hl is not None
+        check_json_length(hl, self.max_json_bytes)
+        text = await body.read_prefix(hl)
+        header = parse_infer_header(text, binary_length=None if length is None else length - hl)
+        self._check(info, header)
+        data = await body.read_all()
+        return header, memoryview(data).cast("B")[hl:]
 
-    # -- 2.-4. check, call the engine, encode --------------------------------------------------
-    async def _infer(
-        self, name: str, version: int | str | None, req: InferRequest, receive: Receive
-    ) -> EncodedResponse:
-        engine = self.engine
-        try:
-            info = engine.model_info(name, version)
-        except InferlineError as e:
-            raise engine_error(e) from None
-        inputs = check_inputs(info, req)
-        out_types = {s.name: s.datatype for s in info.outputs}
-        if req.outputs is not None and out_types:
-            for o in req.outputs:
+    def _check(self, info: Any, header: InferHeader) -> None:
+        """Every declared input, shape, row count, priority and requested output against the
+        model, before any data is converted."""
+        rows = check_declared(info, header)
+        self.admission.check_rows(info.name, rows)
+        if header.priority is not None and header.priority > info.priority_levels:
+            raise HTTPError(
+                400,
+                f"parameter 'priority' is {header.priority}; model {info.name!r} has "
+                f"{info.priority_levels} priority level(s): give 1 (the highest) to "
+                f"{info.priority_levels}, or 0 for the default",
+            )
+        out_types = {s.name for s in info.outputs}
+        if header.outputs is not None and out_types:
+            for o in header.outputs:
                 if o.name not in out_types:
                     raise HTTPError(
                         400,
-                        f"model {name!r} has no output {o.name!r}; its outputs are "
+                        f"model {info.name!r} has no output {o.name!r}; its outputs are "
                         f"{sorted(out_types)}",
                     )
+
+    # -- 5.-6. call the engine, encode ------------------------------------------------------
+    async def _infer(
+        self, name: str, version: int | str | None, info: Any, req: InferRequest, receive: Receive
+    ) -> EncodedResponse:
+        engine = self.engine
+        inputs = req.inputs
+        out_types = {s.name: s.datatype for s in info.outputs}
         # Schedule-policy priority: 0 (or none) is the default level, 1 the highest, as in
         # Triton; the engine's levels count from 0, the highest and its default.
         priority = 0 if not req.priority else req.priority - 1
         timeout = req.timeout_s
         # Pin the version metadata named, so a swap between the two calls cannot mix them.
         pinned = version if version is not None else info.version
-        n_rows = next(iter(inputs.values())).shape[0]
-        if n_rows == 1:
-            # One item: engine.infer directly, which skips infer_batch's per-row tasks.
-            call = _infer_one(engine, name, info, inputs, pinned, priority, timeout)
-        else:
-            call = engine.infer_batch(
-                name, inputs, version=pinned, priority=priority, timeout=timeout
-            )
+        call = _call_engine(engine, info, inputs, pinned, priority, timeout)
         try:
             outputs = await _cancel_on_disconnect(call, receive, self.disconnect_check_delay)
         except InferlineError as e:
@@ -220,7 +296,88 @@ class InferRoute:
         )
 
 
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+class _Body:
+    """A request body read in pieces, no further than asked, within ``limit`` bytes.
+
+    A declared size (``Content-Length``) is reserved against the server's bound on body
+    bytes before anything is read; without one, each piece is reserved as it arrives.
+    :meth:`release` gives back what was reserved. A body of declared size is gathered into
+    one buffer of that size (no second copy when it comes in many pieces).
+    """
+
+    __slots__ = ("admission", "chunks", "declared", "done", "limit", "receive", "reserved", "size")
+
+    def __init__(self, receive: Receive, limit: int, admission: Admission) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.admission = admission
+        self.declared: int | None = None
+        self.reserved = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done = False
+
+    def declare(self, length: int) -> None:
+        self.hold(length)
+        self.declared = length
+
+    def hold(self, nbytes: int) -> None:
+        """Reserves ``nbytes`` more (503 past the server's bound)."""
+        self.admission.reserve_body(nbytes)
+        self.reserved += nbytes
+
+    def release(self) -> None:
+        self.admission.release_body(self.reserved)
+        self.reserved = 0
+
+    async def _next(self) -> bytes:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk: bytes = message.get("body", b"")
+        self.done = not message.get("more_body", False)
+        if chunk:
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise HTTPError(413, f"request body is larger than the limit of {self.limit} bytes")
+            if self.declared is None:
+                self.hold(len(chunk))
+        return chunk
+
+    async def read_prefix(self, n: int) -> bytes:
+        """The first ``n`` bytes (400 when the body is shorter)."""
+        while self.size < n and not self.done:
+            self.chunks.append(await self._next())
+        if self.size < n:
+            raise HTTPError(400, f"the body ends after {self.size} bytes, inside its JSON header")
+        if len(self.chunks) > 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0][:n]
+
+    async def read_all(self) -> bytes | bytearray:
+        """The whole body."""
+        if self.declared is not None and not self.done:
+            buf = bytearray(self.declared)
+            pos = 0
+            for c in self.chunks:
+                buf[pos : pos + len(c)] = c
+                pos += len(c)
+            self.chunks = []
+            while not self.done:
+                c = await self._next()
+                if pos + len(c) > self.declared:
+                    raise HTTPError(400, "the body is longer than its Content-Length")
+                buf[pos : pos + len(c)] = c
+                pos += len(c)
+            if pos != self.declared:
+                raise HTTPError(400, "the body is shorter than its Content-Length")
+            return buf
+        while not self.done:
+            self.chunks.append(await self._next())
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
+def _decompress(body: bytes | bytearray, encoding: bytes, limit: int) -> bytes:
     """``body`` inflated (gzip or deflate), at most ``limit`` bytes of it."""
     if encoding == b"gzip":
         wbits = 16 + zlib.MAX_WBITS
@@ -244,10 +401,11 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     return out
 
 
-def check_inputs(info: Any, req: InferRequest) -> dict[str, np.ndarray]:
-    """Inputs checked against the model's signature, with a leading batch dimension N >= 1."""
+def check_declared(info: Any, header: InferHeader) -> int:
+    """The declared inputs checked against the model's signature (names, datatypes, shapes
+    with a leading batch dimension N >= 1); returns N. Nothing is converted."""
     specs = {s.name: s for s in info.inputs}
-    got = set(req.inputs)
+    got = {d.name for d in header.inputs}
     if got != set(specs):
         missing = sorted(set(specs) - got)
         extra = sorted(got - set(specs))
@@ -257,53 +415,65 @@ def check_inputs(info: Any, req: InferRequest) -> dict[str, np.ndarray]:
             f"unexpected {extra}",
         )
     n: int | None = None
-    for name, arr in req.inputs.items():
-        spec = specs[name]
-        given = req.datatypes[name]
-        if given != spec.datatype:
+    for d in header.inputs:
+        spec = specs[d.name]
+        if d.datatype != spec.datatype:
             raise HTTPError(
                 400,
-                f"input {name!r} has datatype {given}; model {info.name!r} expects {spec.datatype}",
+                f"input {d.name!r} has datatype {d.datatype}; model {info.name!r} expects "
+                f"{spec.datatype}",
             )
         want = [-1, *spec.shape]
-        if arr.ndim != len(want) or tuple(arr.shape[1:]) != tuple(spec.shape):
+        if len(d.shape) != len(want) or tuple(d.shape[1:]) != tuple(spec.shape):
             raise HTTPError(
                 400,
-                f"input {name!r} has shape {list(arr.shape)}; model {info.name!r} expects "
+                f"input {d.name!r} has shape {list(d.shape)}; model {info.name!r} expects "
                 f"{want} (-1: the batch dimension)",
             )
         if n is None:
-            n = arr.shape[0]
-        elif arr.shape[0] != n:
+            n = d.shape[0]
+        elif d.shape[0] != n:
             raise HTTPError(
                 400,
-                f"inputs disagree on the batch dimension: {name!r} has {arr.shape[0]}, others {n}",
+                f"inputs disagree on the batch dimension: {d.name!r} has {d.shape[0]}, others {n}",
             )
-    if n == 0:
+    if not n:
         raise HTTPError(400, "the batch dimension is 0: nothing to infer")
-    return req.inputs
+    return n
 
 
-async def _infer_one(
+async def _call_engine(
     engine: Any,
-    name: str,
     info: Any,
     inputs: dict[str, np.ndarray],
     version: int | str,
     priority: int,
     timeout: float | None,
 ) -> dict[str, np.ndarray]:
-    """``infer_batch`` for a batch of one, through ``engine.infer``: the same answer with
-    the leading dimension of 1 put back, without a task per row."""
-    if len(inputs) == 1:
-        item: Any = next(iter(inputs.values()))[0]
-    else:
-        item = {k: a[0] for k, a in inputs.items()}
-    out = await engine.infer(name, item, version=version, priority=priority, timeout=timeout)
+    """The whole request in one engine call (so its rows are admitted together), its
+    answer as a dict by output name with the leading batch dimension.
+
+    One row goes through ``engine.infer`` (the same answer for less work, with the leading
+    dimension of 1 put back); more through ``engine.infer_batch``, which answers an array
+    for a one-output model, or a dict."""
+    kw = {"version": version, "priority": priority, "timeout": timeout}
+    if next(iter(inputs.values())).shape[0] == 1:
+        if len(inputs) == 1:
+            item: Any = next(iter(inputs.values()))[0]
+        else:
+            item = {k: a[0] for k, a in inputs.items()}
+        one = await engine.infer(info.name, item, **kw)
+        if isinstance(one, dict):
+            return {k: np.asarray(v)[None] for k, v in one.items()}
+        return {_first_output(info): np.asarray(one)[None]}
+    out = await engine.infer_batch(info.name, inputs, **kw)
     if isinstance(out, dict):
-        return {k: np.asarray(v)[None] for k, v in out.items()}
-    out_name = info.outputs[0].name if info.outputs else "output"
-    return {out_name: np.asarray(out)[None]}
+        return out
+    return {_first_output(info): np.asarray(out)}
+
+
+def _first_output(info: Any) -> str:
+    return info.outputs[0].name if info.outputs else "output"
 
 
 async def _cancel_on_disconnect(call: Awaitable[Any], receive: Receive, delay: float) -> Any:

@@ -36,10 +36,15 @@ from .errors import ProtocolError
 
 __all__ = [
     "INFERENCE_HEADER",
+    "MAX_TIMEOUT_US",
+    "DeclaredInput",
+    "InferHeader",
     "InferRequest",
     "ProtocolError",
     "RequestedOutput",
+    "check_json_length",
     "parse_header_length",
+    "parse_infer_header",
     "parse_infer_request",
 ]
 
@@ -51,6 +56,10 @@ INFERENCE_HEADER = "Inference-Header-Content-Length"
 # range; this keeps such shapes a clean 400. 2**40 elements is far more than any body holds.
 _MAX_NONZERO_PRODUCT = 1 << 40
 _MAX_DIM = (1 << 63) - 1
+
+#: Largest ``timeout`` parameter (microseconds): one day. Larger values are refused with 400
+#: rather than passed on as deadlines no clock arithmetic should have to carry.
+MAX_TIMEOUT_US = 86_400 * 1_000_000
 
 _INT_TYPES = frozenset(("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"))
 _FLOAT_MAX = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32")}
@@ -344,6 +353,76 @@ _UNSUPPORTED_TENSOR_PARAMS = (
 )
 
 
+@dataclass(frozen=True)
+class DeclaredInput:
+    """One input as the request's JSON declares it, before any of its data is converted.
+
+    ``binary`` is the ``(offset, size)`` of its binary data after the JSON header, or
+    ``None`` when ``data`` (the JSON value, not yet looked at) carries it.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    count: int
+    data: Any = None
+    binary: tuple[int, int] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"input '{_short(self.name, 80)}'"
+
+
+@dataclass
+class InferHeader:
+    """A request's JSON part, checked, with its tensors declared but not converted.
+
+    Everything the server checks against the model (names, datatypes, shapes, rows) is here,
+    so a request that will be refused is refused before any per-element work;
+    :meth:`tensors` then converts the data.
+    """
+
+    id: str | None
+    inputs: list[DeclaredInput]
+    outputs: list[RequestedOutput] | None
+    binary_data_output: bool
+    priority: int | None
+    timeout_us: int | None
+    parameters: dict[str, Any]
+    binary_bytes: int  # total binary_data_size of the inputs
+
+    def tensors(self, tail: bytes | bytearray | memoryview = b"") -> InferRequest:
+        """The request with its arrays: JSON data converted, binary data viewed in ``tail``
+        (the bytes after the JSON header), which must hold exactly the declared binary data.
+        Raises :class:`ProtocolError`."""
+        mv = memoryview(tail).cast("B")
+        if len(mv) != self.binary_bytes:
+            raise _bad(
+                f"the body has {len(mv)} bytes after the JSON header but the inputs' "
+                f"binary_data_size add up to {self.binary_bytes}"
+            )
+        inputs: dict[str, np.ndarray] = {}
+        datatypes: dict[str, str] = {}
+        for d in self.inputs:
+            if d.binary is not None:
+                off, size = d.binary
+                arr = _binary_tensor(mv[off : off + size], d.datatype, d.shape, d.count, d.where)
+            else:
+                arr = _json_tensor(d.data, d.datatype, d.shape, d.count, d.where)
+            inputs[d.name] = arr
+            datatypes[d.name] = d.datatype
+        return InferRequest(
+            id=self.id,
+            inputs=inputs,
+            datatypes=datatypes,
+            outputs=self.outputs,
+            binary_data_output=self.binary_data_output,
+            priority=self.priority,
+            timeout_us=self.timeout_us,
+            parameters=self.parameters,
+        )
+
+
 def parse_infer_request(
     body: bytes | bytearray | memoryview,
     header_length: str | bytes | int | None = None,
@@ -356,21 +435,42 @@ def parse_infer_request(
     ``None`` when the whole body is JSON. ``max_json_bytes`` bounds the JSON part (parsing
     JSON costs about ten times its size in memory; binary data costs its size): a larger JSON
     part is refused with 413. Raises :class:`ProtocolError` for anything malformed.
+
+    The same as :func:`parse_infer_header` followed by :meth:`InferHeader.tensors`; the
+    server calls the two apart, to check the declared sizes against the model in between.
     """
     mv = memoryview(body).cast("B")
     if isinstance(header_length, int) and not isinstance(header_length, bool):
         header_length = str(header_length)
     hl = parse_header_length(header_length, len(mv))  # type: ignore[arg-type]
     json_end = len(mv) if hl is None else hl
-    if max_json_bytes is not None and json_end > max_json_bytes:
+    check_json_length(json_end, max_json_bytes)
+    text = body if hl is None and isinstance(body, bytes) else bytes(mv[:json_end])
+    binary = None if hl is None else len(mv) - hl
+    return parse_infer_header(text, binary_length=binary).tensors(mv[json_end:])
+
+
+def check_json_length(length: int, max_json_bytes: int | None) -> None:
+    """413 when the JSON part of a request is longer than ``max_json_bytes``."""
+    if max_json_bytes is not None and length > max_json_bytes:
         raise ProtocolError(
             413,
-            f"the JSON part of the request is {json_end} bytes; the limit is {max_json_bytes} "
+            f"the JSON part of the request is {length} bytes; the limit is {max_json_bytes} "
             "(send large tensors as binary data)",
         )
-    text = body if hl is None and isinstance(body, bytes) else bytes(mv[:json_end])
+
+
+def parse_infer_header(
+    text: bytes | bytearray | memoryview, *, binary_length: int | None
+) -> InferHeader:
+    """Parse and check a request's JSON part without converting any tensor data.
+
+    ``binary_length`` is the number of bytes that follow the JSON (the binary tensor data),
+    or ``None`` when the request has no ``Inference-Header-Content-Length`` (all JSON).
+    Raises :class:`ProtocolError`.
+    """
     try:
-        doc = loads(text)
+        doc = loads(bytes(text) if not isinstance(text, bytes) else text)
     except RecursionError:
         raise _bad("request JSON is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
@@ -385,16 +485,20 @@ def parse_infer_request(
     params = _parameters(doc, "request")
     priority = _uint_param(params, "priority", "request")
     timeout_us = _uint_param(params, "timeout", "request")
+    if timeout_us is not None and timeout_us > MAX_TIMEOUT_US:
+        raise _bad(
+            f"request: parameter 'timeout' is {timeout_us} microseconds; at most "
+            f"{MAX_TIMEOUT_US} (one day) is allowed, and 0 means no timeout"
+        )
     binary_out = _bool_param(params, "binary_data_output", "request") or False
 
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _bad("'inputs' must be a non-empty array of input tensors")
 
-    tail = mv[json_end:]
     offset = 0
-    inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
+    declared: list[DeclaredInput] = []
+    seen_inputs: set[str] = set()
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict):
             raise _bad(f"input {i}: must be a JSON object, got {_jtype(raw)}")
@@ -402,8 +506,9 @@ def parse_infer_request(
         if not isinstance(name, str) or not name:
             raise _bad(f"input {i}: 'name' must be a non-empty string")
         where = f"input '{_short(name, 80)}'"
-        if name in inputs:
+        if name in seen_inputs:
             raise _bad(f"{where} is given more than once")
+        seen_inputs.add(name)
         datatype = raw.get("datatype")
         if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise _bad(
@@ -421,26 +526,31 @@ def parse_infer_request(
         if size is not None:
             if "data" in raw:
                 raise _bad(f"{where}: give either 'data' or 'binary_data_size', not both")
-            if hl is None:
+            if binary_length is None:
                 raise _bad(
                     f"{where} has binary_data_size but the request has no {INFERENCE_HEADER} header"
                 )
-            if offset + size > len(tail):
+            if offset + size > binary_length:
                 raise _bad(
                     f"{where}: binary_data_size {size} runs past the end of the body "
-                    f"({len(tail) - offset} bytes of binary data remain)"
+                    f"({binary_length - offset} bytes of binary data remain)"
                 )
-            arr = _binary_tensor(tail[offset : offset + size], datatype, shape, count, where)
+            if datatype != "BYTES" and size != count * WIRE_DTYPES[datatype].itemsize:
+                raise _bad(
+                    f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of "
+                    f"{datatype} needs {count * WIRE_DTYPES[datatype].itemsize}"
+                )
+            declared.append(DeclaredInput(name, datatype, shape, count, binary=(offset, size)))
             offset += size
         else:
             if "data" not in raw:
                 raise _bad(f"{where}: 'data' is missing (or give binary_data_size)")
-            arr = _json_tensor(raw["data"], datatype, shape, count, where)
-        inputs[name] = arr
-        datatypes[name] = datatype
-    if offset != len(tail):
+            if not isinstance(raw["data"], list):
+                raise _bad(f"{where}: 'data' must be an array, got {_jtype(raw['data'])}")
+            declared.append(DeclaredInput(name, datatype, shape, count, data=raw["data"]))
+    if binary_length is not None and offset != binary_length:
         raise _bad(
-            f"the body has {len(tail)} bytes after the JSON header but the inputs' "
+            f"the body has {binary_length} bytes after the JSON header but the inputs' "
             f"binary_data_size add up to {offset}"
         )
 
@@ -471,15 +581,15 @@ def parse_infer_request(
                 RequestedOutput(name, _bool_param(oparams, "binary_data", where), oparams)
             )
 
-    return InferRequest(
+    return InferHeader(
         id=request_id,
-        inputs=inputs,
-        datatypes=datatypes,
+        inputs=declared,
         outputs=outputs,
         binary_data_output=binary_out,
         priority=priority,
         timeout_us=timeout_us,
         parameters=params,
+        binary_bytes=offset,
     )
 
 

@@ -1,0 +1,134 @@
+"""Admission at the door: bounds that refuse work before the server spends anything on it.
+
+Three bounds, each checked before the work it protects:
+
+* **requests in the server** (``max_in_flight``): beyond it a request is answered 503 with
+  ``Retry-After`` before its body is read, so overload is shed at once instead of waiting in
+  sockets. By default it follows the served models: the sum over model versions of their
+  queue bound plus one batch (what the engines can hold), at least :data:`MIN_IN_FLIGHT`.
+* **bytes of request bodies held at once** (``max_body_bytes_in_flight``): a request declares
+  its body's size (``Content-Length``), which is reserved before reading; bodies sent without
+  one reserve as they arrive. Beyond the bound: 503 with ``Retry-After``.
+* **rows per request** (``max_rows_per_request``): checked against the request's declared
+  shapes before any data is converted; 413 naming the limit.
+
+Only the event loop's thread uses an :class:`Admission`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .errors import HTTPError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES_IN_FLIGHT",
+    "DEFAULT_MAX_ROWS_PER_REQUEST",
+    "MIN_IN_FLIGHT",
+    "Admission",
+    "derived_max_in_flight",
+]
+
+#: Rows one request may carry: far more than a batch, far less than a stall.
+DEFAULT_MAX_ROWS_PER_REQUEST = 65_536
+#: Bytes of request bodies the server holds at once by default.
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 << 20
+#: Floor of the derived in-flight bound (an engine with no model yet still answers).
+MIN_IN_FLIGHT = 64
+# How often (seconds) the derived in-flight bound is recomputed from the engine's models.
+_REFRESH_S = 1.0
+
+
+def derived_max_in_flight(engine: Any) -> int:
+    """What the engine's model versions can hold at once: their queue bounds plus one batch
+    each, at least :data:`MIN_IN_FLIGHT`."""
+    total = sum(v.max_queue_size + v.max_batch_size for v in engine.live_versions())
+    return max(MIN_IN_FLIGHT, int(total))
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+class Admission:
+    """The server's counters of requests and body bytes in flight, with their bounds.
+
+    ``max_in_flight=None`` derives the bound from the engine's models (recomputed at most
+    once a second, so models loaded later count).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        max_in_flight: int | None,
+        max_body_bytes_in_flight: int,
+        max_rows_per_request: int,
+    ) -> None:
+        _positive("max_in_flight", max_in_flight)
+        _positive("max_body_bytes_in_flight", max_body_bytes_in_flight)
+        _positive("max_rows_per_request", max_rows_per_request)
+        self.engine = engine
+        self.fixed_max_in_flight = max_in_flight
+        self.max_body_bytes_in_flight = max_body_bytes_in_flight
+        self.max_rows_per_request = max_rows_per_request
+        self.in_flight = 0
+        self.body_bytes = 0
+        self._derived = MIN_IN_FLIGHT
+        self._derived_at = -_REFRESH_S
+
+    @property
+    def max_in_flight(self) -> int:
+        if self.fixed_max_in_flight is not None:
+            return self.fixed_max_in_flight
+        now = time.monotonic()
+        if now - self._derived_at >= _REFRESH_S:
+            self._derived = derived_max_in_flight(self.engine)
+            self._derived_at = now
+        return self._derived
+
+    def enter(self) -> None:
+        """Counts a request in, or raises 503 when the server holds its bound already."""
+        limit = self.max_in_flight
+        if self.in_flight >= limit:
+            raise HTTPError(
+                503,
+                f"the server is handling {self.in_flight} requests, its limit "
+                f"(max_in_flight = {limit}); retry later",
+                retry_after=True,
+                outcome="overloaded",
+            )
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def reserve_body(self, nbytes: int) -> None:
+        """Reserves ``nbytes`` of body, or raises 503 when bodies held would pass the bound.
+        The caller releases what it reserved with :meth:`release_body`."""
+        limit = self.max_body_bytes_in_flight
+        if self.body_bytes + nbytes > limit:
+            raise HTTPError(
+                503,
+                f"the server holds {self.body_bytes} bytes of request bodies and this one "
+                f"needs {nbytes} more; the limit is {limit} (max_body_bytes_in_flight); "
+                "retry later",
+                retry_after=True,
+                outcome="body_bytes",
+            )
+        self.body_bytes += nbytes
+
+    def release_body(self, nbytes: int) -> None:
+        self.body_bytes -= nbytes
+
+    def check_rows(self, model: str, rows: int) -> None:
+        """413 when a request's rows pass ``max_rows_per_request``."""
+        if rows > self.max_rows_per_request:
+            raise HTTPError(
+                413,
+                f"the request has {rows} rows for model {model!r}; the limit is "
+                f"{self.max_rows_per_request} rows per request (max_rows_per_request): "
+                "split it",
+            )
