@@ -32,7 +32,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loadgen import limit_blas_threads
+from loadgen import BatchCounter, drive, limit_blas_threads
 
 if __name__ == "__main__":  # before numpy loads: OpenBLAS reads its thread count once
     limit_blas_threads(sys.argv)
@@ -55,6 +55,7 @@ from inferline.backends.native import native_model
 
 DIM = 128
 BATCH_ROWS = 1024
+REFUSALS = (inferline.QueueFullError,)  # latency_target refuses what cannot make its target
 
 
 def make_model() -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
@@ -97,71 +98,16 @@ def compute_time_us(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n: in
     return statistics.median(times) * 1e6
 
 
-class Counter:
-    """Batches and items a contender computed: read before and after a point."""
-
-    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
-        self.read = read
-
-
-async def drive(
-    infer: Callable[[Any], Awaitable[Any]],
-    inputs: list[np.ndarray],
-    concurrency: int,
-    seconds: float,
-    counter: Counter,
-) -> dict[str, float]:
-    """``concurrency`` closed-loop clients for ``seconds``: req/s, p50/p99 (ms), mean batch,
-    loop busy share, and refusals (QueueFullError, counted apart from the latencies)."""
-    latencies: list[float] = []
-    refused = [0]
-    stop_at = time.perf_counter() + seconds
-    n_inputs = len(inputs)
-    perf = time.perf_counter
-
-    async def client(k: int) -> None:
-        i = k
-        record = latencies.append
-        while perf() < stop_at:
-            t0 = perf()
-            try:
-                await infer(inputs[i % n_inputs])
-            except inferline.QueueFullError:
-                refused[0] += 1
-                await asyncio.sleep(0.0005)  # a refused caller backs off, as a client would
-                continue
-            record(perf() - t0)
-            i += 1
-
-    b0, n0 = counter.read()
-    cpu0 = time.thread_time()
-    t0 = perf()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    wall = perf() - t0
-    cpu = time.thread_time() - cpu0
-    b1, n1 = counter.read()
-    lat = np.array(latencies) * 1e3
-    return {
-        "rps": len(latencies) / wall,
-        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-        "batch": (n1 - n0) / max(1, b1 - b0),
-        "busy": cpu / wall,
-        "refused": float(refused[0]),
-        "cpu_us": cpu / max(1, len(latencies)) * 1e6,
-    }
-
-
-def _engine_counter(engine: inferline.Engine, name: str) -> Counter:
+def _engine_counter(engine: inferline.Engine, name: str) -> BatchCounter:
     def read() -> tuple[int, int]:
         s = engine.stats(name)
         return int(s["batches"]), int(s["items_computed"])
 
-    return Counter(read)
+    return read
 
 
-def _own_counter(obj: HandBatcher | FutureCeiling) -> Counter:
-    return Counter(lambda: (obj.batches, obj.items))
+def _own_counter(obj: HandBatcher | FutureCeiling) -> BatchCounter:
+    return lambda: (obj.batches, obj.items)
 
 
 def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -213,7 +159,7 @@ async def run_loop(args: argparse.Namespace) -> dict[str, Any]:
 
         return call
 
-    contenders: dict[str, tuple[Callable[[Any], Awaitable[Any]], Counter]] = {
+    contenders: dict[str, tuple[Callable[[Any], Awaitable[Any]], BatchCounter]] = {
         name: (via_engine(name), _engine_counter(engine, name))
         for name in models
         if name != "identity"
@@ -221,7 +167,7 @@ async def run_loop(args: argparse.Namespace) -> dict[str, Any]:
     contenders["hand-inline"] = (inline.infer, _own_counter(inline))
     contenders["hand-executor"] = (executor.infer, _own_counter(executor))
     top = max(args.concurrency)
-    ident: dict[str, tuple[Callable[[Any], Awaitable[Any]], Counter]] = {
+    ident: dict[str, tuple[Callable[[Any], Awaitable[Any]], BatchCounter]] = {
         "identity": (via_engine("identity"), _engine_counter(engine, "identity")),
         "future-ceiling": (ceiling.infer, _own_counter(ceiling)),
     }
@@ -229,7 +175,7 @@ async def run_loop(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for c in args.concurrency:  # warm every contender at every level, unmeasured
             for f, counter in (*contenders.values(), *ident.values()):
-                await drive(f, inputs, c, args.warmup, counter)
+                await drive(f, inputs, c, args.warmup, counter, REFUSALS)
         names = list(contenders)
         for rep in range(args.repeat):
             order = names[rep % len(names) :] + names[: rep % len(names)]
@@ -237,12 +183,12 @@ async def run_loop(args: argparse.Namespace) -> dict[str, Any]:
                 for name in order:
                     f, counter = contenders[name]
                     samples.setdefault((c, name), []).append(
-                        await drive(f, inputs, c, args.seconds, counter)
+                        await drive(f, inputs, c, args.seconds, counter, REFUSALS)
                     )
             for name in list(ident) if rep % 2 == 0 else list(ident)[::-1]:
                 f, counter = ident[name]
                 samples.setdefault((top, name), []).append(
-                    await drive(f, inputs, top, args.seconds, counter)
+                    await drive(f, inputs, top, args.seconds, counter, REFUSALS)
                 )
         rows = await _batch_cpu(engine, args.repeat)
     finally:
