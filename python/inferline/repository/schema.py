@@ -155,14 +155,22 @@ class InputTable(Table):
     name: NonEmptyStr = Field(description="the tensor's name")
     datatype: Datatype = Field(description=f"one of {', '.join(DATATYPES)}")
     shape: Shape = Field(description="a list of positive integers (per item, [] for one scalar)")
-    finite: Bool = False
+    finite: Bool = Field(
+        default=False,
+        description="inputs: refuse a request holding NaN or Inf (InvalidInput, HTTP 400); "
+        "outputs: fail the batch that produces one (ModelError)",
+    )
 
     def spec(self, *, finite: bool = False) -> TensorSpec:
         return TensorSpec(self.name, self.datatype, tuple(self.shape), self.finite or finite)
 
 
 class OutputTable(InputTable):
-    probabilities: Bool = False
+    probabilities: Bool = Field(
+        default=False,
+        description="each row (last axis) must sum to 1 within "
+        "[output_checks] probabilities_tolerance, else the batch fails (ModelError)",
+    )
 
     @model_validator(mode="after")
     def check_float(self) -> OutputTable:
@@ -177,15 +185,52 @@ class OutputTable(InputTable):
 class BatchingTable(Table):
     """Upper bounds are the engine's (LIMITS), checked here so errors name the file."""
 
-    max_batch_size: BatchSize | None = None
-    max_queue_delay_ms: Milliseconds | None = None
-    max_queue_size: QueueSize | None = None
-    priority_levels: PriorityLevels | None = None
-    idle_spin_us: Microseconds | None = None
-    max_queue_bytes: PositiveInt | None = None
-    max_item_bytes: PositiveInt | None = None
-    policy: NonEmptyStr | None = None
-    max_latency_ms: PositiveNumber | None = None
+    max_batch_size: BatchSize | None = Field(
+        default=None, description="the most items in one batch, that is in one model call"
+    )
+    max_queue_delay_ms: Milliseconds | None = Field(
+        default=None,
+        description="fixed_window only: how long the oldest item of a batch waits for company "
+        "before the batch leaves",
+    )
+    max_queue_size: QueueSize | None = Field(
+        default=None,
+        description="the most items waiting, all priority lanes together; one more is refused "
+        "at once (QueueFullError, HTTP 503 with Retry-After)",
+    )
+    priority_levels: PriorityLevels | None = Field(
+        default=None,
+        description="priority lanes, served in order: in Python priority=0 is served first; "
+        "over HTTP the priority parameter follows Triton (1 is the highest, 0 the default)",
+    )
+    idle_spin_us: Microseconds | None = Field(
+        default=None,
+        description="how long an idle worker spins before it sleeps: CPU traded for the "
+        "latency of a lone request",
+    )
+    max_queue_bytes: PositiveInt | None = Field(
+        default=None,
+        description="bytes of input that may wait, checked at admission as a tighter "
+        "max_queue_size; left out: no byte bound",
+    )
+    max_item_bytes: PositiveInt | None = Field(
+        default=None,
+        description="bytes of one request's input; a larger request is refused at admission; "
+        "left out: no bound",
+    )
+    policy: NonEmptyStr | None = Field(
+        default=None,
+        description='when a batch leaves: "work_conserving" (an idle instance takes what is '
+        'queued at once), "fixed_window" (a batch waits up to max_queue_delay_ms to fill) or '
+        '"latency_target" (a batch is held open only while its oldest request can still '
+        'meet max_latency_ms); left out: "latency_target" when max_latency_ms is set, else '
+        '"work_conserving"',
+    )
+    max_latency_ms: PositiveNumber | None = Field(
+        default=None,
+        description="latency_target: the target from arrival to computed, per request; a "
+        "request that could not make it is refused at once (QueueFullError); left out: no target",
+    )
 
     @model_validator(mode="after")
     def check_item_fits_queue(self) -> BatchingTable:
@@ -210,13 +255,25 @@ class BatchingTable(Table):
 
 
 class WarmupTable(Table):
-    batch_sizes: Annotated[PositiveInts, expect("a list of positive integers")] | None = None
+    batch_sizes: Annotated[PositiveInts, expect("a list of positive integers")] | None = Field(
+        default=None,
+        description="batch sizes run before the version is ready, each at most max_batch_size; "
+        "left out: the powers of two below max_batch_size, and max_batch_size itself",
+    )
     inputs: Annotated[
         Literal["zeros", "random", "sample"], one_of(("zeros", "random", "sample"))
-    ] = "zeros"
-    sample: RelativePath | None = None
-    seed: NonNegativeInt = 0
-    repeats: PositiveInt = 1
+    ] = Field(
+        default="zeros",
+        description="what the warm-up batches hold: zeros, seeded random values, or the rows of "
+        "a sample file",
+    )
+    sample: RelativePath | None = Field(
+        default=None,
+        description='with inputs = "sample": a .npz in each version folder holding one array '
+        "per input name (one item, or [N, *shape] rows, cycled)",
+    )
+    seed: NonNegativeInt = Field(default=0, description='seed of the values when inputs = "random"')
+    repeats: PositiveInt = Field(default=1, description="model calls per warm-up batch size")
 
     @model_validator(mode="after")
     def check_sample(self) -> WarmupTable:
@@ -250,15 +307,27 @@ class VersionsTable(Table):
     default: Annotated[
         Annotated[int, Field(ge=1)] | Literal["latest"],
         expect('"latest" or a version number'),
-    ] = "latest"
+    ] = Field(
+        default="latest",
+        description='the version a request that names none gets: "latest" (the highest '
+        "version folder) or a version number",
+    )
     aliases: Annotated[
         dict[AliasName, VersionNumber],
         expect("a table of alias = version"),
-    ] = Field(default_factory=dict)
+    ] = Field(
+        default_factory=dict,
+        description="names for versions, usable wherever a version number is (HTTP "
+        "model_version too), e.g. { stable = 1, canary = 2 }",
+    )
     load: (
         Annotated[Literal["all"] | PositiveInts, expect('"all" or a list of version numbers')]
         | None
-    ) = None
+    ) = Field(
+        default=None,
+        description='versions to load: "all" or a list of numbers; left out: the default '
+        "version and every alias target",
+    )
 
     @model_validator(mode="after")
     def check_versions_exist(self, info: ValidationInfo) -> VersionsTable:
@@ -292,7 +361,11 @@ class ArtifactsTable(Table):
             Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$"), expect("64 hexadecimal digits")],
         ],
         expect('a table of "<version>/<file>" = "<hex digest>"'),
-    ] = Field(default_factory=dict)
+    ] = Field(
+        default_factory=dict,
+        description="sha256 of files in version folders, checked before the version loads; a "
+        "version whose file is missing or differs fails to load, naming the file",
+    )
 
     @model_validator(mode="after")
     def check_versions_exist(self, info: ValidationInfo) -> ArtifactsTable:
@@ -313,20 +386,39 @@ class ArtifactsTable(Table):
 
 
 class OnnxTable(Table):
-    file: RelativePath = OnnxConfig.file
-    intra_op_threads: PositiveInt | None = None
-    inter_op_threads: PositiveInt | None = None
+    file: RelativePath = Field(
+        default=OnnxConfig.file, description="the graph's file name in each version folder"
+    )
+    intra_op_threads: PositiveInt | None = Field(
+        default=None,
+        description="ONNX Runtime threads within one operator; left out: onnxruntime's default "
+        "(one per physical core)",
+    )
+    inter_op_threads: PositiveInt | None = Field(
+        default=None,
+        description="ONNX Runtime threads across operators; left out: onnxruntime's default",
+    )
 
     def config(self) -> OnnxConfig:
         return OnnxConfig(**self.model_dump())
 
 
 class PythonTable(Table):
-    allow_code: Bool = False
-    file: RelativePath = PythonConfig.file
+    allow_code: Bool = Field(
+        default=False,
+        description='must be true for backend = "python": model.py is code and runs inside '
+        "the server process",
+    )
+    file: RelativePath = Field(
+        default=PythonConfig.file, description="the Python file in each version folder (a .py file)"
+    )
     entry: Annotated[
         str, Field(pattern="^[A-Za-z_][A-Za-z0-9_]*$"), expect("a Python function name")
-    ] = PythonConfig.entry
+    ] = Field(
+        default=PythonConfig.entry,
+        description="the batch function in that file: it receives a [B, *shape] array (a dict "
+        "name -> array for several inputs) and returns the outputs in the same form",
+    )
 
     @model_validator(mode="after")
     def check_file(self) -> PythonTable:
@@ -339,20 +431,36 @@ class PythonTable(Table):
 
 
 class CacheTable(Table):
-    enabled: Bool = True  # the table's presence turns the cache on
-    max_entries: PositiveInt = CacheConfig.max_entries
-    max_bytes: PositiveInt = CacheConfig.max_bytes
+    enabled: Bool = Field(
+        default=True, description="false turns the cache off; the table's presence turns it on"
+    )
+    max_entries: PositiveInt = Field(
+        default=CacheConfig.max_entries,
+        description="results kept; the least recently used goes first",
+    )
+    max_bytes: PositiveInt = Field(
+        default=CacheConfig.max_bytes,
+        description="bytes of results kept (outputs and keys together)",
+    )
 
     def config(self) -> CacheConfig:
         return CacheConfig(**self.model_dump())
 
 
 class OutputChecksTable(Table):
-    finite: Bool = False
+    finite: Bool = Field(
+        default=False, description="every output must be finite (as finite = true on each output)"
+    )
     probabilities: Annotated[
         list[Annotated[str, Field(min_length=1)]], expect("a list of output names")
-    ] = Field(default_factory=list)
-    probabilities_tolerance: PositiveNumber = OutputChecks.probabilities_tolerance
+    ] = Field(
+        default_factory=list,
+        description="outputs whose rows must sum to 1 (as probabilities = true on them)",
+    )
+    probabilities_tolerance: PositiveNumber = Field(
+        default=OutputChecks.probabilities_tolerance,
+        description="how far from 1 a row's sum may be before the batch fails",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,14 +493,35 @@ class NativeOp(Table):
     """One op: which keys it takes depends on ``op`` (see OPS)."""
 
     op: Annotated[str, one_of(tuple(OPS))] = Field(description=f"one of {quoted(OPS)}")
-    weight: NonEmptyStr | None = None
-    bias: NonEmptyStr | None = None
-    activation: Annotated[str, one_of(tuple(ACTIVATIONS))] | None = None
-    layout: str | None = None
-    eps: PositiveNumber | None = None
-    k: PositiveInt | None = None
-    mean: Numbers | None = None
-    std: Numbers | None = None
+    weight: NonEmptyStr | None = Field(
+        default=None, description="a tensor name in the weights file (layer_norm: the scale, gamma)"
+    )
+    bias: NonEmptyStr | None = Field(
+        default=None, description="a tensor name in the weights file (layer_norm: the shift, beta)"
+    )
+    activation: Annotated[str, one_of(tuple(ACTIVATIONS))] | None = Field(
+        default=None, description="the function applied (linear: fused after the matrix product)"
+    )
+    layout: str | None = Field(
+        default=None,
+        description=f'linear: the weight\'s layout, one of {quoted(LAYOUTS)} (default "out_in", '
+        f'PyTorch\'s [out, in]); image_to_float: one of {quoted(IMAGE_LAYOUTS)} (default "nchw")',
+    )
+    eps: PositiveNumber | None = Field(
+        default=None,
+        description="added for numerical stability (default: layer_norm 1e-5, l2_normalize 1e-12)",
+    )
+    k: PositiveInt | None = Field(
+        default=None,
+        description="topk: how many of the largest values (and their indices) to return",
+    )
+    mean: Numbers | None = Field(
+        default=None, description="image_to_float: one mean per channel, on the [0, 1] scale"
+    )
+    std: Numbers | None = Field(
+        default=None,
+        description="image_to_float: one non-zero std per channel, on the [0, 1] scale",
+    )
 
     @classmethod
     def allowed_keys(cls, data: dict[str, Any]) -> Sequence[str]:
@@ -422,10 +551,22 @@ class NativeOp(Table):
 
 
 class NativeTable(Table):
-    weights: RelativePath | None = None
-    device: NonEmptyStr = "cpu"
-    allow_cpu_fallback: Bool = False
-    blas_threads: NonNegativeInt = 0  # 0: leave the process's BLAS threads as they are
+    weights: RelativePath | None = Field(
+        default=None,
+        description="a .safetensors file in each version folder, memory-mapped once at load; "
+        "needed when an op names a weight or bias",
+    )
+    device: NonEmptyStr = Field(
+        default="cpu", description='where the ops run: "cpu", "cuda" or "cuda:N"'
+    )
+    allow_cpu_fallback: Bool = Field(
+        default=False,
+        description="with a cuda device but no CUDA build or no GPU: run on the CPU instead of "
+        "failing to load",
+    )
+    blas_threads: NonNegativeInt = Field(
+        default=0, description="OpenBLAS threads, process-wide; 0 leaves them as they are"
+    )
     ops: Annotated[
         list[NativeOp], Field(min_length=1), expect("a non-empty array of op tables")
     ] = Field(description="a non-empty array of op tables")
@@ -442,21 +583,57 @@ class ModelToml(Table):
 
     backend: Annotated[Backend, one_of(BACKENDS)] = Field(description=f"one of {quoted(BACKENDS)}")
     inputs: Annotated[list[InputTable], expect("an array of tables ([[inputs]])")] = Field(
-        default_factory=list
+        default_factory=list,
+        description="the model's inputs, per item (no batch dimension); required for the "
+        "python and native backends; for onnx read from the graph and checked against it",
     )
     outputs: Annotated[list[OutputTable], expect("an array of tables ([[outputs]])")] = Field(
-        default_factory=list
+        default_factory=list,
+        description="the model's outputs, per item; required and checked as for inputs",
     )
-    batching: BatchingTable = Field(default_factory=BatchingTable)
-    instances: Instances = DEFAULTS.instances
-    warmup: WarmupTable = Field(default_factory=WarmupTable)
-    versions: VersionsTable = Field(default_factory=VersionsTable)
-    artifacts: ArtifactsTable = Field(default_factory=ArtifactsTable)
-    onnx: OnnxTable | None = None
-    python: PythonTable | None = None
-    native: NativeTable | None = None
-    cache: CacheTable | None = None
-    output_checks: OutputChecksTable = Field(default_factory=OutputChecksTable)
+    batching: BatchingTable = Field(
+        default_factory=BatchingTable,
+        description="when a batch leaves, how large it grows and how much work may wait",
+    )
+    instances: Instances = Field(
+        default=DEFAULTS.instances,
+        description="worker threads serving each loaded version, each computing one batch "
+        "at a time",
+    )
+    warmup: WarmupTable = Field(
+        default_factory=WarmupTable,
+        description="batches run before a version is ready, so that no request pays for "
+        "first-call costs",
+    )
+    versions: VersionsTable = Field(
+        default_factory=VersionsTable,
+        description="which version folders load, which one serves by default, and aliases",
+    )
+    artifacts: ArtifactsTable = Field(
+        default_factory=ArtifactsTable,
+        description="checksums of the files in the version folders",
+    )
+    onnx: OnnxTable | None = Field(
+        default=None, description='ONNX Runtime options, only with backend = "onnx"'
+    )
+    python: PythonTable | None = Field(
+        default=None,
+        description='the model.py of each version folder, only with backend = "python", '
+        "which requires this table with allow_code = true",
+    )
+    native: NativeTable | None = Field(
+        default=None,
+        description='the kernel graph, only with backend = "native", which requires this table',
+    )
+    cache: CacheTable | None = Field(
+        default=None,
+        description="an LRU of results keyed by model, version and input bytes; left out: no cache",
+    )
+    output_checks: OutputChecksTable = Field(
+        default_factory=OutputChecksTable,
+        description="checks on every batch's outputs; a failed check fails that batch only "
+        "(ModelError)",
+    )
 
     @classmethod
     def check_raw(cls, data: dict[str, Any]) -> None:
