@@ -11,7 +11,7 @@ py="${PYTHON:-python3}"
 # ---- set-up ------------------------------------------------------------------------------
 # Debian packages the C++ tests build against. As root they are installed when missing;
 # otherwise the script stops with one line naming them.
-debs=(libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev ninja-build cmake)
+debs=(libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev ninja-build cmake curl)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${debs[@]}"; do
