@@ -15,7 +15,8 @@ import numpy as np
 
 from . import __version__, build_info
 from .engine import Batching, Engine
-from .server import serve_repository
+from .server import serve
+from .server.admission import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, DEFAULT_MAX_ROWS_PER_REQUEST
 from .types import TensorSpec
 
 __all__ = ["main"]
@@ -117,15 +118,24 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    return serve_repository(
+    engine = Engine.from_repository(
         args.repository,
-        host=args.host,
-        port=args.port,
         watch=args.watch,
         poll_interval=args.poll_interval,
-        max_body_bytes=args.max_body_mib * 1024 * 1024,
-        drain_timeout=args.drain_timeout,
+        allow_code=args.allow_code,
     )
+    serve(
+        engine,
+        args.host,
+        args.port,
+        drain_timeout=args.drain_timeout,
+        max_body_bytes=args.max_body_mib * 1024 * 1024,
+        max_body_bytes_in_flight=args.max_body_mib_in_flight * 1024 * 1024,
+        max_rows_per_request=args.max_rows_per_request,
+        max_in_flight=args.max_in_flight,
+        repository_api=args.repository_api,
+    )
+    return 0
 
 
 def _default_repository() -> str:
@@ -178,32 +188,63 @@ def main(argv: list[str] | None = None) -> int:
         help="BLAS threads while serving (default 1: batching feeds BLAS already)",
     )
 
-    serve = sub.add_parser(
+    serve_cmd = sub.add_parser(
         "serve",
         help="serve a model repository over HTTP (Open Inference Protocol v2)",
         formatter_class=fmt,
     )
-    serve.add_argument(
+    serve_cmd.add_argument(
         "repository",
         nargs="?",
         default=argparse.SUPPRESS,
         help="model repository folder (default: the bundled example repository)",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (0: any free one)")
-    serve.add_argument(
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port to bind (0: any free one)")
+    serve_cmd.add_argument(
         "--watch",
         action="store_true",
         help="poll the repository: load new versions, swap defaults, unload removed ones "
         "(edits to an already loaded model's model.toml are not picked up)",
     )
-    serve.add_argument(
+    serve_cmd.add_argument(
         "--poll-interval", type=float, default=5.0, help="seconds between --watch polls"
     )
-    serve.add_argument(
+    serve_cmd.add_argument(
         "--max-body-mib", type=int, default=64, help="largest request body accepted (MiB)"
     )
-    serve.add_argument(
+    serve_cmd.add_argument(
+        "--max-body-mib-in-flight",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES_IN_FLIGHT >> 20,
+        help="request bodies held at once (MiB); beyond it, 503 with Retry-After",
+    )
+    serve_cmd.add_argument(
+        "--max-rows-per-request",
+        type=int,
+        default=DEFAULT_MAX_ROWS_PER_REQUEST,
+        help="rows one inference request may carry; beyond it, 413",
+    )
+    serve_cmd.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="inference requests in the server at once; beyond it, 503 with Retry-After "
+        "before the body is read (None: the models' queue sizes plus one batch each)",
+    )
+    serve_cmd.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let models whose model.toml says [python] allow_code = true run their "
+        "model.py (code from the repository runs in this process); both keys are needed",
+    )
+    serve_cmd.add_argument(
+        "--no-repository-api",
+        dest="repository_api",
+        action="store_false",
+        help="turn off the repository load/unload routes (they answer 403)",
+    )
+    serve_cmd.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,

@@ -122,7 +122,7 @@ async def test_repository_loads_and_isolates_failures(tmp_path: Path) -> None:
     bad = repo / "badsum"
     shutil.copytree(repo / "scaler", bad)
     (bad / "1" / "model.py").write_text((bad / "1" / "model.py").read_text() + "\n# changed\n")
-    engine = inferline.Engine.from_repository(repo)
+    engine = inferline.Engine.from_repository(repo, allow_code=True)
     async with engine:
         names = {i.name for i in engine.models() if i.state == "ready"}
         assert {"classifier", "classifier_fixed", "scaler"} <= names
@@ -147,7 +147,7 @@ async def test_repository_loads_and_isolates_failures(tmp_path: Path) -> None:
 async def test_hot_swap_under_load_fails_nothing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_python_model(repo, "m", 1, 1.0)
-    engine = inferline.Engine.from_repository(repo)
+    engine = inferline.Engine.from_repository(repo, allow_code=True)
     answers: list[tuple[bool, float]] = []  # (sent after the swap completed, answer)
     failures: list[BaseException] = []
     swapped = [False]
@@ -192,7 +192,7 @@ async def test_hot_swap_under_load_fails_nothing(tmp_path: Path) -> None:
 async def test_failed_new_version_rolls_back(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_python_model(repo, "m", 1, 1.0)
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         write_python_model(
             repo, "m", 2, 0, body="def predict(x):\n    raise RuntimeError('bad weights')\n"
         )
@@ -214,7 +214,7 @@ async def test_watch_picks_up_new_versions_and_removed_models(tmp_path: Path) ->
     repo = tmp_path / "repo"
     write_python_model(repo, "m", 1, 1.0)
     write_python_model(repo, "gone", 1, 1.0)
-    engine = inferline.Engine.from_repository(repo, watch=True, poll_interval=0.05)
+    engine = inferline.Engine.from_repository(repo, watch=True, poll_interval=0.05, allow_code=True)
     async with engine:
         np.testing.assert_array_equal(await engine.infer("m", item(1)), item(1))
         write_python_model(repo, "m", 2, 3.0)
@@ -284,7 +284,7 @@ async def test_result_cache_hits_and_never_serves_an_old_version(tmp_path: Path)
     repo = tmp_path / "repo"
     write_python_model(repo, "m", 1, 1.0, extra="[cache]\nmax_entries = 4\nmax_bytes = 4096\n")
     calls_before = 0
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         (v1,) = [v for v in engine.live_versions() if (v.name, v.version) == ("m", 1)]
         assert v1.cache_stats is not None
         calls_before = engine.stats("m")["items_computed"]
@@ -315,7 +315,7 @@ async def test_probability_output_check_names_the_check(tmp_path: Path) -> None:
         extra='[output_checks]\nprobabilities = ["y"]\nprobabilities_tolerance = 1e-3\n',
         body="import numpy as np\ndef predict(x):\n    return np.full_like(x, 0.25)\n",
     )
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         y = await engine.infer("p", item(0))
         np.testing.assert_allclose(y.sum(), 1.0)
     write_python_model(
@@ -327,7 +327,7 @@ async def test_probability_output_check_names_the_check(tmp_path: Path) -> None:
         body="import numpy as np\ndef predict(x):\n    out = np.full_like(x, 0.25)\n"
         "    out[x[:, 0] > 1] = 0.5\n    return out\n",
     )
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         with pytest.raises(
             inferline.ModelError,
             match=r"output check 'probabilities' failed: output 'y' row 0 sums to 2",
@@ -362,7 +362,7 @@ async def test_request_trace_logs_stage_timestamps(caplog: pytest.LogCaptureFixt
 @pytest.mark.asyncio
 async def test_native_model_from_repository_matches_onnx(tmp_path: Path) -> None:
     repo = load_example_builder().build_repository(tmp_path / "repo")
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         info = engine.model_info("classifier_native")
         assert info.state == "ready" and info.platform == "inferline_native"
         rng = np.random.default_rng(3)
@@ -383,7 +383,7 @@ async def test_native_model_with_bad_weights_fails_alone(tmp_path: Path) -> None
     toml = repo / "classifier_native" / "model.toml"
     text = toml.read_text().replace('weight = "W2"', 'weight = "W9"')
     toml.write_text(text.split("[artifacts]")[0])
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         with pytest.raises(inferline.ModelNotReady, match="W9"):
             await engine.infer("classifier_native", np.zeros(16, np.float32))
         assert engine.model_info("classifier").state == "ready"
@@ -395,7 +395,7 @@ async def test_native_model_finite_output_check_fails_its_batch(tmp_path: Path) 
     toml = repo / "classifier_native" / "model.toml"
     text = toml.read_text().replace('name = "probs"', 'name = "probs"\nfinite = true')
     toml.write_text(text)
-    async with inferline.Engine.from_repository(repo) as engine:
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
         bad = np.full(16, np.nan, np.float32)
         with pytest.raises(
             inferline.ModelError, match=r"output 'probs' contains NaN or Inf \(finite check\)"

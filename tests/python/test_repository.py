@@ -960,13 +960,44 @@ def test_python_model_refused_without_allow_code(example_repo: Path) -> None:
     with pytest.raises(RepositoryError) as info:
         load_python_model(path, allow_code=False)
     assert info.value.field == "python.allow_code"
-    assert info.value.message.startswith("refusing to run model.py: it executes code")
+    assert info.value.message.startswith("refusing to run model.py: running model.py executes")
     assert set(sys.modules) == before
+
+
+def test_python_model_needs_the_operators_key_too(example_repo: Path) -> None:
+    # The repository says allow_code = true; without the operator's key nothing runs.
+    c = load_repository(example_repo).configs["scaler"]
+    assert c.python is not None and c.python.allow_code
+    before = set(sys.modules)
+    with pytest.raises(RepositoryError) as info:
+        load_version(c, 1)
+    assert info.value.field == "python.allow_code"
+    assert "[python] allow_code = true in model.toml" in info.value.message
+    assert "`inferline serve --allow-code`" in info.value.message
+    assert "Engine.from_repository(..., allow_code=True)" in info.value.message
+    assert info.value.message.endswith("the operator's opt-in was not given")
+    assert set(sys.modules) == before
+
+
+def test_python_model_module_leaves_sys_modules_with_the_model(tmp_path: Path) -> None:
+    p = tmp_path / "m" / "1" / "model.py"
+    p.parent.mkdir(parents=True)
+    p.write_text("def predict(x):\n    return x\n")
+    f = load_python_model(p, allow_code=True, root=tmp_path)
+    name = f.module_name
+    assert sys.modules[name].predict is f.fn
+    f.unload()
+    assert name not in sys.modules
+    g = load_python_model(p, allow_code=True, root=tmp_path)
+    name = g.module_name
+    assert name in sys.modules
+    del g  # the last reference: the module goes with it
+    assert name not in sys.modules
 
 
 def test_python_model_from_repository(example_repo: Path) -> None:
     c = load_repository(example_repo).configs["scaler"]
-    loaded = load_version(c, 1)
+    loaded = load_version(c, 1, allow_code=True)
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     np.testing.assert_array_equal(loaded.fn(x), 2 * x + 1)
     assert loaded.inputs == c.inputs and loaded.outputs == c.outputs
@@ -1024,4 +1055,5 @@ def test_python_model_sha256_checked_on_load(example_repo: Path) -> None:
     c = load_repository(example_repo).configs["scaler"]
     (example_repo / "scaler" / "1" / "model.py").write_text("def predict(x):\n    return x\n")
     with pytest.raises(RepositoryError, match="sha256 mismatch"):
-        load_version(c, 1, verify=False)  # the bytes read are checked even without verify
+        # the bytes read are checked even without verify
+        load_version(c, 1, verify=False, allow_code=True)

@@ -928,7 +928,7 @@ def test_inferline_serve_example_repository(tmp_path: Any) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inferline.cli", "serve", str(repo), "--port", "0"],
+        [sys.executable, "-m", "inferline.cli", "serve", str(repo), "--port", "0", "--allow-code"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

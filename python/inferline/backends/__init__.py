@@ -34,10 +34,10 @@ from ..types import DEFAULTS, FLOAT_DATATYPES, TensorSpec
 from .checks import with_output_checks
 from .native import native_model
 from .onnx import OnnxModel
-from .python_file import load_python_model
+from .python_file import CODE_KEYS, PythonModel, load_python_model
 from .warmup import make_warmup_inputs
 
-__all__ = ["LoadedModel", "OnnxModel", "load_python_model", "load_version"]
+__all__ = ["LoadedModel", "OnnxModel", "PythonModel", "load_python_model", "load_version"]
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,16 @@ class LoadedModel:
         )
 
 
-def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> LoadedModel:
-    """Load one version of a model from its repository folder (onnx or python backend).
+def load_version(
+    config: ModelConfig, version: int, *, verify: bool = True, allow_code: bool = False
+) -> LoadedModel:
+    """Load one version of a model from its repository folder (onnx, python or native).
 
     With ``verify`` the folder is checked first (:func:`inferline.repository.verify_version`:
     files present, sha256, no escaping symlinks); the main file's digest is checked again on
-    the bytes actually loaded either way. Raises RepositoryError.
+    the bytes actually loaded either way. ``allow_code`` is the operator's key to run a
+    ``model.py``; the repository's ``[python] allow_code`` is the other, and both are needed.
+    Raises RepositoryError.
     """
     va = verify_version(config, version) if verify else config.version(version)
     notes: list[str] = []
@@ -124,6 +128,12 @@ def load_version(config: ModelConfig, version: int, *, verify: bool = True) -> L
         backend: Any = model
     elif config.backend == "python":
         assert config.python is not None and va.artifact is not None
+        if not allow_code:
+            raise RepositoryError(
+                va.artifact,
+                "python.allow_code",
+                f"refusing to run model.py: {CODE_KEYS}; the operator's opt-in was not given",
+            )
         fn = load_python_model(
             va.artifact,
             allow_code=config.python.allow_code,

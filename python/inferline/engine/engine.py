@@ -229,12 +229,18 @@ class Engine(ModelCatalog):
         watch: bool = False,
         poll_interval: float = 5.0,
         blas_threads: int | None = None,
+        allow_code: bool = False,
     ) -> Engine:
         """An engine serving every model of a repository folder (``<model>/model.toml`` plus
         numbered version folders). Models load and warm up at ``start``; one that fails is
         reported by ``models()`` with its reason while the others serve. ``watch=True`` polls
-        the folder every ``poll_interval`` seconds and loads, swaps and unloads versions."""
-        source = RepositorySync(Path(path), watch=watch, poll_interval=poll_interval)
+        the folder every ``poll_interval`` seconds and loads, swaps and unloads versions.
+        ``allow_code=True`` is the operator's key to run a model's ``model.py`` (its
+        model.toml's ``[python] allow_code = true`` is the other; without both it fails to
+        load, saying so)."""
+        source = RepositorySync(
+            Path(path), watch=watch, poll_interval=poll_interval, allow_code=allow_code
+        )
         engine = cls(blas_threads=blas_threads)
         engine._source = source
         return engine

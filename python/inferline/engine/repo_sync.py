@@ -10,12 +10,14 @@ and why, and the marks that stop a broken version from being retried until its f
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends import LoadedModel, load_version
+from ..backends import LoadedModel, PythonModel, load_version
 from ..errors import ModelError, ModelNotFound
 from ..repository import (
     ModelConfig,
@@ -74,7 +76,9 @@ def _fingerprint(cfg: ModelConfig, number: int) -> _Fingerprint:
 class RepositorySync:
     """Keeps an engine in step with a repository folder. Used on the engine's event loop."""
 
-    def __init__(self, root: Path, *, watch: bool, poll_interval: float) -> None:
+    def __init__(
+        self, root: Path, *, watch: bool, poll_interval: float, allow_code: bool = False
+    ) -> None:
         if not root.is_dir():
             raise FileNotFoundError(f"model repository {str(root)!r} is not a folder")
         if not poll_interval > 0:
@@ -82,6 +86,7 @@ class RepositorySync:
         self._root = root
         self._watch = watch
         self._poll_interval = float(poll_interval)
+        self._allow_code = bool(allow_code)  # the operator's key to run model.py
         self._failures: dict[str, str] = {}  # model name -> why it could not load
         self._version_failures: dict[str, dict[int, str]] = {}  # of models that serve
         self._failed_marks: dict[tuple[str, int], _Fingerprint] = {}
@@ -157,7 +162,10 @@ class RepositorySync:
             if self._versions(engine, name).get(number) in ("ready", "warming", "loading"):
                 continue
             try:
-                loaded = await loop.run_in_executor(None, load_version, cfg, number)
+                loaded = await loop.run_in_executor(
+                    None,
+                    functools.partial(load_version, cfg, number, allow_code=self._allow_code),
+                )
                 self._register(engine, cfg, loaded)
             except Exception as exc:  # a broken version fails alone; the rest keeps serving
                 failures.append(f"version {number}: {exc}")
@@ -205,6 +213,11 @@ class RepositorySync:
             notes=loaded.notes,
             start=False,
         )
+        if isinstance(loaded.backend, PythonModel):
+            # The engine holds ``loaded`` (its warm-up inputs) for as long as the version
+            # lives; the module of its model.py leaves sys.modules with it. (The backend
+            # itself may be held a while longer by the native core.)
+            weakref.finalize(loaded, loaded.backend.unload)
         self._ours.add(cfg.name)
         self._failures.pop(cfg.name, None)
 
