@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "batch_call.hpp"
 #include "errors.hpp"
 #include "inferline/clock.hpp"
 #include "py_scheduler.hpp"
@@ -39,6 +40,104 @@ outcome already_answered(py::handle fut, outcome fallback) {
   return cancelled ? outcome::cancelled : outcome::deadline_exceeded;
 }
 
+const std::string& unknown_model() {
+  static const std::string* s = new std::string("?");  // leaked on purpose, as method_names
+  return *s;
+}
+
+// The exception a failed request is answered with (type by outcome, message naming the model).
+PyObject* error_for(const request& r, const std::string& model) {
+  const error_types& et = errors();
+  const py::object* type = &et.model_error;
+  std::string prefix = "model '" + model + "'";
+  switch (r.result_outcome) {
+    case outcome::deadline_exceeded: type = &et.deadline; break;
+    case outcome::cancelled: type = &et.cancelled; break;
+    case outcome::engine_stopped: type = &et.stopped; break;
+    case outcome::model_error: prefix += " failed"; break;
+    default: break;
+  }
+  const std::string msg = prefix + ": " + (r.error ? *r.error : std::string("error"));
+  return PyObject_CallOneArg(type->ptr(), py::str(msg).ptr());
+}
+
+// fut.set_result(value) (or set_exception); false with the Python error set when it failed.
+bool answer(py::handle fut, const py::str& method, PyObject* value) {
+  if (value == nullptr) return false;
+  PyObject* res = PyObject_CallMethodOneArg(fut.ptr(), method.ptr(), value);
+  Py_XDECREF(res);
+  return res != nullptr;
+}
+
+// A ModelError for an answer that could not be built (e.g. no memory for its array).
+PyObject* unbuildable(const std::string& model, const char* why) {
+  const std::string msg = "model '" + model + "' failed: could not build the answer: " + why;
+  return PyObject_CallOneArg(errors().model_error.ptr(), py::str(msg).ptr());
+}
+
+// Answers a single request's future; returns the outcome to count.
+outcome answer_single(request* r, py_scheduler* ps, const std::string& model) {
+  const names& nm = method_names();
+  py::handle fut(static_cast<PyObject*>(r->token));
+  outcome counted = r->result_outcome;
+  bool ok = false;
+  if (r->result_outcome == outcome::success) {
+    // The common case costs one C-level method call; a future the caller already finished
+    // (its own timeout or cancellation) answers InvalidStateError, handled below.
+    try {
+      py::object value = ps ? ps->take_result(r) : py::none();
+      ok = answer(fut, nm.set_result, value.ptr());
+    } catch (py::error_already_set& e) {
+      PyObject* exc = unbuildable(model, e.what());
+      ok = answer(fut, nm.set_exception, exc);
+      Py_XDECREF(exc);
+      counted = outcome::model_error;
+    }
+  } else {
+    PyObject* exc = error_for(*r, model);
+    ok = answer(fut, nm.set_exception, exc);
+    Py_XDECREF(exc);
+  }
+  return ok ? counted : already_answered(fut, counted);
+}
+
+// Answers one row of a batch call: stacks a success, decides the call at its last row or its
+// first failure (cancelling the rows still queued). Returns the outcome to count for the row.
+outcome answer_row(batch_call& call, request* r, py_scheduler* ps, const std::string& model) {
+  const names& nm = method_names();
+  if (call.done) return r->result_outcome == outcome::success ? call.rest : r->result_outcome;
+  PyObject* exc = nullptr;
+  outcome counted = r->result_outcome;
+  if (r->result_outcome == outcome::success) {
+    try {
+      ps->stack_row(r, call);
+      if (++call.answered < call.handles.size()) return outcome::success;
+      py::object value = ps->batch_value(call);
+      call.done = true;
+      call.outputs.clear();
+      if (answer(call.future, nm.set_result, value.ptr())) return outcome::success;
+      call.rest = already_answered(call.future, outcome::success);
+      return call.rest;
+    } catch (py::error_already_set& e) {
+      exc = unbuildable(model, e.what());
+      counted = outcome::model_error;
+    } catch (const std::exception& e) {
+      exc = unbuildable(model, e.what());
+      counted = outcome::model_error;
+    }
+  } else {
+    exc = error_for(*r, model);
+  }
+  // The first failure decides the call: its rows still waiting are not computed.
+  call.done = true;
+  call.outputs.clear();
+  for (std::uint64_t h : call.handles) ps->sched().cancel(h, false);
+  const bool ok = answer(call.future, nm.set_exception, exc);
+  Py_XDECREF(exc);
+  if (!ok) counted = call.rest = already_answered(call.future, counted);
+  return counted;
+}
+
 }  // namespace
 
 void py_core::adopt(std::shared_ptr<py_scheduler> s) {
@@ -49,65 +148,20 @@ void py_core::adopt(std::shared_ptr<py_scheduler> s) {
 std::size_t py_core::drain() {
   request* r = queue_.take_all();
   std::size_t n = 0;
-  const names& nm = method_names();
-  const error_types& et = errors();
   while (r != nullptr) {
     request* next = r->next;
     auto* owner_sched = r->owner;
-    py::handle fut(static_cast<PyObject*>(r->token));
     const std::int64_t now = now_ns();
-    outcome counted = r->result_outcome;
     // The core keeps the owning py_scheduler alive until all its answers are drained.
     auto* ps = static_cast<py_scheduler*>(owner_sched->config().user);
-    if (r->result_outcome == outcome::success) {
-      // The common case costs one C-level method call; a future the caller already finished
-      // (its own timeout or cancellation) answers InvalidStateError, handled below.
-      PyObject* value = nullptr;
-      PyObject* res = nullptr;
-      try {
-        value = ps ? ps->take_result(r).release().ptr() : Py_NewRef(Py_None);
-        res = PyObject_CallMethodOneArg(fut.ptr(), nm.set_result.ptr(), value);
-      } catch (py::error_already_set& e) {
-        // Building the answer failed (e.g. no memory for its array): still one answer.
-        const std::string msg = "model '" + (ps ? ps->name() : std::string("?")) +
-                                "' failed: could not build the answer: " + e.what();
-        PyObject* exc = PyObject_CallOneArg(et.model_error.ptr(), py::str(msg).ptr());
-        res = exc ? PyObject_CallMethodOneArg(fut.ptr(), nm.set_exception.ptr(), exc) : nullptr;
-        Py_XDECREF(exc);
-        counted = outcome::model_error;
-      }
-      Py_XDECREF(value);
-      if (res != nullptr) {
-        Py_DECREF(res);
-      } else {
-        counted = already_answered(fut, counted);
-      }
-    } else {
-      const py::object* type = &et.model_error;
-      std::string prefix = "model '" + (ps ? ps->name() : std::string("?")) + "'";
-      switch (r->result_outcome) {
-        case outcome::deadline_exceeded: type = &et.deadline; break;
-        case outcome::cancelled: type = &et.cancelled; break;
-        case outcome::engine_stopped: type = &et.stopped; break;
-        case outcome::model_error: prefix += " failed"; break;
-        default: break;
-      }
-      const std::string msg = prefix + ": " + (r->error ? *r->error : std::string("error"));
-      PyObject* exc = PyObject_CallOneArg(type->ptr(), py::str(msg).ptr());
-      PyObject* res =
-          exc ? PyObject_CallMethodOneArg(fut.ptr(), nm.set_exception.ptr(), exc) : nullptr;
-      Py_XDECREF(exc);
-      if (res != nullptr) {
-        Py_DECREF(res);
-      } else {
-        counted = already_answered(fut, counted);
-      }
-    }
+    const std::string& model = ps ? ps->name() : unknown_model();
+    batch_call* call = batch_call_of(r->token);
+    const outcome counted = call != nullptr && ps != nullptr ? answer_row(*call, r, ps, model)
+                                                             : answer_single(r, ps, model);
     if (trace_ && !trace_.is_none()) {
       try {
-        trace_(ps ? ps->name() : std::string("?"), r->id, std::string(outcome_name(counted)),
-               r->t_enqueue, r->t_dispatch, r->t_compute_start, r->t_compute_end, now,
-               r->batch_size);
+        trace_(model, r->id, std::string(outcome_name(counted)), r->t_enqueue, r->t_dispatch,
+               r->t_compute_start, r->t_compute_end, now, r->batch_size);
       } catch (py::error_already_set& e) {
         e.discard_as_unraisable("inferline: request trace hook");
       }
@@ -117,7 +171,11 @@ std::size_t py_core::drain() {
       r->result = nullptr;
     }
     owner_sched->finish(r, counted, now);
-    Py_DECREF(fut.ptr());
+    if (call == nullptr) {
+      Py_DECREF(static_cast<PyObject*>(r->token));  // the reference submit took
+    } else if (++call->drained == call->handles.size()) {
+      delete call;  // every row answered: the call (and its future reference) goes
+    }
     r = next;
     ++n;
   }

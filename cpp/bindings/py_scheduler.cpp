@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "batch_call.hpp"
 #include "checked_backend.hpp"
 #include "drain.hpp"
 #include "errors.hpp"
@@ -147,6 +148,49 @@ void py_scheduler::raise_mismatch(py::handle x) const {
   raise_error(errors().invalid, model + "input does not match its declaration");
 }
 
+void py_scheduler::refuse(admit a, std::uint32_t priority, std::size_t rows) {
+  const std::string model = "model '" + name_ + "'";
+  switch (a) {
+    case admit::ok: return;
+    case admit::queue_full: {
+      sched_->count(outcome::queue_full);
+      const std::size_t bound = sched_->config().max_queue_size;
+      if (rows > bound) {
+        raise_error(errors().queue_full, model + ": a call of " + std::to_string(rows) +
+                                             " rows is more than the queue holds (" +
+                                             std::to_string(bound) + "); split it");
+      }
+      raise_error(errors().queue_full,
+                  model + ": queue is full (" + std::to_string(bound) +
+                      " requests waiting" +
+                      (rows > 1 ? "; none of the " + std::to_string(rows) + " rows was queued"
+                                : std::string()) +
+                      "); retry later");
+    }
+    case admit::stopped:
+      sched_->count(outcome::engine_stopped);
+      raise_error(errors().stopped, model + " is stopped or draining; no new requests");
+    case admit::bad_priority:
+      sched_->count(outcome::invalid_input);
+      raise_error(errors().invalid, "priority " + std::to_string(priority) +
+                                        " is out of range; expected 0.." +
+                                        std::to_string(sched_->config().priority_levels - 1) +
+                                        " (0 is the highest)");
+  }
+}
+
+void py_scheduler::check_finite(py::handle x) const {
+  for (const auto& t : inputs_) {
+    if (!t.checks_finite()) continue;
+    auto a = py::reinterpret_borrow<py::array>(input_of(x, t));
+    if (!all_finite(a.data(), static_cast<std::size_t>(a.size()), t.kind)) {
+      raise_error(errors().invalid, "model '" + name_ + "': input '" + t.name +
+                                        "' contains NaN or Inf; the model accepts finite "
+                                        "values only");
+    }
+  }
+}
+
 std::optional<std::uint64_t> py_scheduler::submit(py::handle x, std::uint32_t priority,
                                                   std::optional<double> timeout_s,
                                                   py::handle future, bool converted) {
@@ -171,33 +215,10 @@ std::optional<std::uint64_t> py_scheduler::submit(py::handle x, std::uint32_t pr
     if (!converted) return std::nullopt;
     raise_mismatch(x);
   }
-  for (const auto& t : inputs_) {
-    if (!t.checks_finite()) continue;
-    auto a = py::reinterpret_borrow<py::array>(input_of(x, t));
-    if (!all_finite(a.data(), static_cast<std::size_t>(a.size()), t.kind)) {
-      raise_error(errors().invalid, "model '" + name_ + "': input '" + t.name +
-                                        "' contains NaN or Inf; the model accepts finite "
-                                        "values only");
-    }
-  }
+  check_finite(x);
   request* r = nullptr;
-  switch (sched_->prepare(priority, &r)) {
-    case admit::ok: break;
-    case admit::queue_full:
-      sched_->count(outcome::queue_full);
-      raise_error(errors().queue_full, "model '" + name_ + "': queue is full (" +
-                                           std::to_string(sched_->config().max_queue_size) +
-                                           " requests waiting); retry later");
-    case admit::stopped:
-      sched_->count(outcome::engine_stopped);
-      raise_error(errors().stopped, "model '" + name_ + "' is stopped or draining; no new requests");
-    case admit::bad_priority:
-      sched_->count(outcome::invalid_input);
-      raise_error(errors().invalid, "priority " + std::to_string(priority) +
-                                        " is out of range; expected 0.." +
-                                        std::to_string(sched_->config().priority_levels - 1) +
-                                        " (0 is the highest)");
-  }
+  const admit a = sched_->prepare(priority, &r);
+  if (a != admit::ok) refuse(a, priority, 1);
   std::byte* dst = r->input;
   for (const auto& t : inputs_) {
     // A short copy: the GIL stays held (releasing it would cost more than the copy).
@@ -210,11 +231,138 @@ std::optional<std::uint64_t> py_scheduler::submit(py::handle x, std::uint32_t pr
   return handle;
 }
 
+std::optional<py::array_t<std::uint64_t>> py_scheduler::submit_many(
+    py::handle x, std::uint32_t priority, std::optional<double> timeout_s, py::handle future,
+    bool converted) {
+  const std::int64_t deadline_ns = deadline_after(timeout_s);
+  // Exact rows only: one array [N, *shape] per input, all with the same N >= 1.
+  py::ssize_t n = -1;
+  bool exact = !dict_inputs_ || (PyDict_Check(x.ptr()) &&
+                                 PyDict_Size(x.ptr()) == static_cast<py::ssize_t>(inputs_.size()));
+  for (std::size_t k = 0; exact && k < inputs_.size(); ++k) {
+    py::handle v = input_of(x, inputs_[k]);
+    py::ssize_t rows = 0;
+    exact = v.ptr() != nullptr && is_exact_rows(inputs_[k], v, &rows) && (n < 0 || rows == n);
+    n = rows;
+  }
+  if (!exact || n < 1) {
+    if (!converted) return std::nullopt;
+    const std::string model = "model '" + name_ + "': ";
+    if (exact) raise_error(errors().invalid, model + "the batch is empty (0 rows)");
+    for (const auto& t : inputs_) {
+      py::handle v = dict_inputs_ && PyDict_Check(x.ptr()) ? input_of(x, t) : x;
+      py::ssize_t rows = 0;
+      if (v.ptr() != nullptr && !is_exact_rows(t, v, &rows)) {
+        raise_error(errors().invalid, model + "input '" + t.name + "' " + mismatch_rows(t, v));
+      }
+    }
+    raise_error(errors().invalid, model + "inputs need the same leading batch dimension");
+  }
+  check_finite(x);
+  const auto rows = static_cast<std::size_t>(n);
+  std::vector<request*> slots(rows);
+  const admit a = sched_->prepare_many(priority, rows, slots.data());
+  if (a != admit::ok) refuse(a, priority, rows);
+  // Freed by the drain once its last row is answered (py_core::drain).
+  auto* call = new batch_call(future, next_id_ + 1, rows);
+  next_id_ += rows;
+  std::vector<const std::byte*> src;
+  for (const auto& t : inputs_) {
+    src.push_back(static_cast<const std::byte*>(
+        py::reinterpret_borrow<py::array>(input_of(x, t)).data()));
+  }
+  py::array_t<std::uint64_t> handles(static_cast<py::ssize_t>(rows));
+  std::uint64_t* h = handles.mutable_data();
+  for (std::size_t i = 0; i < rows; ++i) {
+    request* r = slots[i];
+    std::byte* dst = r->input;
+    for (std::size_t k = 0; k < inputs_.size(); ++k) {
+      const std::size_t bytes = inputs_[k].item_bytes;
+      std::memcpy(dst, src[k] + i * bytes, bytes);  // short copies: the GIL stays held
+      dst += bytes;
+    }
+    h[i] = call->handles[i] = r->handle();
+    sched_->commit(r, as_token(call), deadline_ns, call->first_id + i);
+  }
+  return handles;
+}
+
+void py_scheduler::cancel_many(const py::array_t<std::uint64_t>& handles, bool expired) {
+  const std::uint64_t* h = handles.data();
+  for (py::ssize_t i = 0; i < handles.size(); ++i) sched_->cancel(h[i], expired);
+}
+
+void py_scheduler::stack_row(request* r, batch_call& call) {
+  const auto n = static_cast<py::ssize_t>(call.handles.size());
+  const std::size_t row = static_cast<std::size_t>(r->id - call.first_id);
+  const std::size_t count = outputs_.empty() ? 1 : outputs_.size();
+  auto* shared = static_cast<PyObject*>(r->result);
+  for (std::size_t k = 0; k < count; ++k) {
+    const std::byte* src = nullptr;
+    std::size_t bytes = 0;
+    py::array from;
+    if (shared != nullptr) {  // a Python model's batch outputs (see python_backend)
+      from = py::reinterpret_borrow<py::array>(dict_outputs_ ? PyTuple_GET_ITEM(shared, k)
+                                                             : shared);
+      bytes = static_cast<std::size_t>(from.itemsize());
+      for (py::ssize_t d = 1; d < from.ndim(); ++d) bytes *= static_cast<std::size_t>(from.shape(d));
+      src = static_cast<const std::byte*>(from.data()) + r->row * bytes;
+    } else if (r->output != nullptr) {  // a native model's pooled output block
+      bytes = outputs_[k].item_bytes;
+      src = r->output->region(k) + r->row * bytes;
+    } else {
+      throw std::runtime_error("the model left a row without an answer");
+    }
+    if (call.outputs.size() <= k) {
+      std::vector<py::ssize_t> shape{n};
+      if (k < outputs_.size()) {
+        shape.insert(shape.end(), outputs_[k].shape.begin(), outputs_[k].shape.end());
+        call.outputs.push_back(py::array(outputs_[k].dtype, shape));
+      } else {  // undeclared output: as the first answered row says
+        shape.insert(shape.end(), from.shape() + 1, from.shape() + from.ndim());
+        call.outputs.push_back(py::array(from.dtype(), shape));
+      }
+    }
+    auto dst = py::reinterpret_borrow<py::array>(call.outputs[k]);
+    if (static_cast<std::size_t>(dst.nbytes()) != bytes * call.handles.size() ||
+        (from && !dst.dtype().equal(from.dtype()))) {
+      throw std::runtime_error("rows of one call were answered with outputs of different "
+                               "dtypes or shapes (declare the model's outputs)");
+    }
+    std::memcpy(static_cast<std::byte*>(dst.mutable_data()) + row * bytes, src, bytes);
+  }
+  if (shared != nullptr) {
+    r->result = nullptr;
+    Py_DECREF(shared);  // this row's reference to the batch outputs
+  }
+}
+
+py::object py_scheduler::batch_value(batch_call& call) const {
+  if (!dict_outputs_) return call.outputs.at(0);
+  py::dict d;
+  for (std::size_t k = 0; k < outputs_.size(); ++k) d[py::str(outputs_[k].name)] = call.outputs[k];
+  return d;
+}
+
 py::object py_scheduler::take_result(request* r) {
   if (r->result != nullptr) {
-    py::object o = py::reinterpret_steal<py::object>(static_cast<PyObject*>(r->result));
+    // A Python model's batch outputs (an array, or a tuple of arrays for several outputs):
+    // this request's answer is a row view of each, made here on the loop thread so that the
+    // worker holds the GIL for the model call only.
+    auto shared = py::reinterpret_steal<py::object>(static_cast<PyObject*>(r->result));
     r->result = nullptr;
-    return o;
+    const auto row = static_cast<py::ssize_t>(r->row);
+    auto row_of = [row](PyObject* a) {
+      PyObject* v = PySequence_GetItem(a, row);
+      if (v == nullptr) throw py::error_already_set();
+      return py::reinterpret_steal<py::object>(v);
+    };
+    if (!dict_outputs_) return row_of(shared.ptr());
+    py::dict d;
+    for (std::size_t k = 0; k < outputs_.size(); ++k) {
+      d[py::str(outputs_[k].name)] = row_of(PyTuple_GET_ITEM(shared.ptr(), k));
+    }
+    return d;
   }
   if (r->output == nullptr) return py::none();
   auto make = [&](std::size_t k) {

@@ -16,6 +16,7 @@
 namespace inferline::bindings {
 
 class py_core;
+struct batch_call;
 
 /// Owns a model_scheduler and the specs of its inputs and outputs. Every method is called with
 /// the GIL held, from the event-loop thread; the workers it starts never call into it except
@@ -58,6 +59,28 @@ class py_scheduler {
                                       std::optional<double> timeout_s, pybind11::handle future,
                                       bool converted);
 
+  /// Queues the N rows of `x` (one array [N, *shape] per input, N >= 1) as N items of one
+  /// call, all or none (QueueFullError naming the call when the queue cannot take every row),
+  /// answered through `future` once: with the outputs stacked [N, ...] (an array, or a dict for
+  /// several outputs) when the last row is answered, or with the first row's error (the rows
+  /// still queued are then cancelled). Returns the rows' handles, or nullopt when `x` is not
+  /// exact rows and `converted` is false (with it, InvalidInput naming what was got and
+  /// expected). Deadline, finite check and refusals as `submit`. GIL required.
+  std::optional<pybind11::array_t<std::uint64_t>> submit_many(pybind11::handle x,
+                                                              std::uint32_t priority,
+                                                              std::optional<double> timeout_s,
+                                                              pybind11::handle future,
+                                                              bool converted);
+  /// Cancels every request of `handles` (as `model_scheduler::cancel`). GIL required.
+  void cancel_many(const pybind11::array_t<std::uint64_t>& handles, bool expired);
+  /// Copies an answered row of `call` into its stacked outputs (made at the first row) and
+  /// drops the row's payload. Throws std::runtime_error when undeclared outputs disagree
+  /// between rows. Loop thread, GIL held.
+  void stack_row(request* r, batch_call& call);
+  /// The answer of a call whose every row is stacked: an array, or a dict for several outputs.
+  /// GIL required.
+  pybind11::object batch_value(batch_call& call) const;
+
   /// Moves an answered request's payload out as a Python object: the Python backend's row, or
   /// a numpy copy of a native output row (a dict for several outputs). GIL required.
   pybind11::object take_result(request* r);
@@ -78,6 +101,10 @@ class py_scheduler {
  private:
   pybind11::handle input_of(pybind11::handle x, const tensor_spec& t) const;
   [[noreturn]] void raise_mismatch(pybind11::handle x) const;
+  // Raises the error for a refused admission (counting it); returns only for admit::ok.
+  void refuse(admit a, std::uint32_t priority, std::size_t rows);
+  // InvalidInput for a NaN or Inf in an input declared finite.
+  void check_finite(pybind11::handle x) const;
 
   std::string name_;
   std::vector<tensor_spec> inputs_;

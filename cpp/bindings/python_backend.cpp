@@ -1,5 +1,5 @@
 // The backend that runs a Python callable on a batch: zero-copy numpy views of the pooled input
-// block in, checked numpy arrays out, split into one row view per request.
+// block in, checked numpy arrays out, shared by the batch's requests (one row each).
 #include "python_backend.hpp"
 
 #include <stdexcept>
@@ -52,7 +52,8 @@ py::array as_batch_array(const py::object& o, const std::string& what, py::ssize
     throw std::runtime_error(what + " has shape " + shape_of(a) +
                              "; expected a leading batch dimension of " + std::to_string(n));
   }
-  return a;
+  // Rows are read as contiguous bytes when a batch call stacks them (a copy only if not).
+  return py::array::ensure(a, py::array::c_style);
 }
 
 py::array checked(const tensor_spec& t, const py::object& o, py::ssize_t n) {
@@ -132,27 +133,22 @@ void python_backend::run_locked(batch& b) {
   arg = py::object();
   std::vector<py::array> arrays = check_outputs(out, n);
   if (b.warmup()) return;
-  // Split per item: each answer is a row view of the batch output (no copy).
-  std::vector<PyObject*> results(b.size, nullptr);
-  try {
-    for (std::size_t i = 0; i < b.size; ++i) {
-      if (!dict_outputs_) {
-        results[i] = PySequence_GetItem(arrays[0].ptr(), static_cast<py::ssize_t>(i));
-        if (results[i] == nullptr) throw py::error_already_set();
-      } else {
-        py::dict d;
-        for (std::size_t k = 0; k < arrays.size(); ++k) {
-          d[py::str(outputs_[k].name)] = py::reinterpret_steal<py::object>(
-              PySequence_GetItem(arrays[k].ptr(), static_cast<py::ssize_t>(i)));
-        }
-        results[i] = d.release().ptr();
-      }
-    }
-  } catch (...) {
-    for (PyObject* p : results) Py_XDECREF(p);
-    throw;
+  // Every row gets one reference to the batch's outputs (the array, or a tuple of the arrays
+  // for several outputs) and its row number; the loop makes each answer from them when it
+  // drains the row. No per-row Python here: the loop waits for the GIL while a worker holds it.
+  py::object shared;
+  if (arrays.size() == 1) {
+    shared = arrays[0];
+  } else {
+    py::tuple t(arrays.size());
+    for (std::size_t k = 0; k < arrays.size(); ++k) t[k] = arrays[k];
+    shared = std::move(t);
   }
-  for (std::size_t i = 0; i < b.size; ++i) b.requests[i]->result = results[i];
+  for (std::size_t i = 0; i < b.size; ++i) {
+    Py_INCREF(shared.ptr());
+    b.requests[i]->result = shared.ptr();
+    b.requests[i]->row = static_cast<std::uint32_t>(i);
+  }
 }
 
 std::vector<py::array> python_backend::check_outputs(const py::object& out, py::ssize_t n) {

@@ -1,5 +1,5 @@
 // The backend that runs a Python callable on a batch: zero-copy numpy views of the pooled input
-// block in, checked numpy arrays out, split into one row view per request.
+// block in, checked numpy arrays out, shared by the batch's requests (one row each).
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -13,7 +13,9 @@
 namespace inferline::bindings {
 
 /// Runs a Python callable on each batch. `run` is called on worker threads (several with
-/// instances > 1) and takes the GIL only around the call and the output checks; everything
+/// instances > 1) and takes the GIL only around the call and the output checks; each request
+/// then carries (`request::result`, `request::row`) one reference to the batch's outputs, an
+/// array (one output) or a tuple of arrays in output order, each C-contiguous. Everything
 /// else it reads is immutable after construction. Outputs are checked against the declared
 /// specs (dtype, shape, finite); a mismatch fails the batch with a message naming the output.
 class python_backend final : public backend {

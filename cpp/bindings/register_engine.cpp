@@ -68,6 +68,17 @@ void register_engine(py::module_& m) {
            "core's steady clock (CLOCK_MONOTONIC, as time.monotonic()) inside this call. "
            "Raises InvalidInput for NaN/Inf in a finite input or a bad priority, "
            "QueueFullError, EngineStopped.")
+      .def("submit_many", &py_scheduler::submit_many, py::arg("x"), py::arg("priority"),
+           py::arg("timeout").none(true), py::arg("future"), py::kw_only(),
+           py::arg("converted") = false,
+           "Queues the N rows of x (one array [N, *shape], or a dict of them) as N items, all "
+           "or none (QueueFullError naming the call otherwise), and answers `future` once: the "
+           "outputs stacked [N, ...] (an array, or a dict for several outputs), or the first "
+           "row's error, the rows still queued then cancelled. Returns the rows' handles "
+           "(uint64 array) for cancel_many; None when x is not exact rows: convert it and call "
+           "again with converted=True (InvalidInput naming the mismatch instead).")
+      .def("cancel_many", &py_scheduler::cancel_many, py::arg("handles"),
+           py::arg("expired") = false, "cancel() for every handle of a submit_many call.")
       .def(
           "cancel",
           [](py_scheduler& s, std::uint64_t handle, bool expired) {

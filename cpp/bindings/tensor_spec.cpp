@@ -86,9 +86,10 @@ bool is_exact(const tensor_spec& t, py::handle x) {
   return a.dtype().equal(t.dtype);
 }
 
-std::string mismatch(const tensor_spec& t, py::handle x) {
-  const std::string want = py::str(t.dtype).cast<std::string>() + " and shape " +
-                           shape_str(t.shape);
+namespace {
+
+// "has dtype D and shape S; expected `want`" (or the type when `x` is not an array).
+std::string got_vs(py::handle x, const std::string& want) {
   if (!py::isinstance<py::array>(x)) return "is " + type_name(x) + "; expected an array of " + want;
   auto a = py::reinterpret_borrow<py::array>(x);
   const std::vector<py::ssize_t> got(a.shape(), a.shape() + a.ndim());
@@ -96,6 +97,32 @@ std::string mismatch(const tensor_spec& t, py::handle x) {
                   shape_str(got) + "; expected " + want;
   if (!(a.flags() & py::array::c_style)) s += ", C-contiguous";
   return s;
+}
+
+}  // namespace
+
+std::string mismatch(const tensor_spec& t, py::handle x) {
+  return got_vs(x, py::str(t.dtype).cast<std::string>() + " and shape " + shape_str(t.shape));
+}
+
+bool is_exact_rows(const tensor_spec& t, py::handle x, py::ssize_t* rows) {
+  if (!py::isinstance<py::array>(x)) return false;
+  auto a = py::reinterpret_borrow<py::array>(x);
+  if (a.ndim() != static_cast<py::ssize_t>(t.shape.size()) + 1) return false;
+  for (std::size_t i = 0; i < t.shape.size(); ++i) {
+    if (a.shape(static_cast<py::ssize_t>(i) + 1) != t.shape[i]) return false;
+  }
+  if (!(a.flags() & py::array::c_style) || !a.dtype().equal(t.dtype)) return false;
+  *rows = a.shape(0);
+  return true;
+}
+
+std::string mismatch_rows(const tensor_spec& t, py::handle x) {
+  std::string want = "(N";
+  for (auto d : t.shape) want += ", " + std::to_string(d);
+  want += t.shape.empty() ? ",)" : ")";
+  return got_vs(x, py::str(t.dtype).cast<std::string>() + " and shape " + want +
+                       " (a leading batch dimension N)");
 }
 
 }  // namespace inferline::bindings

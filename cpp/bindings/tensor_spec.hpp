@@ -42,6 +42,15 @@ std::string shape_str(const std::vector<pybind11::ssize_t>& shape);
 /// input the scheduler copies as is. GIL required.
 bool is_exact(const tensor_spec& t, pybind11::handle x);
 
+/// True when `x` is a numpy array of the spec's dtype with a leading batch dimension and then
+/// the spec's shape, C-contiguous: the rows a batch call copies as they are. `*rows` is then
+/// its leading dimension (which may be 0). GIL required.
+bool is_exact_rows(const tensor_spec& t, pybind11::handle x, pybind11::ssize_t* rows);
+
+/// Why `x` is not rows of `t`: "has dtype float64 and shape (4,); expected float32 and shape
+/// (N, 4) (a leading batch dimension N)". GIL required.
+std::string mismatch_rows(const tensor_spec& t, pybind11::handle x);
+
 /// Why `x` is not exact for `t`, as "has dtype float64 and shape (3,); expected float32 and
 /// shape (4,)" (or the type when `x` is not an array). GIL required.
 std::string mismatch(const tensor_spec& t, pybind11::handle x);

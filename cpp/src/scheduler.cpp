@@ -172,6 +172,34 @@ admit model_scheduler::prepare(std::uint32_t priority, request** out) noexcept {
   return admit::ok;
 }
 
+admit model_scheduler::prepare_many(std::uint32_t priority, std::size_t n,
+                                    request** out) noexcept {
+  if (closed_.load(std::memory_order_acquire)) return admit::stopped;
+  if (priority >= config_.priority_levels) return admit::bad_priority;
+  if (n == 0) return admit::ok;
+  const auto limit = static_cast<std::int64_t>(config_.max_queue_size);
+  const auto count = static_cast<std::int64_t>(std::min<std::size_t>(n, config_.max_queue_size + 1));
+  if (count > limit) return admit::queue_full;
+  // One fetch_add for the whole call: either all of it fits under the bound or none is kept.
+  const std::int64_t ahead = queued_.fetch_add(count, std::memory_order_relaxed);
+  if (ahead + count > limit || (config_.policy == batch_policy::latency_target &&
+                                !can_make_target(ahead + count - 1))) {
+    queued_.fetch_sub(count, std::memory_order_relaxed);
+    return admit::queue_full;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    request* r = pool_->acquire();
+    if (r == nullptr) {  // answers are piling up faster than the loop drains them
+      for (std::size_t j = 0; j < i; ++j) pool_->release(out[j]);
+      queued_.fetch_sub(count, std::memory_order_relaxed);
+      return admit::queue_full;
+    }
+    r->priority = priority;
+    out[i] = r;
+  }
+  return admit::ok;
+}
+
 bool model_scheduler::can_make_target(std::int64_t ahead) const noexcept {
   const cost_line cost = cost_.line();
   if (!cost.measured) return true;  // nothing learned yet: refuse nothing

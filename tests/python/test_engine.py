@@ -354,13 +354,21 @@ async def test_several_inputs_and_outputs_as_dicts() -> None:
             await engine.infer("two", {"a": np.zeros(3, np.float32)})
         with pytest.raises(inferline.InvalidInput, match="pass a dict"):
             await engine.infer("two", np.zeros(3, np.float32))
-        batch = await engine.infer_batch(
-            "two", {"a": np.zeros((5, 3), np.float32), "b": np.ones((5, 3), np.float32)}
-        )
+        a = np.arange(15, dtype=np.float32).reshape(5, 3)
+        batch = await engine.infer_batch("two", {"a": a, "b": np.ones((5, 3), np.float32)})
+        with pytest.raises(inferline.InvalidInput, match="same leading batch dimension"):
+            await engine.infer_batch("two", {"a": a, "b": np.ones((4, 3), np.float32)})
+        with pytest.raises(
+            inferline.InvalidInput,
+            match=r"model 'two': input 'b' has dtype float64; expected FP32 \(float32\)",
+        ):
+            await engine.infer_batch("two", {"a": a, "b": np.ones((5, 3), np.float64)})
     for i, o in enumerate(outs):
         np.testing.assert_array_equal(o["sum"], np.full(3, i + 1, np.float32))
         assert o["first"].dtype == np.int64 and o["first"][0] == i
-    assert batch["sum"].shape == (5, 3) and batch["first"].shape == (5, 1)
+    assert set(batch) == {"sum", "first"}
+    np.testing.assert_array_equal(batch["sum"], a + 1)
+    np.testing.assert_array_equal(batch["first"], a[:, :1].astype(np.int64))
 
 
 @pytest.mark.asyncio
@@ -581,3 +589,199 @@ async def test_latency_target_refuses_at_once_what_cannot_make_it() -> None:
     assert refused > 0 and admitted
     assert len(results) == len(admitted) + 1
     assert engine.stats("m")["requests"]["queue_full"] == refused
+
+
+# ---- infer_batch: one native call, one answer ---------------------------------------------------
+
+
+def rows(*markers: float) -> np.ndarray:
+    return np.stack([item(m) for m in markers])
+
+
+async def settle(engine: inferline.Engine, model: Recorder, blocker: Any) -> dict[str, Any]:
+    """Releases the held worker, flushes the queue with one more request, returns the stats."""
+    model.gate.set()
+    await blocker
+    await engine.infer("m", item(99))
+    return engine.stats("m")
+
+
+def assert_never_computed(model: Recorder, stats: dict[str, Any], marker: float, **n: int) -> None:
+    """Rows marked ``marker`` never reached the model, were counted as ``n`` says, and nothing
+    is left queued or in flight."""
+    assert marker not in model.seen_markers()
+    for outcome, count in n.items():
+        assert stats["requests"][outcome] == count
+    assert stats["in_flight"] == 0 and stats["queue_depth"] == 0
+
+
+async def wait_until(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(5000):
+        if cond():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_returns_what_infer_returns_stacked() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=4) as engine:
+        x = rows(*range(10))
+        out = await engine.infer_batch("m", x)
+        lists = await engine.infer_batch("m", [[1.0] * DIM, [2.0] * DIM])  # converted
+        one = await engine.infer("m", x[3])
+        stats = engine.stats("m")
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, x * 2.0)
+    np.testing.assert_array_equal(out[3], one)
+    np.testing.assert_array_equal(lists, rows(1.0, 2.0) * 2.0)
+    assert max(model.sizes()) <= 4  # rows are items for the batcher
+    assert stats["requests"]["success"] == 13
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_input_errors_name_the_batch_dimension() -> None:
+    model = Recorder()
+    async with make_engine(model) as engine:
+        with pytest.raises(
+            inferline.InvalidInput,
+            match=r"input 'x' has shape \(8,\); infer_batch takes a leading batch dimension: "
+            r"expected \(N, 8\)",
+        ):
+            await engine.infer_batch("m", item(1))
+        with pytest.raises(inferline.InvalidInput, match="the batch is empty"):
+            await engine.infer_batch("m", np.zeros((0, DIM), np.float32))
+        with pytest.raises(
+            inferline.InvalidInput, match=r"input 'x' has dtype <U1; expected FP32 \(float32\)"
+        ):
+            await engine.infer_batch("m", np.array([["a"] * DIM]))
+        with pytest.raises(inferline.InvalidInput, match=r"got inputs \['z'\]; expected \['x'\]"):
+            await engine.infer_batch("m", {"z": rows(1)})
+        with pytest.raises(inferline.InvalidInput, match="priority must be an int >= 0"):
+            await engine.infer_batch("m", rows(1), priority=-1)
+        with pytest.raises(inferline.InvalidInput, match="timeout must be a positive number"):
+            await engine.infer_batch("m", rows(1), timeout=0)
+    assert model.sizes() == []
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_refuses_nan_in_a_finite_input() -> None:
+    engine = inferline.Engine()
+    engine.register(
+        "f", lambda b: b, inputs=TensorSpec("x", "FP32", (2,), finite=True), warmup=False
+    )
+    async with engine:
+        bad = np.array([[1, 2], [np.nan, 0]], np.float32)
+        with pytest.raises(inferline.InvalidInput, match="'x' contains NaN or Inf"):
+            await engine.infer_batch("f", bad)
+        assert engine.stats("f")["queue_depth"] == 0
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_is_queued_all_or_nothing() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2, max_queue_size=4) as engine:
+        blocker = await hold_worker(engine, model)
+        waiting = [asyncio.ensure_future(engine.infer("m", item(i))) for i in (1, 2)]
+        await wait_until(lambda: engine.stats("m")["queue_depth"] == 2, "two items queue")
+        with pytest.raises(
+            inferline.QueueFullError, match=r"queue is full .*none of the 3 rows was queued"
+        ):
+            await engine.infer_batch("m", rows(50, 51, 52))
+        with pytest.raises(inferline.QueueFullError, match=r"a call of 5 rows is more than"):
+            await engine.infer_batch("m", rows(60, 61, 62, 63, 64))
+        assert engine.stats("m")["queue_depth"] == 2  # a refused call leaves nothing behind
+        fits = asyncio.ensure_future(engine.infer_batch("m", rows(70, 71)))
+        await wait_until(lambda: engine.stats("m")["queue_depth"] == 4, "the call to queue")
+        model.gate.set()
+        await asyncio.gather(blocker, *waiting)
+        out = await fits
+        stats = engine.stats("m")
+    np.testing.assert_array_equal(out, rows(70, 71) * 2.0)
+    assert not model.seen_markers() & {50.0, 51.0, 52.0, 60.0, 64.0}
+    assert stats["requests"]["queue_full"] == 2
+    assert stats["in_flight"] == 0 and stats["queue_depth"] == 0
+
+
+@pytest.mark.asyncio
+async def test_cancelling_infer_batch_cancels_its_queued_rows() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2) as engine:
+        blocker = await hold_worker(engine, model)
+        call = asyncio.ensure_future(engine.infer_batch("m", rows(7, 7, 7, 7, 7)))
+        await wait_until(lambda: engine.stats("m")["queue_depth"] == 5, "the rows to queue")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        stats = await settle(engine, model, blocker)
+    assert_never_computed(model, stats, 7.0, cancelled=5)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_row_fails_the_whole_call_and_cancels_the_rest() -> None:
+    def fn(b: np.ndarray) -> np.ndarray:
+        if (b[:, 0] == 13).any():
+            raise RuntimeError("unlucky row")
+        return b
+
+    model = Recorder(fn)
+    async with make_engine(model, max_batch_size=2) as engine:
+        blocker = await hold_worker(engine, model)
+        call = asyncio.ensure_future(engine.infer_batch("m", rows(13, 14, 1, 2, 3, 4)))
+        await wait_until(lambda: engine.stats("m")["queue_depth"] == 6, "the rows to queue")
+        model.gate.set()
+        await blocker
+        with pytest.raises(inferline.ModelError, match="model 'm' failed: RuntimeError: unlucky"):
+            await call
+        await engine.infer("m", item(9))  # the engine keeps serving
+        await wait_until(lambda: engine.stats("m")["in_flight"] == 0, "every row to finish")
+        stats = engine.stats("m")
+    counts = stats["requests"]
+    assert counts["model_error"] == 2  # the failing batch: rows 13 and 14
+    # The rows behind it were cancelled in the queue unless a worker already had them.
+    assert counts["cancelled"] + counts["success"] == 4 + 2  # + the blocker and item 9
+    assert counts["cancelled"] >= 2
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_timeout_raises_deadline_exceeded_and_skips_compute() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2) as engine:
+        blocker = await hold_worker(engine, model)
+        with pytest.raises(inferline.DeadlineExceeded, match=r"no answer within the 0.05s"):
+            await engine.infer_batch("m", rows(42, 42, 42), timeout=0.05)
+        stats = await settle(engine, model, blocker)
+    assert_never_computed(model, stats, 42.0, deadline_exceeded=3)
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_rows_keep_their_priority() -> None:
+    model = Recorder()
+    async with make_engine(model, max_batch_size=2, priority_levels=2) as engine:
+        blocker = await hold_worker(engine, model)
+        low = [asyncio.ensure_future(engine.infer("m", item(5), priority=1)) for _ in range(4)]
+        await wait_until(lambda: engine.stats("m")["queue_depth"] == 4, "low items to queue")
+        high = asyncio.ensure_future(engine.infer_batch("m", rows(1, 1, 1, 1), priority=0))
+        await wait_until(lambda: engine.stats("m")["queue_depth"] == 8, "the call to queue")
+        model.gate.set()
+        await asyncio.gather(blocker, *low, high)
+    order = [float(r[0]) for b in model.batches[1:] for r in b]
+    assert order == [1.0] * 4 + [5.0] * 4
+
+
+@pytest.mark.asyncio
+async def test_infer_batch_uses_and_fills_the_result_cache() -> None:
+    model = Recorder()
+    engine = inferline.Engine()
+    engine.register("m", model, inputs=X, outputs=Y, cache=(100, 1 << 20), warmup=False)
+    async with engine:
+        first = await engine.infer("m", item(1))
+        out = await engine.infer_batch("m", rows(1, 2, 1, 3))
+        again = await engine.infer("m", item(3))  # cached by the batch call
+        cache = engine.live_versions()[0].cache_stats
+    np.testing.assert_array_equal(out, rows(1, 2, 1, 3) * 2.0)
+    np.testing.assert_array_equal(first, out[0])
+    np.testing.assert_array_equal(again, out[3])
+    assert sorted(float(r[0]) for b in model.batches for r in b) == [1.0, 2.0, 3.0]
+    assert cache is not None and cache["hits"] == 3

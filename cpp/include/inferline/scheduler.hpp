@@ -123,6 +123,12 @@ class model_scheduler {
   /// On `admit::ok`, `*out` is a queued slot whose `input` the caller fills before `commit`
   /// (or hands back with `abandon`). Thread-safe, lock-free.
   admit prepare(std::uint32_t priority, request** out) noexcept;
+  /// Reserves `n` slots for the items of one call, all or none: on `admit::ok`, `out[0..n)`
+  /// are queued slots to fill and `commit` (or `abandon`) one by one; otherwise no slot is
+  /// taken and the queue is as it was. The queue bound (and, under latency_target, the
+  /// target) is checked for the whole call at once, as if its items arrived together; a
+  /// call of more items than `max_queue_size` is always `queue_full`. Thread-safe, lock-free.
+  admit prepare_many(std::uint32_t priority, std::size_t n, request** out) noexcept;
   /// Publishes a prepared request (stamps it and pushes it into its lane). Thread-safe.
   void commit(request* r, void* token, std::int64_t deadline_ns, std::uint64_t id) noexcept;
   /// Returns a prepared slot that will not be committed. Thread-safe.

@@ -7,6 +7,7 @@ loop into its future (runtime.py).
 - ``versions.py``: ``Batching``, ``ModelInfo``, a served version and its scheduler, a model's
   versions, aliases and default, and the ``Router`` that picks the version of a request.
 - ``runtime.py``: the native core on the event loop; warm-up, retiring and draining versions.
+- ``rows.py``: ``infer_batch``'s path (N rows, one native call, one future) and the result cache.
 - ``inputs.py``: input checks and coercion against a list of ``TensorSpec``.
 - ``repo_sync.py``: ``Engine.from_repository``'s model source: load, watch, the index.
 """

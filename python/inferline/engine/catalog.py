@@ -1,19 +1,54 @@
-"""What an engine serves, as administrators see it: aliases, default versions, introspection.
+"""What an engine serves and how a request finds it: state, routing, aliases, introspection.
 
 ``ModelCatalog`` is the part of :class:`~inferline.engine.Engine` that reads and re-points the
-routing table (``Router``) without touching the runtime: moving an alias or the default version
-is one assignment on the loop thread, and the figures are read live from the native
-schedulers. Registration, lifecycle and inference stay on the engine itself.
+routing table (``Router``) without touching the runtime: which version answers a request (or
+why none can), moving an alias or the default version (one assignment on the loop thread),
+readiness, and the figures read live from the native schedulers. ``ModelSource`` is where
+models come from besides ``register``. Lifecycle, registration and inference stay on the
+engine itself (engine.py), which moves ``_state``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .versions import ModelInfo, Router, VersionView
+from ..errors import EngineStopped, ModelNotFound, ModelNotReady
+from .versions import ModelInfo, Router, ServedVersion, VersionView
 
-__all__ = ["ModelCatalog"]
+if TYPE_CHECKING:  # the engine is built on this module: its type only, for ModelSource
+    from .engine import Engine
+
+__all__ = ["ModelCatalog", "ModelSource"]
+
+
+class ModelSource(Protocol):
+    """Where an engine's models come from besides ``register`` (e.g. a repository folder).
+
+    Attached by :meth:`Engine.from_repository`. It drives the engine through public methods
+    only; the engine calls it back at these points and nowhere else.
+    """
+
+    @property
+    def root(self) -> Path:
+        """The folder the models come from."""
+
+    @property
+    def failures(self) -> Mapping[str, str]:
+        """Models that could not load, with the reason (readiness is false while any)."""
+
+    async def start(self, engine: Engine) -> None:
+        """Loads the models; called by ``Engine.start`` once registered models are up."""
+
+    def stop(self) -> None:
+        """Stops watching and cancels background work; called first by ``Engine.stop``."""
+
+    async def load(self, engine: Engine, name: str, version: int | None) -> ModelInfo:
+        """Loads (or reloads) one model; ``Engine.load``."""
+
+    def index(self, engine: Engine) -> list[dict[str, Any]]:
+        """Every model (loaded or not) with its versions' states; ``Engine.repository_index``."""
 
 
 class ModelCatalog:
@@ -24,6 +59,57 @@ class ModelCatalog:
 
     def __init__(self) -> None:
         self._router = Router()
+        self._state = "created"  # moved by the engine's lifecycle
+        self._not_ready_reason: str | None = None
+        self._source: ModelSource | None = None
+
+    # -- state and routing --------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """created, loading, warming, ready, draining or stopped."""
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """True when started, not draining, and every model has a ready default version."""
+        return (
+            self._state == "ready"
+            and self._not_ready_reason is None
+            and not (self._source is not None and self._source.failures)
+            and all(m.serving is not None for m in self._router.models.values())
+        )
+
+    def mark_draining(self, reason: str = "shutting down") -> None:
+        """Turns readiness false (for load balancers) while requests are still accepted."""
+        self._not_ready_reason = reason
+
+    def _route(self, name: str, version: int | str | None) -> ServedVersion:
+        if self._state == "created":
+            raise EngineStopped(
+                "the engine is not started; use `async with engine:` or `await engine.start()`"
+            )
+        entry = self._router.models.get(name)
+        if entry is None:
+            reason = self._source.failures.get(name) if self._source is not None else None
+            if reason is not None:
+                raise ModelNotReady(f"model {name!r} failed to load: {reason}")
+            raise ModelNotFound(f"no model named {name!r} (models: {sorted(self._router.models)})")
+        v = entry.resolve(version)
+        if v.state != "ready":
+            if self._state in ("draining", "stopped"):
+                raise EngineStopped(
+                    f"the engine is {self._state}; model {name!r} takes no requests"
+                )
+            raise ModelNotReady(
+                f"model {name!r} version {v.version} is {v.state}"
+                + (f": {v.reason}" if v.reason else "")
+            )
+        return v
+
+    @property
+    def repository(self) -> Path | None:
+        """The repository folder this engine serves, if any."""
+        return self._source.root if self._source is not None else None
 
     # -- aliases and default version ----------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int) -> None:

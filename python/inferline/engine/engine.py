@@ -16,13 +16,13 @@ import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import _core
-from ..cache import ResultCache, input_key
+from ..cache import ResultCache
 from ..errors import (
     DeadlineExceeded,
     EngineStopped,
@@ -30,17 +30,17 @@ from ..errors import (
     InvalidInput,
     ModelError,
     ModelNotFound,
-    ModelNotReady,
     QueueFullError,
 )
 from ..types import TensorSpec
-from .catalog import ModelCatalog
-from .inputs import check_specs, convert, split_batch, stack_outputs
+from .catalog import ModelCatalog, ModelSource
+from .inputs import check_specs, convert
 from .repo_sync import RepositorySync, loaded_rows
+from .rows import expire, infer_cached, infer_rows, infer_rows_cached
 from .runtime import Runtime, log
 from .versions import Batching, ModelInfo, ServedVersion, check_identity
 
-__all__ = ["Engine", "ModelSource"]
+__all__ = ["Engine", "ModelSource"]  # ModelSource: re-exported from catalog.py
 
 
 # The exception classes the native core raises and answers futures with.
@@ -52,34 +52,6 @@ _core.set_error_types(
     EngineStopped,
     InvalidInput,
 )
-
-
-class ModelSource(Protocol):
-    """Where an engine's models come from besides ``register`` (e.g. a repository folder).
-
-    Attached by :meth:`Engine.from_repository`. It drives the engine through public methods
-    only; the engine calls it back at these points and nowhere else.
-    """
-
-    @property
-    def root(self) -> Path:
-        """The folder the models come from."""
-
-    @property
-    def failures(self) -> Mapping[str, str]:
-        """Models that could not load, with the reason (readiness is false while any)."""
-
-    async def start(self, engine: Engine) -> None:
-        """Loads the models; called by ``Engine.start`` once registered models are up."""
-
-    def stop(self) -> None:
-        """Stops watching and cancels background work; called first by ``Engine.stop``."""
-
-    async def load(self, engine: Engine, name: str, version: int | None) -> ModelInfo:
-        """Loads (or reloads) one model; ``Engine.load``."""
-
-    def index(self, engine: Engine) -> list[dict[str, Any]]:
-        """Every model (loaded or not) with its versions' states; ``Engine.repository_index``."""
 
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -117,9 +89,6 @@ class Engine(ModelCatalog):
         self._blas_limit: Any = None
         super().__init__()
         self._runtime = Runtime(self._router)
-        self._state = "created"
-        self._not_ready_reason: str | None = None
-        self._source: ModelSource | None = None
         _live_engines.add(self)
 
     # -- registration -------------------------------------------------------------------------
@@ -245,11 +214,6 @@ class Engine(ModelCatalog):
         engine._source = source
         return engine
 
-    @property
-    def repository(self) -> Path | None:
-        """The repository folder this engine serves, if any."""
-        return self._source.root if self._source is not None else None
-
     async def load(self, name: str, version: int | None = None) -> ModelInfo:
         """Loads (or reloads the wanted versions of) model ``name`` from the repository.
 
@@ -270,25 +234,6 @@ class Engine(ModelCatalog):
         return self._source.index(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        """created, loading, warming, ready, draining or stopped."""
-        return self._state
-
-    @property
-    def ready(self) -> bool:
-        """True when started, not draining, and every model has a ready default version."""
-        return (
-            self._state == "ready"
-            and self._not_ready_reason is None
-            and not (self._source is not None and self._source.failures)
-            and all(m.serving is not None for m in self._router.models.values())
-        )
-
-    def mark_draining(self, reason: str = "shutting down") -> None:
-        """Turns readiness false (for load balancers) while requests are still accepted."""
-        self._not_ready_reason = reason
-
     async def start(self) -> None:
         """Starts the workers and warms every model up; models become ready one by one."""
         if self._state != "created":
@@ -334,29 +279,6 @@ class Engine(ModelCatalog):
         await self.stop()
 
     # -- inference ----------------------------------------------------------------------------
-    def _route(self, name: str, version: int | str | None) -> ServedVersion:
-        if self._state == "created":
-            raise EngineStopped(
-                "the engine is not started; use `async with engine:` or `await engine.start()`"
-            )
-        entry = self._router.models.get(name)
-        if entry is None:
-            reason = self._source.failures.get(name) if self._source is not None else None
-            if reason is not None:
-                raise ModelNotReady(f"model {name!r} failed to load: {reason}")
-            raise ModelNotFound(f"no model named {name!r} (models: {sorted(self._router.models)})")
-        v = entry.resolve(version)
-        if v.state != "ready":
-            if self._state in ("draining", "stopped"):
-                raise EngineStopped(
-                    f"the engine is {self._state}; model {name!r} takes no requests"
-                )
-            raise ModelNotReady(
-                f"model {name!r} version {v.version} is {v.state}"
-                + (f": {v.reason}" if v.reason else "")
-            )
-        return v
-
     async def infer(
         self,
         name: str,
@@ -381,12 +303,9 @@ class Engine(ModelCatalog):
         if v is None or v.state != "ready":
             v = self._route(name, version)
         if v.cache is not None and _use_cache:
-            return await self._infer_cached(v, x, priority, timeout)
+            return await infer_cached(self.infer, v, x, priority, timeout)
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
-        if priority.__class__ is not int or priority < 0:
-            raise InvalidInput(f"priority must be an int >= 0 (0 is the highest), got {priority!r}")
-        if timeout is not None and not timeout > 0:
-            raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r}")
+        _check_request(priority, timeout)
         fut = loop.create_future()
         # The core turns the timeout into a deadline on its own clock (time.monotonic's), checks
         # NaN/Inf, and answers None only when the item needs converting first (a list, another
@@ -402,7 +321,7 @@ class Engine(ModelCatalog):
             except asyncio.CancelledError:
                 v.sched.cancel(h, False)
                 raise
-        timer = loop.call_later(timeout, _expire, fut, v, h, timeout)
+        timer = loop.call_later(timeout, expire, fut, v, v.sched.cancel, h, timeout)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -410,22 +329,6 @@ class Engine(ModelCatalog):
             raise
         finally:
             timer.cancel()
-
-    async def _infer_cached(
-        self, v: ServedVersion, x: Any, priority: int, timeout: float | None
-    ) -> Any:
-        assert v.cache is not None
-        x = convert(v.name, v.inputs, x)
-        key = input_key(x)
-        hit = v.cache.get(key)
-        if hit is not None:
-            return hit
-        out = await self.infer(
-            v.name, x, priority=priority, timeout=timeout, version=v.version, _use_cache=False
-        )
-        if v.state == "ready":  # a version being swapped out keeps nothing
-            v.cache.put(key, out)
-        return out
 
     async def infer_batch(
         self,
@@ -435,33 +338,28 @@ class Engine(ModelCatalog):
         priority: int = 0,
         timeout: float | None = None,
         version: int | str | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Runs N items given with a leading dimension N; returns outputs stacked the same way.
+    ) -> Any:
+        """Runs N items given with a leading dimension N (an array, or a dict name -> array)
+        and returns what ``infer`` returns, stacked: an array ``[N, ...]`` for a one-output
+        model, a dict for several.
 
-        Each row becomes one item for the batcher (batching counts rows, not calls). If any
-        row fails, the others are cancelled and the first error is raised.
+        The N rows are queued in one native call, every one or none (``QueueFullError``);
+        each row is an item for the batcher (batching counts rows, not calls). If any row
+        fails, the rows still queued are cancelled and the first error is raised.
+        ``priority``, ``timeout`` and cancellation as for ``infer``.
         """
         v = self._route(name, version)
-        items = split_batch(name, v.inputs, inputs)
-        tasks = [
-            asyncio.ensure_future(
-                self.infer(name, item, priority=priority, timeout=timeout, version=v.version)
+        _check_request(priority, timeout)
+        loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
+        if v.cache is not None:
+            return await infer_rows_cached(
+                v, inputs, lambda rows: infer_rows(loop, v, rows, priority, timeout)
             )
-            for item in items
-        ]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        return stack_outputs(v.outputs, results)
+        return await infer_rows(loop, v, inputs, priority, timeout)
 
 
-def _expire(fut: asyncio.Future[Any], v: ServedVersion, handle: int, timeout: float) -> None:
-    if not fut.done():
-        v.sched.cancel(handle, True)
-        fut.set_exception(
-            DeadlineExceeded(f"model {v.name!r}: no answer within the {timeout:g}s timeout")
-        )
+def _check_request(priority: int, timeout: float | None) -> None:
+    if priority.__class__ is not int or priority < 0:
+        raise InvalidInput(f"priority must be an int >= 0 (0 is the highest), got {priority!r}")
+    if timeout is not None and not timeout > 0:
+        raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r}")

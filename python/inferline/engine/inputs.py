@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InvalidInput
 from ..types import TensorSpec
 
-__all__ = ["check_specs", "coerce", "convert", "split_batch", "stack_outputs"]
+__all__ = ["as_rows", "check_specs", "coerce", "convert"]
 
 
 def check_specs(kind: str, specs: object, *, allow_empty: bool) -> list[TensorSpec]:
@@ -72,28 +72,7 @@ def coerce(model: str, spec: TensorSpec, value: Any) -> np.ndarray:
     """``value`` as a C-contiguous array of ``spec``'s dtype and shape; InvalidInput if it
     cannot be one without losing its kind (ints may become floats, not the reverse)."""
     where = f"model {model!r}: input {spec.name!r}"
-    if isinstance(value, np.ndarray):
-        if value.dtype != spec.dtype:
-            raise InvalidInput(
-                f"{where} has dtype {value.dtype}; expected {spec.datatype} ({spec.dtype})"
-            )
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"{where} is not array-like: {exc}") from None
-        if arr.dtype.kind in "OSUV":
-            raise InvalidInput(
-                f"{where} holds {arr.dtype} values; expected {spec.datatype} numbers"
-            )
-        if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind") and not (
-            arr.dtype.kind in "biu" and spec.dtype.kind in "fc"
-        ):
-            raise InvalidInput(
-                f"{where} holds {arr.dtype} values; expected {spec.datatype} ({spec.dtype})"
-            )
-        arr = arr.astype(spec.dtype)
+    arr = _of_dtype(where, spec, value)
     if arr.shape != spec.shape:
         hint = ""
         if arr.shape == (1, *spec.shape) or (
@@ -107,37 +86,59 @@ def coerce(model: str, spec: TensorSpec, value: Any) -> np.ndarray:
     return arr
 
 
-def split_batch(
-    model: str, inputs: Sequence[TensorSpec], batch: Mapping[str, np.ndarray] | np.ndarray
-) -> list[Any]:
-    """The items of a batch given with a leading dimension N (one array, or a dict name ->
-    array): N items, each an array (one input) or a dict. Raises InvalidInput."""
+def _of_dtype(where: str, spec: TensorSpec, value: Any) -> np.ndarray:
+    # ``value`` as an array of the spec's dtype (any shape); InvalidInput naming ``where``.
+    if isinstance(value, np.ndarray):
+        if value.dtype != spec.dtype:
+            raise InvalidInput(
+                f"{where} has dtype {value.dtype}; expected {spec.datatype} ({spec.dtype})"
+            )
+        return value
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{where} is not array-like: {exc}") from None
+    if arr.dtype.kind in "OSUV":
+        raise InvalidInput(f"{where} holds {arr.dtype} values; expected {spec.datatype} numbers")
+    if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind") and not (
+        arr.dtype.kind in "biu" and spec.dtype.kind in "fc"
+    ):
+        raise InvalidInput(
+            f"{where} holds {arr.dtype} values; expected {spec.datatype} ({spec.dtype})"
+        )
+    return arr.astype(spec.dtype)
+
+
+def as_rows(model: str, inputs: Sequence[TensorSpec], batch: Any) -> Any:
+    """N items given with a leading dimension N (one array, or a dict name -> array) as the
+    model takes them: an array ``[N, *shape]`` for one input, else a dict name -> array, each
+    of the spec's dtype and C-contiguous, N >= 1. Raises InvalidInput (NaN/Inf is left to the
+    core's check)."""
     arrays = batch if isinstance(batch, Mapping) else {inputs[0].name: batch}
     want = [s.name for s in inputs]
     if set(arrays) != set(want):
         raise InvalidInput(
             f"model {model!r}: got inputs {sorted(map(str, arrays))}; expected {want}"
         )
-    cols = {k: np.asarray(a) for k, a in arrays.items()}
-    sizes = {k: (a.shape[0] if a.ndim else None) for k, a in cols.items()}
-    n_set = set(sizes.values())
-    if None in n_set or len(n_set) != 1:
+    cols = {s.name: _rows_of(model, s, arrays[s.name]) for s in inputs}
+    sizes = {a.shape[0] for a in cols.values()}
+    if len(sizes) != 1:
         raise InvalidInput(
             f"model {model!r}: every input needs the same leading batch dimension; got "
             + ", ".join(f"{k}: {cols[k].shape}" for k in want)
         )
-    n = next(iter(n_set))
-    assert n is not None
-    if n == 0:
+    if sizes == {0}:
         raise InvalidInput(f"model {model!r}: the batch is empty")
-    if len(want) == 1:
-        return list(cols[want[0]][:n])
-    return [{k: cols[k][i] for k in want} for i in range(n)]
+    return cols[want[0]] if len(want) == 1 else cols
 
 
-def stack_outputs(outputs: Sequence[TensorSpec], results: list[Any]) -> dict[str, np.ndarray]:
-    """Per-item answers stacked along a new leading dimension, as a dict name -> array."""
-    if results and isinstance(results[0], dict):
-        return {k: np.stack([r[k] for r in results]) for k in results[0]}
-    out_name = outputs[0].name if outputs else "output"
-    return {out_name: np.stack(results)}
+def _rows_of(model: str, spec: TensorSpec, value: Any) -> np.ndarray:
+    where = f"model {model!r}: input {spec.name!r}"
+    arr = _of_dtype(where, spec, value)
+    if arr.ndim != len(spec.shape) + 1 or arr.shape[1:] != spec.shape:
+        dims = "".join(f", {d}" for d in spec.shape) or ","
+        raise InvalidInput(
+            f"{where} has shape {arr.shape}; infer_batch takes a leading batch dimension: "
+            f"expected (N{dims})"
+        )
+    return np.ascontiguousarray(arr)

@@ -279,6 +279,8 @@ class InferRoute:
         except Exception as e:  # an engine bug: log it, answer 500, keep serving
             log.exception("engine failed on model %r", name)
             raise HTTPError(500, f"internal error: {type(e).__name__}") from None
+        if not isinstance(outputs, dict):  # infer_batch of a one-output model: one array
+            outputs = {info.outputs[0].name if info.outputs else "output": outputs}
         self.last_inference[(name, info.version)] = int(time.time() * 1000)
         datatypes = _output_datatypes(name, outputs, out_types)
         if req.outputs is not None:
