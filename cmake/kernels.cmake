@@ -88,7 +88,14 @@ endif()
 # ---- native model backend -----------------------------------------------------------------
 # The native model implements inferline::backend and answers requests with blocks from the
 # core's block_pool, so it depends on both the kernels and the core (which know nothing of it).
+# Its CUDA executor is exec_cuda.cpp in CUDA builds and the small exec_no_cuda.cpp otherwise,
+# so no source needs #ifdef INFERLINE_HAVE_CUDA.
 file(GLOB INFERLINE_NATIVE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/native/*.cpp)
+if(INFERLINE_HAVE_CUDA)
+  list(FILTER INFERLINE_NATIVE_SOURCES EXCLUDE REGEX "/exec_no_cuda\\.cpp$")
+else()
+  list(FILTER INFERLINE_NATIVE_SOURCES EXCLUDE REGEX "/exec_cuda\\.cpp$")
+endif()
 add_library(inferline_native STATIC ${INFERLINE_NATIVE_SOURCES})
 target_link_libraries(inferline_native PUBLIC inferline_kernels inferline_core
                                        PRIVATE inferline_options)

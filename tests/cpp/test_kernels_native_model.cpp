@@ -31,6 +31,7 @@
 namespace {
 
 namespace k = inferline::kernels;
+namespace nat = inferline::native;
 namespace fs = std::filesystem;
 
 // ---- writing test files ---------------------------------------------------------------------
@@ -129,40 +130,40 @@ TEST(KernelSafetensors, ReadsTensorsMetadataAndDtypes) {
                      {"b\\u00e9", "BF16", {3}, as_bytes(bf)},
                      f32("scalar", {}, {42.0f})},
                     R"({"format":"pt","note":"x\"y"})");
-  const k::safetensors_file f(path);
+  const nat::safetensors_file f(path);
   ASSERT_EQ(f.tensors().size(), 6u);
   EXPECT_EQ(f.metadata().at("format"), "pt");
   EXPECT_EQ(f.metadata().at("note"), "x\"y");
-  const k::st_tensor& ta = f.at("a");
-  EXPECT_EQ(ta.dtype, k::st_dtype::f32);
+  const nat::st_tensor& ta = f.at("a");
+  EXPECT_EQ(ta.dtype, nat::st_dtype::f32);
   EXPECT_EQ(ta.shape, (std::vector<std::size_t>{2, 3}));
   EXPECT_EQ(ta.elements(), 6u);
   std::vector<float> got;
-  k::tensor_to_f32(ta, got);
+  nat::tensor_to_f32(ta, got);
   EXPECT_EQ(got, a);
-  k::tensor_to_f32(f.at("misaligned"), got);
+  nat::tensor_to_f32(f.at("misaligned"), got);
   EXPECT_EQ(got, (std::vector<float>{7.0f, 8.0f}));
-  k::tensor_to_f32(f.at("h"), got);
+  nat::tensor_to_f32(f.at("h"), got);
   EXPECT_EQ(got, hv);
-  k::tensor_to_f32(f.at("b\xc3\xa9"), got);  // \u00e9 decoded to UTF-8
+  nat::tensor_to_f32(f.at("b\xc3\xa9"), got);  // \u00e9 decoded to UTF-8
   EXPECT_EQ(got[0], 0.5f);
   EXPECT_EQ(got[1], -1.0f);
   EXPECT_EQ(f.at("scalar").elements(), 1u);
   EXPECT_EQ(f.find("nope"), nullptr);
-  EXPECT_THROW(k::tensor_to_f32(f.at("odd"), got), std::runtime_error);
+  EXPECT_THROW(nat::tensor_to_f32(f.at("odd"), got), std::runtime_error);
   try {
     (void)f.at("nope");
     FAIL();
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("no tensor \"nope\""), std::string::npos) << e.what();
   }
-  k::safetensors_file moved = k::safetensors_file(path);
+  nat::safetensors_file moved = nat::safetensors_file(path);
   EXPECT_EQ(moved.at("a").elements(), 6u);
 }
 
 void expect_load_error(const std::string& path, const std::string& needle) {
   try {
-    k::safetensors_file f(path);
+    nat::safetensors_file f(path);
     FAIL() << "expected an error containing \"" << needle << "\"";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -250,10 +251,10 @@ void expect_close(const float* got, const std::vector<double>& ref, const std::s
   }
 }
 
-k::op_spec linear_op(std::string w, std::string b, k::activation a,
+nat::op_spec linear_op(std::string w, std::string b, k::activation a,
                      k::weight_layout layout = k::weight_layout::out_in) {
-  k::op_spec s;
-  s.kind = k::op_kind::linear;
+  nat::op_spec s;
+  s.kind = nat::op_kind::linear;
   s.weight = std::move(w);
   s.bias = std::move(b);
   s.act = a;
@@ -261,8 +262,8 @@ k::op_spec linear_op(std::string w, std::string b, k::activation a,
   return s;
 }
 
-k::op_spec simple_op(k::op_kind kind) {
-  k::op_spec s;
+nat::op_spec simple_op(nat::op_kind kind) {
+  nat::op_spec s;
   s.kind = kind;
   return s;
 }
@@ -293,16 +294,16 @@ struct mlp_fixture {
     write_safetensors(path, entries);
   }
 
-  k::native_model_config config(std::size_t max_batch = 64) const {
-    k::native_model_config c;
+  nat::native_model_config config(std::size_t max_batch = 64) const {
+    nat::native_model_config c;
     c.weights_path = path;
     c.ops = {linear_op("fc1.weight", "fc1.bias", k::activation::gelu),
              linear_op("fc2.weight", "fc2.bias", k::activation::gelu_tanh,
                        k::weight_layout::in_out),
              linear_op("fc3.weight", "fc3.bias", k::activation::none),
-             simple_op(k::op_kind::softmax)};
-    c.inputs = {{"x", k::tensor_type::f32, {in}}};
-    c.outputs = {{"probs", k::tensor_type::f32, {classes}}};
+             simple_op(nat::op_kind::softmax)};
+    c.inputs = {{"x", nat::tensor_type::f32, {in}}};
+    c.outputs = {{"probs", nat::tensor_type::f32, {classes}}};
     c.max_batch_size = max_batch;
     return c;
   }
@@ -320,7 +321,7 @@ struct mlp_fixture {
 TEST(KernelNativeModel, MlpClassifierMatchesReferenceForManyBatchSizes) {
   for (const bool f16_last : {false, true}) {
     mlp_fixture fx(f16_last);
-    k::native_model model(fx.config());
+    nat::native_model model(fx.config());
     EXPECT_EQ(model.device(), "cpu");
     EXPECT_EQ(model.platform(), "native");
     EXPECT_EQ(model.output_elements(0), mlp_fixture::classes);
@@ -337,14 +338,14 @@ TEST(KernelNativeModel, MlpClassifierMatchesReferenceForManyBatchSizes) {
 
 TEST(KernelNativeModel, HalfAndBfloatInputsAreWidenedOnEntry) {
   mlp_fixture fx;
-  for (const auto type : {k::tensor_type::f16, k::tensor_type::bf16}) {
+  for (const auto type : {nat::tensor_type::f16, nat::tensor_type::bf16}) {
     auto cfg = fx.config();
     cfg.inputs[0].type = type;
-    k::native_model model(cfg);
+    nat::native_model model(cfg);
     const std::size_t n = 5;
     auto x = random_floats(n * mlp_fixture::in, 7);
     std::vector<std::uint16_t> bits(x.size());
-    if (type == k::tensor_type::f16) {
+    if (type == nat::tensor_type::f16) {
       k::convert_f32_to_f16(x.data(), bits.data(), x.size());
       k::convert_f16_to_f32(bits.data(), x.data(), x.size());
     } else {
@@ -359,7 +360,7 @@ TEST(KernelNativeModel, HalfAndBfloatInputsAreWidenedOnEntry) {
 
 // Runs `model` the way a worker does: inputs gathered in a pooled block, requests answered
 // with rows of the model's output block.
-std::vector<float> run_batch(k::native_model& model, const std::vector<float>& x, std::size_t n,
+std::vector<float> run_batch(nat::native_model& model, const std::vector<float>& x, std::size_t n,
                              std::size_t in, std::size_t out, int instance) {
   struct input_block {  // released even when run() throws
     inferline::block_pool* pool;
@@ -393,7 +394,7 @@ std::vector<float> run_batch(k::native_model& model, const std::vector<float>& x
 
 TEST(KernelNativeModel, RunAnswersEveryRequestWithARowOfAPooledBlock) {
   mlp_fixture fx;
-  k::native_model model(fx.config(16));
+  nat::native_model model(fx.config(16));
   const std::size_t n = 13;
   const auto x = random_floats(n * mlp_fixture::in, 9);
   const auto y = run_batch(model, x, n, mlp_fixture::in, mlp_fixture::classes, 0);
@@ -421,7 +422,7 @@ TEST(KernelNativeModel, RunAnswersEveryRequestWithARowOfAPooledBlock) {
 
 TEST(KernelNativeModel, ConcurrentInstancesGiveTheSameAnswers) {
   mlp_fixture fx;
-  k::native_model model(fx.config(32));
+  nat::native_model model(fx.config(32));
   const auto x = random_floats(32 * mlp_fixture::in, 11);
   const auto want = fx.reference(x, 32);
   std::vector<std::thread> threads;
@@ -452,17 +453,17 @@ TEST(KernelNativeModel, PooledSequenceEncoderWithMasks) {
   const auto g = random_floats(D, 23), beta = random_floats(D, 24);
   write_safetensors(path, {f32("proj.weight", {D, H}, w), f32("proj.bias", {D}, b),
                            f32("ln.weight", {D}, g), f32("ln.bias", {D}, beta)});
-  for (const auto mask_type : {k::tensor_type::f32, k::tensor_type::i64}) {
-    k::native_model_config c;
+  for (const auto mask_type : {nat::tensor_type::f32, nat::tensor_type::i64}) {
+    nat::native_model_config c;
     c.weights_path = path;
-    k::op_spec ln = simple_op(k::op_kind::layer_norm);
+    nat::op_spec ln = simple_op(nat::op_kind::layer_norm);
     ln.weight = "ln.weight";
     ln.bias = "ln.bias";
     c.ops = {linear_op("proj.weight", "proj.bias", k::activation::relu),
-             simple_op(k::op_kind::mean_pool), ln, simple_op(k::op_kind::l2_normalize)};
-    c.inputs = {{"tokens", k::tensor_type::f32, {T, H}}, {"mask", mask_type, {T}}};
-    c.outputs = {{"embedding", k::tensor_type::f32, {D}}};
-    k::native_model model(c);
+             simple_op(nat::op_kind::mean_pool), ln, simple_op(nat::op_kind::l2_normalize)};
+    c.inputs = {{"tokens", nat::tensor_type::f32, {T, H}}, {"mask", mask_type, {T}}};
+    c.outputs = {{"embedding", nat::tensor_type::f32, {D}}};
+    nat::native_model model(c);
     const std::size_t n = 4;
     const auto x = random_floats(n * T * H, 25);
     std::vector<float> maskf(n * T);
@@ -472,7 +473,7 @@ TEST(KernelNativeModel, PooledSequenceEncoderWithMasks) {
       maskf[i] = static_cast<float>(maski[i]);
     }
     std::vector<float> y(n * D);
-    const void* mask = mask_type == k::tensor_type::f32 ? static_cast<const void*>(maskf.data())
+    const void* mask = mask_type == nat::tensor_type::f32 ? static_cast<const void*>(maskf.data())
                                                          : maski.data();
     model.forward(x.data(), mask, n, y.data());
     std::vector<double> xs(x.begin(), x.end());
@@ -505,11 +506,11 @@ TEST(KernelNativeModel, PooledSequenceEncoderWithMasks) {
 TEST(KernelNativeModel, TopKHeadHasValuesAndIndicesOutputs) {
   mlp_fixture fx;
   auto c = fx.config();
-  k::op_spec top = simple_op(k::op_kind::topk);
+  nat::op_spec top = simple_op(nat::op_kind::topk);
   top.k = 3;
   c.ops.push_back(top);
-  c.outputs = {{"scores", k::tensor_type::f32, {3}}, {"labels", k::tensor_type::i64, {3}}};
-  k::native_model model(c);
+  c.outputs = {{"scores", nat::tensor_type::f32, {3}}, {"labels", nat::tensor_type::i64, {3}}};
+  nat::native_model model(c);
   const std::size_t n = 6;
   const auto x = random_floats(n * mlp_fixture::in, 31);
   std::vector<float> v(n * 3);
@@ -536,16 +537,16 @@ TEST(KernelNativeModel, ImageInputNormalisedThenLinear) {
   const std::string path = dir.file("img.safetensors");
   const auto w = random_floats(OUT * F, 41, 0.2f);
   write_safetensors(path, {f32("head.weight", {OUT, F}, w)});
-  k::native_model_config c;
+  nat::native_model_config c;
   c.weights_path = path;
-  k::op_spec img = simple_op(k::op_kind::image_to_float);
+  nat::op_spec img = simple_op(nat::op_kind::image_to_float);
   img.mean = {0.485f, 0.456f, 0.406f};
   img.std_dev = {0.229f, 0.224f, 0.225f};
   img.image_out = k::image_layout::nchw;
   c.ops = {img, linear_op("head.weight", "", k::activation::none)};
-  c.inputs = {{"image", k::tensor_type::u8, {H, W, C}}};
-  c.outputs = {{"logits", k::tensor_type::f32, {OUT}}};
-  k::native_model model(c);
+  c.inputs = {{"image", nat::tensor_type::u8, {H, W, C}}};
+  c.outputs = {{"logits", nat::tensor_type::f32, {OUT}}};
+  nat::native_model model(c);
   const std::size_t n = 3;
   std::vector<std::uint8_t> px(n * F);
   std::mt19937 rng(42);
@@ -566,9 +567,9 @@ TEST(KernelNativeModel, ImageInputNormalisedThenLinear) {
 
 // ---- load-time errors ---------------------------------------------------------------------
 
-void expect_config_error(const k::native_model_config& c, const std::string& needle) {
+void expect_config_error(const nat::native_model_config& c, const std::string& needle) {
   try {
-    k::native_model m(c);
+    nat::native_model m(c);
     FAIL() << "expected an error containing \"" << needle << "\"";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -592,10 +593,10 @@ TEST(KernelNativeModel, LoadErrorsNameTheOpTensorAndShape) {
   c.outputs[0].shape = {11};
   expect_config_error(c, "output \"probs\" is declared FP32 [11] but the ops produce FP32 [10]");
   c = fx.config();
-  c.outputs.push_back({"extra", k::tensor_type::f32, {1}});
+  c.outputs.push_back({"extra", nat::tensor_type::f32, {1}});
   expect_config_error(c, "the ops produce 1 output(s)");
   c = fx.config();
-  k::op_spec top = simple_op(k::op_kind::topk);
+  nat::op_spec top = simple_op(nat::op_kind::topk);
   top.k = 2;
   c.ops.insert(c.ops.begin() + 1, top);
   expect_config_error(c, "op 1 (topk): topk must be the last op");
@@ -604,10 +605,10 @@ TEST(KernelNativeModel, LoadErrorsNameTheOpTensorAndShape) {
   c.ops.back().k = 11;
   expect_config_error(c, "k must be between 1 and 10, got 11");
   c = fx.config();
-  c.inputs.push_back({"mask", k::tensor_type::f32, {1}});
+  c.inputs.push_back({"mask", nat::tensor_type::f32, {1}});
   expect_config_error(c, "the model has no mean_pool op");
   c = fx.config();
-  c.inputs[0].type = k::tensor_type::u8;
+  c.inputs[0].type = nat::tensor_type::u8;
   expect_config_error(c, "must be FP32, FP16 or BF16");
   c = fx.config();
   c.weights_path = fx.dir.file("absent.safetensors");
@@ -628,7 +629,7 @@ TEST(KernelNativeModel, CudaRequestWithoutGpuIsAClearErrorOrAFallback) {
   expect_config_error(c, "device = \"cuda\" requested but");
   expect_config_error(c, "set allow_cpu_fallback = true");
   c.allow_cpu_fallback = true;
-  k::native_model model(c);
+  nat::native_model model(c);
   EXPECT_EQ(model.device(), "cpu");
   EXPECT_FALSE(model.fallback_reason().empty());
   const auto x = random_floats(2 * mlp_fixture::in, 51);
@@ -643,13 +644,13 @@ TEST(KernelNativeModel, CudaDeviceMatchesCpu) {
   mlp_fixture fx(true);
   auto c = fx.config();
   c.device = "cuda";
-  k::op_spec top = simple_op(k::op_kind::topk);
+  nat::op_spec top = simple_op(nat::op_kind::topk);
   top.k = 4;
   c.ops.push_back(top);
-  c.outputs = {{"scores", k::tensor_type::f32, {4}}, {"labels", k::tensor_type::i64, {4}}};
-  k::native_model gpu(c);
+  c.outputs = {{"scores", nat::tensor_type::f32, {4}}, {"labels", nat::tensor_type::i64, {4}}};
+  nat::native_model gpu(c);
   c.device = "cpu";
-  k::native_model cpu(c);
+  nat::native_model cpu(c);
   EXPECT_EQ(gpu.device(), "cuda:0");
   for (const std::size_t n : {1, 9, 64}) {
     const auto x = random_floats(n * mlp_fixture::in, 61);

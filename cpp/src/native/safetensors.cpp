@@ -19,7 +19,7 @@
 
 #include "inferline/kernels/convert.hpp"
 
-namespace inferline::kernels {
+namespace inferline::native {
 
 std::size_t dtype_size(st_dtype t) noexcept {
   switch (t) {
@@ -431,9 +431,9 @@ void tensor_to_f32(const st_tensor& t, std::vector<float>& out) {
       std::vector<std::uint16_t> bits(n);  // copy first: the mapping may be unaligned
       std::memcpy(bits.data(), t.data, n * sizeof(std::uint16_t));
       if (t.dtype == st_dtype::f16) {
-        convert_f16_to_f32(bits.data(), out.data(), n);
+        kernels::convert_f16_to_f32(bits.data(), out.data(), n);
       } else {
-        convert_bf16_to_f32(bits.data(), out.data(), n);
+        kernels::convert_bf16_to_f32(bits.data(), out.data(), n);
       }
       return;
     }
@@ -450,4 +450,4 @@ void tensor_to_f32(const st_tensor& t, std::vector<float>& out) {
   }
 }
 
-}  // namespace inferline::kernels
+}  // namespace inferline::native

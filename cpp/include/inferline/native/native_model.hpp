@@ -15,7 +15,7 @@
 #include "inferline/kernels/math.hpp"
 #include "inferline/native/safetensors.hpp"
 
-namespace inferline::kernels {
+namespace inferline::native {
 
 /// What one step of a native model does. Plain value; thread-safe.
 enum class op_kind : std::uint8_t {
@@ -35,13 +35,13 @@ struct op_spec {
   std::string weight;                   ///< linear W / layer_norm gamma (tensor name; may be
                                         ///< empty for layer_norm)
   std::string bias;                     ///< linear b / layer_norm beta (may be empty)
-  activation act = activation::none;    ///< linear epilogue or activation op
-  weight_layout layout = weight_layout::out_in;  ///< how W is stored
+  kernels::activation act = kernels::activation::none;  ///< linear epilogue or activation op
+  kernels::weight_layout layout = kernels::weight_layout::out_in;  ///< how W is stored
   float eps = -1.0f;                    ///< < 0: the op's default (1e-5 LN, 1e-12 L2)
   std::size_t k = 0;                    ///< topk
   std::vector<float> mean;              ///< image_to_float, per channel, [0, 1] scale
   std::vector<float> std_dev;           ///< image_to_float, per channel
-  image_layout image_out = image_layout::nchw;  ///< image_to_float output order
+  kernels::image_layout image_out = kernels::image_layout::nchw;  ///< image_to_float output order
 };
 
 /// Element type of a model input or output (Open Inference Protocol names in comments).
@@ -122,23 +122,37 @@ class native_model final : public backend {
   }
 
  private:
+  // Defined in the private plan.hpp: a planned op, an instance's scratch memory, and the CUDA
+  // part of that scratch memory (defined only by exec_cuda.cpp; never created without CUDA).
   struct step;
   struct workspace;
+  struct device_workspace;
+  struct device_workspace_deleter {
+    void operator()(device_workspace* ws) const noexcept;
+  };
   struct slot {
     std::mutex mutex;  // uncontended: only instance i (or a warm-up on the same index) uses it
     std::unique_ptr<workspace> ws;
   };
   static constexpr std::size_t max_instances = 257;  // the scheduler allows 1..256, +1 forward
 
+  // plan.cpp: checks the ops against the inputs and outputs and resolves their weights.
   void plan();
-  void upload_to_device();
+  const float* host_tensor(const std::string& name, std::size_t expect, const char* what,
+                           std::size_t op_index);
+  // exec_cpu.cpp
   void compute_cpu(workspace& ws, const std::byte* in, const std::byte* mask, std::size_t n,
                    float* out, std::int64_t* indices);
+  // exec_cuda.cpp in CUDA builds; exec_no_cuda.cpp (never reached: cuda_device_ stays -1)
+  // otherwise.
+  void upload_to_device();
+  void select_device() const;
+  void free_device_weights() noexcept;
   void compute_cuda(workspace& ws, const std::byte* in, const std::byte* mask, std::size_t n,
                     float* out, std::int64_t* indices);
   workspace& workspace_for(slot& s);
-  const float* host_tensor(const std::string& name, std::size_t expect, const char* what,
-                           std::size_t op_index);
+  void compute(workspace& ws, const std::byte* in, const std::byte* mask, std::size_t n,
+               float* out, std::int64_t* indices);
 
   native_model_config config_;
   std::unique_ptr<safetensors_file> weights_;
@@ -157,4 +171,15 @@ class native_model final : public backend {
   std::unique_ptr<std::array<slot, max_instances>> slots_;
 };
 
+}  // namespace inferline::native
+
+namespace inferline::kernels {
+// The native model lived here before it had a namespace of its own; these names keep code that
+// still spells it kernels::native_model (the Python bindings) compiling unchanged.
+using native::native_model;
+using native::native_model_config;
+using native::op_kind;
+using native::op_spec;
+using native::tensor_desc;
+using native::tensor_type;
 }  // namespace inferline::kernels

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace inferline::kernels {
+namespace inferline::native {
 
 /// Element type of a stored tensor (the safetensors dtype names). Plain value; thread-safe.
 enum class st_dtype : std::uint8_t { f64, f32, f16, bf16, i64, i32, i16, i8, u8, boolean };
@@ -73,4 +73,4 @@ class safetensors_file {
 /// Accepts F32, F16, BF16 and F64; throws std::runtime_error for other dtypes. Thread-safe.
 void tensor_to_f32(const st_tensor& t, std::vector<float>& out);
 
-}  // namespace inferline::kernels
+}  // namespace inferline::native
