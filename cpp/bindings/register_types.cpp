@@ -36,7 +36,9 @@ void register_types(py::module_& m) {
       .def_readonly("max_queue_size", &limits_table::max_queue_size)
       .def_readonly("max_priority_levels", &limits_table::max_priority_levels)
       .def_readonly("max_instances", &limits_table::max_instances)
-      .def_readonly("max_ndim", &limits_table::max_ndim);
+      .def_readonly("max_ndim", &limits_table::max_ndim)
+      .def_readonly("max_queue_memory_bytes", &limits_table::max_queue_memory_bytes)
+      .def_readonly("max_execution_timeout_ms", &limits_table::max_execution_timeout_ms);
   py::class_<defaults_table>(m, "DefaultsTable",
                              "What a model gets for every setting it leaves out (read-only).")
       .def_readonly("max_batch_size", &defaults_table::max_batch_size)
@@ -44,7 +46,9 @@ void register_types(py::module_& m) {
       .def_readonly("max_queue_size", &defaults_table::max_queue_size)
       .def_readonly("priority_levels", &defaults_table::priority_levels)
       .def_readonly("instances", &defaults_table::instances)
-      .def_readonly("idle_spin_us", &defaults_table::idle_spin_us);
+      .def_readonly("idle_spin_us", &defaults_table::idle_spin_us)
+      .def_readonly("execution_timeout_ms", &defaults_table::execution_timeout_ms)
+      .def_readonly("shutdown_grace_ms", &defaults_table::shutdown_grace_ms);
   m.attr("limits") = py::cast(limits_table{});
   m.attr("defaults") = py::cast(defaults_table{});
 
@@ -74,7 +78,7 @@ void register_types(py::module_& m) {
       .def(py::init([](std::string name, std::size_t max_batch_size, double max_queue_delay_ms,
                        std::size_t max_queue_size, std::size_t priority_levels,
                        std::size_t instances, double idle_spin_us, const std::string& policy,
-                       double max_latency_ms) {
+                       double max_latency_ms, double execution_timeout_ms) {
              scheduler_config c;
              c.name = std::move(name);
              c.max_batch_size = max_batch_size;
@@ -90,6 +94,7 @@ void register_types(py::module_& m) {
              }
              c.policy = *p;
              c.max_latency_ns = to_ns(max_latency_ms, 1e6, "max_latency_ms");
+             c.execution_timeout_ns = to_ns(execution_timeout_ms, 1e6, "execution_timeout_ms");
              validate(c);  // std::invalid_argument -> ValueError naming the setting
              return c;
            }),
@@ -101,7 +106,8 @@ void register_types(py::module_& m) {
            py::arg("instances") = defaults.instances,
            py::arg("idle_spin_us") = defaults.idle_spin_us,
            py::arg("policy") = std::string(batch_policy_name(batch_policy::work_conserving)),
-           py::arg("max_latency_ms") = 0.0)
+           py::arg("max_latency_ms") = 0.0,
+           py::arg("execution_timeout_ms") = defaults.execution_timeout_ms)
       .def_readonly("name", &scheduler_config::name)
       .def_readonly("max_batch_size", &scheduler_config::max_batch_size)
       .def_property_readonly("max_queue_delay_ms",
@@ -120,6 +126,10 @@ void register_types(py::module_& m) {
       .def_property_readonly(
           "max_latency_ms",
           [](const scheduler_config& c) { return static_cast<double>(c.max_latency_ns) / 1e6; })
+      .def_property_readonly("execution_timeout_ms",
+                             [](const scheduler_config& c) {
+                               return static_cast<double>(c.execution_timeout_ns) / 1e6;
+                             })
       .def("__repr__", [](const scheduler_config& c) {
         return "SchedulerConfig(name='" + c.name + "', max_batch_size=" +
                std::to_string(c.max_batch_size) + ", max_queue_delay_ms=" +
@@ -132,6 +142,9 @@ void register_types(py::module_& m) {
                    .cast<std::string>() +
                ", policy='" + std::string(batch_policy_name(c.policy)) + "', max_latency_ms=" +
                py::repr(py::float_(static_cast<double>(c.max_latency_ns) / 1e6))
+                   .cast<std::string>() +
+               ", execution_timeout_ms=" +
+               py::repr(py::float_(static_cast<double>(c.execution_timeout_ns) / 1e6))
                    .cast<std::string>() +
                ")";
       });

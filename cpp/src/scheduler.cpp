@@ -6,38 +6,18 @@
 
 #include <algorithm>
 #include <bit>
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <exception>
 #include <limits>
 #include <stdexcept>
 
 namespace inferline {
 namespace {
-
-// A chain of answered requests, pushed to the completion queue in one go.
-struct answer_chain {
-  request* first = nullptr;
-  request* last = nullptr;
-  void add(request* r) noexcept {
-    r->next = nullptr;
-    if (last == nullptr) {
-      first = last = r;
-    } else {
-      last->next = r;
-      last = r;
-    }
-  }
-  void flush(completion_queue& q) noexcept {
-    if (first != nullptr) q.push(first, last);
-    first = last = nullptr;
-  }
-};
-
-std::size_t round_up_pow2(std::size_t n) {
-  std::size_t p = 1;
-  while (p < n) p <<= 1;
-  return p;
-}
 
 const std::shared_ptr<const std::string>& msg_cancelled() {
   static const auto m = std::make_shared<const std::string>("request cancelled before it was computed");
@@ -53,6 +33,28 @@ const std::shared_ptr<const std::string>& msg_stopped() {
       "engine stopped before the request was computed");
   return m;
 }
+
+const std::shared_ptr<const std::string>& msg_stopped_computing() {
+  static const auto m = std::make_shared<const std::string>(
+      "engine stopped while the batch was computing: the model did not finish within the "
+      "shutdown grace, and its late answer will be discarded");
+  return m;
+}
+
+// Milliseconds of `ns` for a message: whole when whole, else with up to three decimals.
+std::string format_ms(std::int64_t ns) {
+  if (ns % 1000000 == 0) return std::to_string(ns / 1000000);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(ns) / 1e6);
+  return buf;
+}
+
+// A worker's phase word: the batch sequence number above the two state bits, so a watchdog
+// that observed batch k running can never take batch k+1 from the worker by mistake.
+constexpr std::uint64_t phase_idle = 0;
+constexpr std::uint64_t phase_running = 1;
+constexpr std::uint64_t phase_abandoned = 2;
+constexpr std::uint64_t phase_state(std::uint64_t p) noexcept { return p & 3; }
 
 // batch_due's answer for "dispatch what is held now".
 constexpr std::int64_t leave_now = std::numeric_limits<std::int64_t>::min();
@@ -113,28 +115,70 @@ cost_line batch_cost_model::line() const noexcept {
 
 // ---- scheduler -----------------------------------------------------------------------------
 
+// A chain of answered requests, pushed to the completion queue in one go.
+struct model_scheduler::answer_chain {
+  request* first = nullptr;
+  request* last = nullptr;
+  void add(request* r) noexcept {
+    r->next = nullptr;
+    if (last == nullptr) {
+      first = last = r;
+    } else {
+      last->next = r;
+      last = r;
+    }
+  }
+  void flush(completion_queue& q) noexcept {
+    if (first != nullptr) q.push(first, last);
+    first = last = nullptr;
+  }
+};
+
+// One worker thread and what it may still reach if it is abandoned: the thread holds this by
+// shared ownership, so the record, the backend and the shadow requests outlive the scheduler
+// for as long as the thread runs.
+struct model_scheduler::worker {
+  worker(int i, std::shared_ptr<backend> m, std::size_t max_batch)
+      : instance(i), model(std::move(m)), shadows(std::make_unique<request[]>(max_batch)) {
+    shadow_ptrs.reserve(max_batch);
+    for (std::size_t k = 0; k < max_batch; ++k) shadow_ptrs.push_back(&shadows[k]);
+    items.reserve(max_batch);
+  }
+  const int instance;
+  std::thread thread;
+  const std::shared_ptr<backend> model;
+  // What the backend fills (result, output, row) instead of the real slots.
+  const std::unique_ptr<request[]> shadows;
+  std::vector<request*> shadow_ptrs;
+  // The batch being formed or computed (real slots). Handed to take_batch by `phase`: once
+  // the phase says running, only the winner of the phase CAS touches it.
+  std::vector<request*> items;
+  std::atomic<std::uint64_t> phase{phase_idle};
+  std::atomic<std::int64_t> deadline{no_deadline};  // of the running batch
+  bool exited = false;                              // guarded by workers_mutex_
+};
+
+// ---- scheduler (continued) -----------------------------------------------------------------------------
+
 model_scheduler::model_scheduler(scheduler_config config, std::shared_ptr<backend> model,
                                  completion_queue& completions)
     : config_(std::move(config)), backend_(std::move(model)), completions_(completions) {
   if (!backend_) throw std::invalid_argument("model_scheduler needs a backend");
-  validate(config_);
-  validate_policy(config_);
+  validate(config_);  // with input_bytes: also the queue memory
   for (std::size_t b : config_.input_bytes) {
     input_offsets_.push_back(item_bytes_);
     item_bytes_ += b;
     region_bytes_.push_back(b * config_.max_batch_size);
   }
-  // Slots: everything queued, every batch being computed, and answers not yet drained by the
-  // loop (bounded by the same amount again; beyond that admission says queue full).
-  const std::size_t in_compute = config_.instances * config_.max_batch_size;
-  pool_ = std::make_unique<request_pool>(2 * (config_.max_queue_size + in_compute), item_bytes_,
-                                         this);
-  // A lane never holds more than max_queue_size; the margin keeps a push from meeting a slot
-  // whose pop is still in progress.
-  const std::size_t lane_capacity = round_up_pow2(config_.max_queue_size + in_compute + 1);
+  // Slots: everything queued (live, or cancelled and not yet swept), every batch being
+  // computed, and answers not yet drained by the loop; beyond that admission says queue full.
+  // validate() refused settings whose slots and lanes would not fit limits.max_queue_memory.
+  pool_ = std::make_unique<request_pool>(request_slots(config_), item_bytes_, this);
+  // Every lane can hold every slot (plus one), so a push never meets a full lane.
   for (std::size_t i = 0; i < config_.priority_levels; ++i) {
-    lanes_.push_back(std::make_unique<mpmc_queue<request*>>(lane_capacity));
+    lanes_.push_back(std::make_unique<mpmc_queue<request*>>(lane_capacity(config_)));
   }
+  carry_.resize(config_.priority_levels);
   blocks_ = block_pool::create(region_bytes_);
 }
 
@@ -146,10 +190,19 @@ model_scheduler::~model_scheduler() {
 void model_scheduler::start() {
   if (started_) return;
   started_ = true;
+  std::lock_guard lock(workers_mutex_);
   workers_.reserve(config_.instances);
   for (std::size_t i = 0; i < config_.instances; ++i) {
-    workers_.emplace_back([this, i] { worker_main(static_cast<int>(i)); });
+    workers_.push_back(spawn(static_cast<int>(i)));
   }
+  if (config_.execution_timeout_ns > 0) watchdog_ = std::thread([this] { watchdog_main(); });
+}
+
+std::shared_ptr<model_scheduler::worker> model_scheduler::spawn(int instance) {
+  auto w = std::make_shared<worker>(instance, backend_, config_.max_batch_size);
+  // The thread's copy of `w` keeps the record alive after an abandon.
+  w->thread = std::thread([this, w] { worker_main(w); });
+  return w;
 }
 
 admit model_scheduler::prepare(std::uint32_t priority, request** out) noexcept {
@@ -246,83 +299,238 @@ bool model_scheduler::cancel(std::uint64_t handle, bool expired) noexcept {
   const auto index = static_cast<std::size_t>(handle >> 32);
   if (index >= pool_->capacity()) return false;
   const auto gen = static_cast<std::uint32_t>(handle);
-  return pool_->at(index)->transition(
-      gen, expired ? request_state::expired : request_state::cancelled);
+  if (!pool_->at(index)->transition(
+          gen, expired ? request_state::expired : request_state::cancelled)) {
+    return false;
+  }
+  // This call took it out of `queued`: it stops counting now, not when a worker pops it.
+  queued_.fetch_sub(1, std::memory_order_relaxed);
+  dead_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool model_scheduler::claim(request* r, request_state to) noexcept {
+  if (r->transition(r->generation(), to)) {
+    queued_.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+  dead_.fetch_sub(1, std::memory_order_relaxed);  // a cancel won: it already uncounted it
+  return false;
 }
 
 void model_scheduler::close() noexcept { closed_.store(true, std::memory_order_release); }
 
-void model_scheduler::shutdown() {
-  std::call_once(shutdown_once_, [this] {
+void model_scheduler::shutdown(std::int64_t grace_ns) {
+  std::call_once(shutdown_once_, [this, grace_ns] {
     close();
     stopping_.store(true, std::memory_order_seq_cst);
     {
       std::lock_guard lock(sleep_mutex_);
     }
     sleep_cv_.notify_all();
-    for (std::thread& t : workers_) t.join();
-    workers_.clear();
+    {
+      std::lock_guard lock(workers_mutex_);
+      watch_stop_ = true;
+    }
+    watch_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();  // it never waits on a worker
+    // Idle formers exit at once (answering what they held); computing workers finish their
+    // batch, for up to the grace.
+    std::vector<std::shared_ptr<worker>> joinable;
+    {
+      std::unique_lock lock(workers_mutex_);
+      const std::int64_t until = add_saturating(now_ns(), std::max<std::int64_t>(grace_ns, 0));
+      workers_cv_.wait_until(lock, to_time_point(until), [this] {
+        return std::all_of(workers_.begin(), workers_.end(),
+                           [](const auto& w) { return w->exited; });
+      });
+      for (auto& w : workers_) {
+        const std::uint64_t phase = w->phase.load(std::memory_order_acquire);
+        if (!w->exited && phase_state(phase) == phase_running &&
+            take_batch(*w, phase)) {
+          answer_taken(*w, outcome::engine_stopped, msg_stopped_computing());
+          // Stuck in the model: never joined; what it can reach stays alive (see worker).
+          w->thread.detach();
+          abandoned_workers_.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          joinable.push_back(w);  // exited, or past its model call and about to exit
+        }
+      }
+      workers_.clear();
+    }
+    for (auto& w : joinable) w->thread.join();
     // Workers answered what they found; sweep what arrived after (or if never started).
     std::lock_guard form(form_mutex_);
     answer_stopped({});
   });
 }
 
-void model_scheduler::answer_stopped(std::span<request* const> items) noexcept {
+bool model_scheduler::take_batch(worker& w, std::uint64_t phase) noexcept {
+  std::uint64_t expected = phase;
+  // acq_rel: on success we see the worker's `items`, and the worker (its CAS failing) sees
+  // that the batch is no longer its own.
+  return w.phase.compare_exchange_strong(expected, (phase & ~std::uint64_t{3}) | phase_abandoned,
+                                         std::memory_order_acq_rel, std::memory_order_acquire);
+}
+
+void model_scheduler::answer_taken(worker& w, outcome why,
+                                   const std::shared_ptr<const std::string>& msg) noexcept {
   answer_chain chain;
-  auto stop = [&](request* r) {
-    queued_.fetch_sub(1, std::memory_order_relaxed);
-    r->result_outcome = outcome::engine_stopped;
-    r->error = msg_stopped();
+  const std::int64_t now = now_ns();
+  for (request* r : w.items) {
+    r->t_compute_end = now;
+    r->batch_size = static_cast<std::uint32_t>(w.items.size());
+    r->result_outcome = why;
+    r->error = msg;
     chain.add(r);
-  };
-  for (request* r : items) stop(r);
-  for (auto& lane : lanes_) {
-    request* r = nullptr;
-    while (lane->try_pop(r)) {
-      ready_.fetch_sub(1, std::memory_order_relaxed);
-      stop(r);
-    }
   }
   chain.flush(completions_);
 }
 
-void model_scheduler::worker_main(int instance) {
+void model_scheduler::watchdog_main() {
+  std::unique_lock lock(workers_mutex_);
+  while (!watch_stop_) {
+    const std::int64_t now = now_ns();
+    // A batch that starts after this look has its deadline past now + timeout: waking then
+    // is soon enough to see it, so the watchdog needs no signal from the workers.
+    std::int64_t next = add_saturating(now, config_.execution_timeout_ns);
+    for (auto& w : workers_) {
+      const std::uint64_t phase = w->phase.load(std::memory_order_acquire);
+      if (phase_state(phase) != phase_running) continue;
+      const std::int64_t due = w->deadline.load(std::memory_order_relaxed);
+      if (due > now) {
+        next = std::min(next, due);
+        continue;
+      }
+      if (!take_batch(*w, phase)) continue;  // it finished just now
+      answer_taken(*w, outcome::model_error,
+                   std::make_shared<const std::string>(
+                       "batch of " + std::to_string(w->items.size()) +
+                       " did not finish within the " + format_ms(config_.execution_timeout_ns) +
+                       " ms execution timeout; its instance was abandoned and replaced"));
+      timed_out_batches_.fetch_add(1, std::memory_order_relaxed);
+      abandoned_workers_.fetch_add(1, std::memory_order_relaxed);
+      w->thread.detach();
+      w = spawn(w->instance);  // the model keeps serving on a fresh instance
+    }
+    watch_cv_.wait_until(lock, to_time_point(next), [this] { return watch_stop_; });
+  }
+}
+
+void model_scheduler::answer_stopped(std::span<request* const> items) noexcept {
+  answer_chain chain;
+  auto stop = [&](request* r) {
+    if (claim(r, request_state::dispatched)) {  // dispatched: no cancel can answer it now
+      r->result_outcome = outcome::engine_stopped;
+      r->error = msg_stopped();
+    } else {
+      const bool expired = r->state() == request_state::expired;
+      r->result_outcome = expired ? outcome::deadline_exceeded : outcome::cancelled;
+      r->error = expired ? msg_deadline() : msg_cancelled();
+    }
+    chain.add(r);
+  };
+  auto popped = [&](request* r) {
+    ready_.fetch_sub(1, std::memory_order_relaxed);
+    if (r->state() == request_state::queued) {
+      stop(r);
+      return;
+    }
+    dead_.fetch_sub(1, std::memory_order_relaxed);
+    const bool expired = r->state() == request_state::expired;
+    r->result_outcome = expired ? outcome::deadline_exceeded : outcome::cancelled;
+    r->error = expired ? msg_deadline() : msg_cancelled();
+    chain.add(r);
+  };
+  for (request* r : items) stop(r);
+  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+    for (request* r : carry_[l]) popped(r);
+    carry_[l].clear();
+    request* r = nullptr;
+    while (lanes_[l]->try_pop(r)) popped(r);
+  }
+  chain.flush(completions_);
+}
+
+void model_scheduler::worker_main(const std::shared_ptr<worker>& w) {
   try {
-    backend_->on_worker_start(instance);
+    w->model->on_worker_start(w->instance);
   } catch (...) {
     // A failing per-instance setup surfaces on the first batch instead.
   }
-  std::vector<request*> items;
-  items.reserve(config_.max_batch_size);
-  while (form_batch(items)) {
-    compute(items, instance);
-    items.clear();
+  while (form_batch(w->items)) {
+    if (!compute(*w)) return;  // abandoned: this scheduler may be gone; touch nothing of it
+    w->items.clear();
   }
+  {
+    std::lock_guard lock(workers_mutex_);
+    w->exited = true;
+  }
+  workers_cv_.notify_all();
+}
+
+bool model_scheduler::keep(request* r, std::int64_t now, answer_chain& chain) noexcept {
+  request_state st = r->state();
+  if (st == request_state::queued) {
+    if (r->deadline_ns > now) return true;
+    if (claim(r, request_state::expired)) st = request_state::expired;
+    else st = r->state();
+  } else {
+    dead_.fetch_sub(1, std::memory_order_relaxed);  // answered here, once
+  }
+  r->result_outcome =
+      st == request_state::expired ? outcome::deadline_exceeded : outcome::cancelled;
+  r->error = st == request_state::expired ? msg_deadline() : msg_cancelled();
+  chain.add(r);
+  return false;
 }
 
 void model_scheduler::pull(std::vector<request*>& items, std::int64_t now) {
   answer_chain answered;
-  for (auto& lane : lanes_) {
-    request* r = nullptr;
-    while (items.size() < config_.max_batch_size && lane->try_pop(r)) {
+  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+    std::deque<request*>& carried = carry_[l];  // older than anything still in the lane
+    while (items.size() < config_.max_batch_size && !carried.empty()) {
+      request* r = carried.front();
+      carried.pop_front();
       ready_.fetch_sub(1, std::memory_order_relaxed);
-      const std::uint32_t gen = r->generation();
-      request_state st = r->state();
-      if (st == request_state::queued && r->deadline_ns <= now) {
-        st = r->transition(gen, request_state::expired) ? request_state::expired : r->state();
-      }
-      if (st == request_state::queued) {
-        items.push_back(r);
-        continue;
-      }
-      queued_.fetch_sub(1, std::memory_order_relaxed);
-      r->result_outcome =
-          st == request_state::expired ? outcome::deadline_exceeded : outcome::cancelled;
-      r->error = st == request_state::expired ? msg_deadline() : msg_cancelled();
-      answered.add(r);
+      if (keep(r, now, answered)) items.push_back(r);
+    }
+    request* r = nullptr;
+    while (items.size() < config_.max_batch_size && lanes_[l]->try_pop(r)) {
+      ready_.fetch_sub(1, std::memory_order_relaxed);
+      if (keep(r, now, answered)) items.push_back(r);
     }
     if (items.size() >= config_.max_batch_size) break;
+  }
+  answered.flush(completions_);
+  if (dead_.load(std::memory_order_relaxed) >
+      static_cast<std::int64_t>(config_.max_queue_size / 2)) {
+    sweep(now);
+  }
+}
+
+void model_scheduler::sweep(std::int64_t now) {
+  answer_chain answered;
+  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+    std::deque<request*>& carried = carry_[l];
+    for (std::size_t n = carried.size(); n > 0; --n) {  // compact, keeping the order
+      request* r = carried.front();
+      carried.pop_front();
+      if (keep(r, now, answered)) {
+        carried.push_back(r);
+      } else {
+        ready_.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
+    // Only what is in the lane now: entries pushed meanwhile wait for the next pull.
+    request* r = nullptr;
+    for (std::ptrdiff_t n = lanes_[l]->size(); n > 0 && lanes_[l]->try_pop(r); --n) {
+      if (keep(r, now, answered)) {
+        carried.push_back(r);  // still counted in ready_: it can be pulled
+      } else {
+        ready_.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
   }
   answered.flush(completions_);
 }
@@ -393,17 +601,15 @@ std::int64_t model_scheduler::batch_due(std::size_t held, std::int64_t oldest) c
   return leave_now;  // the former is an idle instance: it takes what is there
 }
 
-void model_scheduler::compute(std::vector<request*>& items, int instance) {
+bool model_scheduler::compute(worker& w) {
+  std::vector<request*>& items = w.items;
   answer_chain answered;
   const std::int64_t dispatch = now_ns();
   std::size_t kept = 0;
   for (request* r : items) {
-    const std::uint32_t gen = r->generation();
-    queued_.fetch_sub(1, std::memory_order_relaxed);
-    bool go = false;
-    if (r->deadline_ns > dispatch) go = r->transition(gen, request_state::dispatched);
-    else r->transition(gen, request_state::expired);
-    if (go) {
+    const request_state to =
+        r->deadline_ns > dispatch ? request_state::dispatched : request_state::expired;
+    if (claim(r, to) && to == request_state::dispatched) {
       r->t_dispatch = dispatch;
       metrics_.queue_wait_ns.record(static_cast<std::uint64_t>(dispatch - r->t_enqueue));
       items[kept++] = r;
@@ -416,61 +622,107 @@ void model_scheduler::compute(std::vector<request*>& items, int instance) {
   }
   items.resize(kept);
   answered.flush(completions_);
-  if (items.empty()) return;
+  if (items.empty()) return true;
 
   std::shared_ptr<const std::string> error;
   block* inputs = nullptr;
+  bool ran = false;  // the phase said running: a watchdog or shutdown may take the batch
+  const std::size_t n = items.size();
   const std::int64_t start = now_ns();
   try {
     inputs = blocks_->acquire();
-    for (std::size_t row = 0; row < items.size(); ++row) {
+    for (std::size_t row = 0; row < n; ++row) {
       const std::byte* src = items[row]->input;
       for (std::size_t k = 0; k < config_.input_bytes.size(); ++k) {
-        const std::size_t n = config_.input_bytes[k];
-        std::memcpy(inputs->region(k) + row * n, src + input_offsets_[k], n);
+        const std::size_t bytes = config_.input_bytes[k];
+        std::memcpy(inputs->region(k) + row * bytes, src + input_offsets_[k], bytes);
       }
+      // The stand-in the backend sees: the request's identity, none of its answer.
+      request& shadow = w.shadows[row];
+      shadow.id = items[row]->id;
+      shadow.priority = items[row]->priority;
+      shadow.deadline_ns = items[row]->deadline_ns;
+      shadow.t_enqueue = items[row]->t_enqueue;
+      shadow.t_dispatch = dispatch;
+      shadow.result = nullptr;
+      shadow.output = nullptr;
+      shadow.row = 0;
     }
     batch b;
-    b.size = items.size();
-    b.requests = std::span<request* const>(items.data(), items.size());
+    b.size = n;
+    b.requests = std::span<request* const>(w.shadow_ptrs.data(), n);
     b.inputs = inputs;
-    b.instance = instance;
-    backend_->run(b);
+    b.instance = w.instance;
+    w.deadline.store(config_.execution_timeout_ns > 0
+                         ? add_saturating(start, config_.execution_timeout_ns)
+                         : no_deadline,
+                     std::memory_order_relaxed);
+    // release: publishes `items` and the deadline to take_batch, which acquires the phase.
+    // Only this worker writes its phase, except take_batch's running -> abandoned.
+    const std::uint64_t seq = (w.phase.load(std::memory_order_relaxed) >> 2) + 1;
+    w.phase.store(seq << 2 | phase_running, std::memory_order_release);
+    ran = true;
+    w.model->run(b);
+#if defined(__GLIBCXX__)
+  } catch (const abi::__forced_unwind&) {
+    throw;  // thread cancellation (e.g. CPython ending a thread at exit): must propagate
+#endif
   } catch (const std::exception& e) {
     error = std::make_shared<const std::string>(e.what());
   } catch (...) {
     error = std::make_shared<const std::string>("model raised an unknown exception");
   }
+  if (ran) {
+    std::uint64_t running = w.phase.load(std::memory_order_relaxed);
+    // acq_rel: pairs with take_batch. Losing means the batch was answered without us.
+    if (phase_state(running) != phase_running ||
+        !w.phase.compare_exchange_strong(running, (running & ~std::uint64_t{3}) | phase_idle,
+                                         std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+      // Abandoned: discard the late answer through what this thread owns; return at once.
+      for (std::size_t row = 0; row < n; ++row) {
+        request& shadow = w.shadows[row];
+        if (shadow.output != nullptr) shadow.output->release();
+        if (shadow.result != nullptr) w.model->discard_result(shadow.result);
+        shadow.output = nullptr;
+        shadow.result = nullptr;
+      }
+      if (inputs != nullptr) inputs->release();
+      return false;
+    }
+  }
   const std::int64_t end = now_ns();
   if (inputs != nullptr) inputs->release();
   metrics_.compute_ns.record(static_cast<std::uint64_t>(end - start));
-  metrics_.batch_size.record(items.size());
+  metrics_.batch_size.record(n);
   metrics_.batches.fetch_add(1, std::memory_order_relaxed);
-  metrics_.items_computed.fetch_add(items.size(), std::memory_order_relaxed);
+  metrics_.items_computed.fetch_add(n, std::memory_order_relaxed);
   if (!error && config_.policy == batch_policy::latency_target) {
-    cost_.observe(items.size(), end - start);  // a failed batch's time says nothing of the cost
+    cost_.observe(n, end - start);  // a failed batch's time says nothing of the cost
   }
-  for (request* r : items) {
+  for (std::size_t row = 0; row < n; ++row) {
+    request* r = items[row];
+    request& shadow = w.shadows[row];
     r->t_compute_start = start;
     r->t_compute_end = end;
-    r->batch_size = static_cast<std::uint32_t>(items.size());
+    r->batch_size = static_cast<std::uint32_t>(n);
     if (error) {
-      if (r->output != nullptr) {
-        r->output->release();
-        r->output = nullptr;
-      }
-      if (r->result != nullptr) {
-        backend_->discard_result(r->result);
-        r->result = nullptr;
-      }
+      if (shadow.output != nullptr) shadow.output->release();
+      if (shadow.result != nullptr) w.model->discard_result(shadow.result);
       r->result_outcome = outcome::model_error;
       r->error = error;
     } else {
+      r->result = shadow.result;
+      r->output = shadow.output;
+      r->row = shadow.row;
       r->result_outcome = outcome::success;
     }
+    shadow.output = nullptr;
+    shadow.result = nullptr;
     answered.add(r);
   }
   answered.flush(completions_);
+  return true;
 }
 
 void model_scheduler::run_direct(std::size_t batch_size,

@@ -56,7 +56,18 @@ TEST(SchedulerConfig, EveryCountIsCheckedAtBothEnds) {
   for (const field& f : fields) {
     scheduler_config c;
     c.*f.member = f.limit;
-    EXPECT_NO_THROW(validate(c)) << f.name;
+    // At its limit a count is accepted, unless the queue memory it needs is over its limit:
+    // then the refusal names the memory (SchedulerAccounting tests the message).
+    if (queue_memory_bytes(c) <= static_cast<double>(limits.max_queue_memory_bytes)) {
+      EXPECT_NO_THROW(validate(c)) << f.name;
+    } else {
+      try {
+        validate(c);
+        ADD_FAILURE() << f.name << " at its limit needs more queue memory than allowed";
+      } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("queue memory"), std::string::npos) << e.what();
+      }
+    }
     for (std::size_t bad : {std::size_t{0}, f.limit + 1}) {
       c.*f.member = bad;
       try {

@@ -14,6 +14,10 @@ struct limits_table {
   std::size_t max_priority_levels = 16;                 ///< priority lanes
   std::size_t max_instances = 256;                      ///< worker threads per model version
   std::size_t max_ndim = 32;                            ///< dimensions of one item of a tensor
+  /// Bytes a model version may allocate at load for its queue (request slots with their input
+  /// storage, and the priority lanes): settings that need more are refused, naming them.
+  std::size_t max_queue_memory_bytes = std::size_t{4} << 30;
+  double max_execution_timeout_ms = 24.0 * 3600 * 1000;  ///< one day
 };
 
 /// What a model gets for every setting it leaves out. Constants; thread-safe.
@@ -24,6 +28,10 @@ struct defaults_table {
   std::size_t priority_levels = 1;     ///< priority lanes (0 is served first)
   std::size_t instances = 1;           ///< worker threads
   double idle_spin_us = 0.0;           ///< an idle worker spins this long before sleeping
+  double execution_timeout_ms = 0.0;   ///< a batch may compute this long; 0 = no timeout
+  /// At shutdown, how long batches already computing may still finish before their workers
+  /// are abandoned (their requests answered engine_stopped).
+  double shutdown_grace_ms = 5000.0;
 };
 
 /// The limits. Read-only; thread-safe.

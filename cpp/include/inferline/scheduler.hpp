@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -104,6 +105,25 @@ class batch_cost_model {
 ///   than served late. Before the first batch is measured it behaves as work_conserving and
 ///   refuses nothing. The estimate ignores the time left on batches already computing.
 ///
+/// Queue accounting: `queued_` (queue_depth, and the bound `max_queue_size`) counts live
+/// requests only. Whoever moves a request out of `queued` uncounts it: a `cancel` (caller's
+/// cancellation or timeout) at once, the batch former for what it dispatches or finds past its
+/// deadline. A cancelled entry stays in its lane (a lock-free ring cannot drop from the middle)
+/// and is answered when popped; while more than max_queue_size / 2 such dead entries wait, the
+/// former sweeps every lane, answering the dead and carrying the live ones (in order) into a
+/// per-lane list it serves before the lane, so dead entries starved behind priority-0 load do
+/// not hold request slots. Every slot is answered once and released once (by `finish`).
+///
+/// Execution timeouts and hard shutdown: a backend never sees the real request slots. It
+/// fills per-worker shadow requests (carrying each request's id, priority, deadline and
+/// enqueue stamp; nothing else of the slot), whose result, output and row are copied to the real slots only by a worker that finished
+/// in time. A watchdog thread (only with `execution_timeout_ns`) fails a batch that overruns
+/// (model_error at the deadline), abandons its worker (detached, never joined) and starts a
+/// fresh one; `shutdown` does the same, answering engine_stopped, to workers still computing
+/// after its grace. An abandoned thread touches only what it holds by shared ownership (its
+/// worker record, the backend, its retained input block) and discards its late answer; it
+/// never touches this scheduler again, which may be destroyed before it returns.
+///
 /// Thread-safe unless a method says otherwise.
 class model_scheduler {
  public:
@@ -142,10 +162,12 @@ class model_scheduler {
 
   /// Refuses new requests from now on (`prepare` answers `admit::stopped`). Thread-safe.
   void close() noexcept;
-  /// Closes, answers every queued request `engine_stopped`, lets running batches finish and
-  /// joins the workers. Blocks; idempotent. Call without holding anything a worker needs
-  /// (for a Python backend: without the GIL).
-  void shutdown();
+  /// Closes, answers every queued request `engine_stopped`, lets running batches finish for up
+  /// to `grace_ns` and joins the workers. A worker still computing after that is abandoned
+  /// (detached, see the class comment) and its batch answered `engine_stopped`, so this never
+  /// blocks much past `grace_ns`. Idempotent (later calls return at once, whatever their
+  /// grace). Call without holding anything a worker needs (for a Python backend: the GIL).
+  void shutdown(std::int64_t grace_ns = ms_to_ns(defaults.shutdown_grace_ms));
 
   /// Runs one batch of `batch_size` items with `inputs` (one pointer per input, rows back to
   /// back; nullptr for zeros) on the calling thread, outside the queue. For warm-up. Throws
@@ -167,6 +189,15 @@ class model_scheduler {
   }
   /// The version's figures.
   const model_metrics& metrics() const noexcept { return metrics_; }
+  /// Batches failed by the execution timeout. Thread-safe.
+  std::uint64_t timed_out_batches() const noexcept {
+    return timed_out_batches_.load(std::memory_order_relaxed);
+  }
+  /// Worker threads abandoned (after an execution timeout, or still computing at the end of
+  /// the shutdown grace). Thread-safe.
+  std::uint64_t abandoned_workers() const noexcept {
+    return abandoned_workers_.load(std::memory_order_relaxed);
+  }
   /// Counts an outcome decided outside the core (e.g. invalid input refused by the bindings).
   void count(outcome o) noexcept { metrics_.count(o); }
   /// The learned batch cost (latency_target only; never measured under the other policies).
@@ -182,13 +213,33 @@ class model_scheduler {
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
  private:
-  void worker_main(int instance);
+  struct worker;        // one worker thread's record, shared with the thread (in the .cpp)
+  struct answer_chain;  // answered requests pushed to the completion queue at once
+
+  // Starts a worker for `instance`. Caller holds workers_mutex_ (or is start()).
+  std::shared_ptr<worker> spawn(int instance);
+  void worker_main(const std::shared_ptr<worker>& w);
+  void watchdog_main();
+  // Takes `w`'s running batch from it if it is still the one observed as `phase`; true when
+  // this call did (the worker is then abandoned). Caller holds workers_mutex_.
+  bool take_batch(worker& w, std::uint64_t phase) noexcept;
+  // Answers the batch take_batch took: `why`, with `msg`, for each request.
+  void answer_taken(worker& w, outcome why,
+                    const std::shared_ptr<const std::string>& msg) noexcept;
   // Forms the next batch into `items`; false when stopping and nothing is left.
   bool form_batch(std::vector<request*>& items);
   // Moves queued requests into `items` (priority order) up to the batch size; requests that
   // are cancelled, expired or past their deadline are answered on the way.
   void pull(std::vector<request*>& items, std::int64_t now);
-  void compute(std::vector<request*>& items, int instance);
+  // Answers the dead entries of every lane and carries the live ones. Caller holds form_mutex_.
+  void sweep(std::int64_t now);
+  // True when `r` (popped or held) is live and in time; otherwise answers it into `chain`.
+  bool keep(request* r, std::int64_t now, answer_chain& chain) noexcept;
+  // Moves `r` out of `queued` into `to`, uncounting it; false when a cancel did so first.
+  bool claim(request* r, request_state to) noexcept;
+  // Computes `w`'s batch; false when the worker was abandoned meanwhile (it must then return
+  // without touching this scheduler).
+  bool compute(worker& w);
   // Answers `items` and everything left in the lanes engine_stopped. Caller holds form_mutex_.
   void answer_stopped(std::span<request* const> items) noexcept;
   void notify_former(std::int64_t ready) noexcept;
@@ -209,21 +260,34 @@ class model_scheduler {
   model_metrics metrics_;
   std::unique_ptr<request_pool> pool_;
   std::vector<std::unique_ptr<mpmc_queue<request*>>> lanes_;
+  // Per lane: live entries a sweep took out of the lane, older than any still in it.
+  // Guarded by form_mutex_; allocates only while sweeping (never on the plain request path).
+  std::vector<std::deque<request*>> carry_;
   block_pool* blocks_ = nullptr;
 
   // Admission and wake-up state, written by producers: kept apart from worker-side fields.
-  alignas(cache_line) std::atomic<std::int64_t> queued_{0};  // admitted, not yet dispatched
-  alignas(cache_line) std::atomic<std::int64_t> ready_{0};   // pushed into lanes, not pulled
+  alignas(cache_line) std::atomic<std::int64_t> queued_{0};  // live: admitted, not dispatched
+  alignas(cache_line) std::atomic<std::int64_t> ready_{0};   // in lanes or carried, not pulled
+  alignas(cache_line) std::atomic<std::int64_t> dead_{0};    // cancelled, not yet answered
   alignas(cache_line) std::atomic<std::int32_t> sleepers_{0};
   std::atomic<std::int64_t> wake_at_{1};  // ready_ level at which a sleeping former wants waking
   std::atomic<bool> closed_{false};
   std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> timed_out_batches_{0};
+  std::atomic<std::uint64_t> abandoned_workers_{0};
 
   std::mutex form_mutex_;   // one batch former at a time; never taken by producers
   std::mutex sleep_mutex_;  // pairs with sleep_cv_; producers take it only to signal a sleeper
   std::condition_variable sleep_cv_;
 
-  std::vector<std::thread> workers_;
+  // Guards workers_, each worker's `exited`, watch_stop_. Taken by the watchdog, by shutdown
+  // and by a worker once as it exits: never on the request path.
+  std::mutex workers_mutex_;
+  std::condition_variable workers_cv_;  // a worker exited
+  std::condition_variable watch_cv_;    // the watchdog should stop
+  std::vector<std::shared_ptr<worker>> workers_;
+  std::thread watchdog_;
+  bool watch_stop_ = false;
   std::once_flag shutdown_once_;
   bool started_ = false;
 };

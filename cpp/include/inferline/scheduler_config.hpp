@@ -66,12 +66,27 @@ struct scheduler_config {
   /// latency_target only: enqueue -> computed target per request, > 0 (0 = unset, allowed for
   /// the other policies, which ignore it).
   std::int64_t max_latency_ns = 0;
+  /// A batch that computes longer than this is failed (its requests answered model_error at
+  /// the deadline) and its worker abandoned and replaced; 0 = no timeout.
+  std::int64_t execution_timeout_ns = ms_to_ns(defaults.execution_timeout_ms);
   void* user = nullptr;  ///< opaque owner data (the bindings' handle)
 };
 
 /// Throws std::invalid_argument naming the first setting outside limits.hpp (each count must be
-/// at least 1 and at most its limit; the delays at least 0). Thread-safe (reads `config` only).
+/// at least 1 and at most its limit; the delays at least 0; the queue memory the settings need,
+/// `queue_memory_bytes`, at most limits.max_queue_memory_bytes). Thread-safe (reads `config`).
 void validate(const scheduler_config& config);
+
+/// Request slots a scheduler with `config` allocates: everything queued (live or cancelled and
+/// not yet swept), every batch computing, and answers not yet drained by the event loop.
+/// Thread-safe.
+std::size_t request_slots(const scheduler_config& config) noexcept;
+/// Capacity of each priority lane: a power of two holding every request slot, so a push never
+/// meets a full lane whatever mix of live and dead entries it holds. Thread-safe.
+std::size_t lane_capacity(const scheduler_config& config) noexcept;
+/// Bytes a scheduler with `config` allocates at load for its queue: request slots with their
+/// input storage, and the lanes (saturates instead of overflowing). Thread-safe.
+double queue_memory_bytes(const scheduler_config& config) noexcept;
 
 /// Throws std::invalid_argument when the batching policy settings are inconsistent: an unknown
 /// policy, a negative max_latency, or latency_target without a max_latency above 0. Inline here
