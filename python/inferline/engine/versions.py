@@ -61,7 +61,11 @@ class Batching:
     ``QueueFullError`` at once. ``priority_levels`` lanes are served in order (0 first).
     ``idle_spin_us`` lets an idle worker spin that long before sleeping, trading CPU for the
     latency of a lone request. ``max_queue_bytes`` bounds the input bytes waiting, and
-    ``max_item_bytes`` refuses items larger than that (both at admission). Defaults and upper
+    ``max_item_bytes`` refuses items larger than that (both at admission).
+    ``execution_timeout_ms`` bounds one model call: a batch that overruns it is answered
+    ``ModelError`` at the deadline ("batch of N did not finish within the T ms execution
+    timeout"), its worker thread is abandoned (its late answer discarded) and a fresh one takes
+    its place, so the model keeps serving; left out or 0, no timeout. Defaults and upper
     bounds come from :data:`inferline.types.DEFAULTS` and :data:`inferline.types.LIMITS`.
     """
 
@@ -74,6 +78,7 @@ class Batching:
     max_item_bytes: int | None = None
     policy: str | None = None
     max_latency_ms: float | None = None
+    execution_timeout_ms: float | None = None
 
     def __post_init__(self) -> None:
         _positive_int("max_batch_size", self.max_batch_size, LIMITS.max_batch_size)
@@ -94,6 +99,16 @@ class Batching:
         ):
             raise ValueError(
                 f"Batching.max_latency_ms must be a number > 0, got {self.max_latency_ms!r}"
+            )
+        timeout = self.execution_timeout_ms
+        if timeout is not None and (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 <= timeout <= LIMITS.max_execution_timeout_ms
+        ):
+            raise ValueError(
+                "Batching.execution_timeout_ms must be a number between 0 (none) and "
+                f"{LIMITS.max_execution_timeout_ms:g}, got {timeout!r}"
             )
         policy = self.policy
         if policy is None:
@@ -152,6 +167,7 @@ def _new_scheduler(
         idle_spin_us=batching.idle_spin_us,
         policy=str(batching.policy),  # resolved by Batching.__post_init__
         max_latency_ms=batching.max_latency_ms or 0.0,
+        execution_timeout_ms=batching.execution_timeout_ms or 0.0,
     )
     return _core.Scheduler(
         core,

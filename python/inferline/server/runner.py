@@ -67,8 +67,24 @@ class _Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield  # signals reach the main thread only; callers use begin_shutdown
             return
-        with self.shutdown_sequence.signal_handlers((signal.SIGTERM, signal.SIGINT)):
+        sigs = (signal.SIGTERM, signal.SIGINT)
+        with self.shutdown_sequence.signal_handlers(sigs):
+            loop = asyncio.get_running_loop()
+            for sig in sigs:  # replaces the sequence's handler; put back by its exit
+                loop.add_signal_handler(sig, self._on_signal, sig)
             yield
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        # The first signal starts the graceful shutdown (the drain is bounded: a model stuck
+        # past drain_timeout + the core's shutdown grace is abandoned). A second one during the
+        # grace period cuts it short; during the drain it ends the process at once, non-zero,
+        # without waiting for anything (e.g. a model that never returns).
+        seq = self.shutdown_sequence
+        if seq.triggered and seq.phase != "grace":
+            log.warning("%s received again while draining: exiting now", sig.name)
+            logging.shutdown()
+            os._exit(128 + int(sig))
+        seq.trigger(f"{sig.name} received")
 
     def begin_shutdown(self, reason: str = "shutdown requested") -> None:
         """What SIGTERM does, for callers on the server's loop (e.g. from another thread via
