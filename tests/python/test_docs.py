@@ -244,7 +244,9 @@ class Server:
 @pytest.fixture(scope="module")
 def served(bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The README's ``inferline serve`` (the bundled repository) for the client snippets."""
-    server = Server("inferline serve", snippet_env(bin_dir), tmp_path_factory.mktemp("served"))
+    server = Server(
+        "inferline serve --allow-code", snippet_env(bin_dir), tmp_path_factory.mktemp("served")
+    )
     server.wait_ready()
     yield server
     assert server.stop() == 0, server.output
