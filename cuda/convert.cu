@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "cuda_check.cuh"
+#include "launch_limits.cuh"
 
 namespace inferline::cuda {
 namespace {
@@ -18,9 +19,11 @@ struct affine_table {
   math::pixel_affine ch[max_image_channels];
 };
 
-unsigned blocks_for(std::size_t count) {
-  return static_cast<unsigned>(
-      std::min(max_blocks, (count + convert_threads - 1) / convert_threads));
+// Blocks for `count` elements; throws when a grid-stride index below `count` could wrap.
+unsigned blocks_for(std::size_t count, const char* launcher) {
+  limits::require_fits(limits::strided_fits(count, max_blocks * convert_threads, SIZE_MAX),
+                       launcher);
+  return static_cast<unsigned>(std::min(max_blocks, limits::blocks_for(count, convert_threads)));
 }
 
 template <kernels::image_layout layout>
@@ -66,10 +69,10 @@ struct from_bf16 {
 };
 
 template <class In, class Out, class Fn>
-void launch_map(const In* in, Out* out, std::size_t count, void* stream) {
+void launch_map(const In* in, Out* out, std::size_t count, void* stream, const char* launcher) {
   if (count == 0) return;
-  map_kernel<In, Out, Fn>
-      <<<blocks_for(count), convert_threads, 0, detail::as_stream(stream)>>>(in, out, count);
+  map_kernel<In, Out, Fn><<<blocks_for(count, launcher), convert_threads, 0,
+                            detail::as_stream(stream)>>>(in, out, count);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -81,8 +84,12 @@ void image_u8_to_f32(const std::uint8_t* in, std::size_t n, std::size_t h, std::
   if (c > max_image_channels) {
     throw std::invalid_argument("inferline::cuda::image_u8_to_f32: more than 16 channels");
   }
-  const std::size_t total = n * h * w * c;
+  constexpr const char* launcher = "image_u8_to_f32";
+  const std::size_t pixels = limits::checked_product(h, w, launcher);
+  const std::size_t total = limits::checked_product(
+      limits::checked_product(n, pixels, launcher), c, launcher);
   if (total == 0) return;
+  const unsigned blocks = blocks_for(total, launcher);
   affine_table aff{};
   for (std::size_t ch = 0; ch < c; ++ch) {
     aff.ch[ch] = math::make_pixel_affine(mean[ch], std_dev[ch]);
@@ -90,28 +97,28 @@ void image_u8_to_f32(const std::uint8_t* in, std::size_t n, std::size_t h, std::
   const cudaStream_t s = detail::as_stream(stream);
   if (layout == kernels::image_layout::nchw) {
     image_kernel<kernels::image_layout::nchw>
-        <<<blocks_for(total), convert_threads, 0, s>>>(in, out, total, h * w, c, aff);
+        <<<blocks, convert_threads, 0, s>>>(in, out, total, pixels, c, aff);
   } else {
     image_kernel<kernels::image_layout::nhwc>
-        <<<blocks_for(total), convert_threads, 0, s>>>(in, out, total, h * w, c, aff);
+        <<<blocks, convert_threads, 0, s>>>(in, out, total, pixels, c, aff);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 void convert_f32_to_f16(const float* in, std::uint16_t* out, std::size_t count, void* stream) {
-  launch_map<float, std::uint16_t, to_f16>(in, out, count, stream);
+  launch_map<float, std::uint16_t, to_f16>(in, out, count, stream, "convert_f32_to_f16");
 }
 
 void convert_f16_to_f32(const std::uint16_t* in, float* out, std::size_t count, void* stream) {
-  launch_map<std::uint16_t, float, from_f16>(in, out, count, stream);
+  launch_map<std::uint16_t, float, from_f16>(in, out, count, stream, "convert_f16_to_f32");
 }
 
 void convert_f32_to_bf16(const float* in, std::uint16_t* out, std::size_t count, void* stream) {
-  launch_map<float, std::uint16_t, to_bf16>(in, out, count, stream);
+  launch_map<float, std::uint16_t, to_bf16>(in, out, count, stream, "convert_f32_to_bf16");
 }
 
 void convert_bf16_to_f32(const std::uint16_t* in, float* out, std::size_t count, void* stream) {
-  launch_map<std::uint16_t, float, from_bf16>(in, out, count, stream);
+  launch_map<std::uint16_t, float, from_bf16>(in, out, count, stream, "convert_bf16_to_f32");
 }
 
 }  // namespace inferline::cuda

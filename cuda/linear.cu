@@ -3,10 +3,11 @@
 #include "linear.cuh"
 
 #include <algorithm>
-#include <climits>
+#include <cstdint>
 #include <stdexcept>
 
 #include "cuda_check.cuh"
+#include "launch_limits.cuh"
 
 namespace inferline::cuda {
 namespace {
@@ -104,7 +105,9 @@ __global__ void __launch_bounds__(threads)
 template <activation act>
 void launch(const float* x, const float* w, const float* bias, float* y, int m, int n, int k,
             weight_layout layout, cudaStream_t stream) {
-  const dim3 grid((n + tile_n - 1) / tile_n, (m + tile_m - 1) / tile_m);
+  // Tile counts in size_t: `n + tile_n - 1` in int would overflow near INT_MAX.
+  const dim3 grid(static_cast<unsigned>(limits::blocks_for(static_cast<std::size_t>(n), tile_n)),
+                  static_cast<unsigned>(limits::blocks_for(static_cast<std::size_t>(m), tile_m)));
   if (layout == weight_layout::out_in) {
     linear_kernel<act, weight_layout::out_in><<<grid, threads, 0, stream>>>(x, w, bias, y, m, n, k);
   } else {
@@ -124,12 +127,15 @@ __global__ void bias_activation_kernel(float* __restrict__ y, std::size_t count,
   }
 }
 
+constexpr unsigned epilogue_threads = 256;
+constexpr std::size_t epilogue_max_blocks = 4096;  // grid-stride beyond this
+
 template <activation act>
 void launch_epilogue(float* y, std::size_t count, std::size_t n, const float* bias,
                      cudaStream_t stream) {
-  constexpr unsigned block = 256;
+  constexpr unsigned block = epilogue_threads;
   const auto blocks = static_cast<unsigned>(
-      std::min<std::size_t>(4096, (count + block - 1) / block));
+      std::min(epilogue_max_blocks, limits::blocks_for(count, block)));
   bias_activation_kernel<act><<<blocks, block, 0, stream>>>(y, count, n, bias);
   CUDA_CHECK_LAUNCH();
 }
@@ -138,8 +144,12 @@ void launch_epilogue(float* y, std::size_t count, std::size_t n, const float* bi
 
 void bias_activation(float* y, std::size_t m, std::size_t n, const float* bias, activation act,
                      void* stream) {
-  const std::size_t count = m * n;
-  if (count == 0) return;
+  if (m == 0 || n == 0) return;
+  const std::size_t count = limits::checked_product(m, n, "bias_activation");
+  // The grid-stride index below `count` must not wrap when it advances by the whole grid.
+  limits::require_fits(
+      limits::strided_fits(count, epilogue_max_blocks * epilogue_threads, SIZE_MAX),
+      "bias_activation");
   const cudaStream_t s = detail::as_stream(stream);
   switch (act) {
     case activation::none:
@@ -156,9 +166,7 @@ void bias_activation(float* y, std::size_t m, std::size_t n, const float* bias, 
 void linear(const float* x, const float* w, const float* bias, float* y, std::size_t m,
             std::size_t n, std::size_t k, weight_layout layout, activation act, void* stream) {
   if (m == 0 || n == 0) return;
-  if (m > INT_MAX || n > INT_MAX || k > INT_MAX || (m + tile_m - 1) / tile_m > 65535) {
-    throw std::length_error("inferline::cuda::linear: dimensions too large for one launch");
-  }
+  limits::require_fits(limits::linear_fits(m, n, k, tile_m, tile_n, tile_k), "linear");
   const auto mi = static_cast<int>(m);
   const auto ni = static_cast<int>(n);
   const auto ki = static_cast<int>(k);

@@ -1,12 +1,9 @@
 // CUDA row normalisations: one block per row, block reductions for mean / variance / norm.
 #include "norm.cuh"
 
-#include <climits>
-#include <stdexcept>
-#include <string>
-
 #include "cuda_check.cuh"
 #include "detail/block_reduce.cuh"
+#include "launch_limits.cuh"
 
 namespace inferline::cuda {
 namespace {
@@ -47,11 +44,9 @@ __global__ void l2_normalize_kernel(const float* x, float* y, unsigned cols, flo
   for (unsigned j = threadIdx.x; j < cols; j += blockDim.x) out[j] = in[j] * scale;
 }
 
+// The unsigned `j += blockDim.x` loops must not wrap past UINT_MAX.
 void check_dims(std::size_t rows, std::size_t cols, const char* what) {
-  if (rows > INT_MAX || cols > UINT_MAX) {
-    throw std::length_error(std::string("inferline::cuda::") + what +
-                            ": dimensions too large for one launch");
-  }
+  limits::require_fits(limits::row_kernel_fits(rows, cols), what);
 }
 
 }  // namespace

@@ -2,9 +2,8 @@
 // threads of a block read consecutive hidden values of a token, so loads are coalesced.
 #include "pool.cuh"
 
-#include <stdexcept>
-
 #include "cuda_check.cuh"
+#include "launch_limits.cuh"
 
 namespace inferline::cuda {
 namespace {
@@ -33,10 +32,12 @@ __global__ void masked_mean_pool_kernel(const float* __restrict__ x,
 void masked_mean_pool(const float* x, const float* mask, float* y, std::size_t batch,
                       std::size_t tokens, std::size_t hidden, void* stream) {
   if (batch == 0 || hidden == 0) return;
-  const std::size_t blocks_x = (hidden + pool_threads - 1) / pool_threads;
-  if (batch > 65535 || blocks_x > 0x7fffffffu) {
-    throw std::length_error("inferline::cuda::masked_mean_pool: dimensions too large");
-  }
+  const std::size_t blocks_x = limits::blocks_for(hidden, pool_threads);
+  // The size_t indices (b·tokens + t)·hidden + h must fit too.
+  (void)limits::checked_product(
+      limits::checked_product(batch, tokens, "masked_mean_pool"), hidden, "masked_mean_pool");
+  limits::require_fits(batch <= limits::max_grid_y && blocks_x <= limits::max_grid_x,
+                       "masked_mean_pool");
   const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(batch));
   masked_mean_pool_kernel<<<grid, pool_threads, 0, detail::as_stream(stream)>>>(x, mask, y,
                                                                                 tokens, hidden);

@@ -3,11 +3,9 @@
 // shared memory for the widths serving models use (up to a few tens of thousands).
 #include "softmax.cuh"
 
-#include <climits>
-#include <stdexcept>
-
 #include "cuda_check.cuh"
 #include "detail/block_reduce.cuh"
+#include "launch_limits.cuh"
 
 namespace inferline::cuda {
 namespace {
@@ -33,9 +31,8 @@ __global__ void softmax_kernel(const float* x, float* y, unsigned cols) {
 
 void softmax(const float* x, float* y, std::size_t rows, std::size_t cols, void* stream) {
   if (rows == 0 || cols == 0) return;
-  if (rows > INT_MAX || cols > UINT_MAX) {
-    throw std::length_error("inferline::cuda::softmax: dimensions too large for one launch");
-  }
+  // The unsigned `j += blockDim.x` loops must not wrap past UINT_MAX.
+  limits::require_fits(limits::row_kernel_fits(rows, cols), "softmax");
   const unsigned threads = detail::row_block_threads(cols);
   softmax_kernel<<<static_cast<unsigned>(rows), threads, 0, detail::as_stream(stream)>>>(
       x, y, static_cast<unsigned>(cols));

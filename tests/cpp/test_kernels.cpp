@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -26,6 +27,7 @@
 #include "inferline/kernels/pool.hpp"
 #include "inferline/kernels/softmax.hpp"
 #include "inferline/kernels/topk.hpp"
+#include "launch_limits.cuh"  // the CUDA launchers' size guards: plain host C++
 
 namespace {
 
@@ -498,6 +500,44 @@ TEST(KernelConvert, F16AllValuesRoundTripExactly) {
   }
 }
 
+// Float32 bits of half `h`, decoded field by field with integers only: the sign, exponent and
+// mantissa move to their float32 places (subnormal halves through their exact value); a NaN
+// keeps its payload and comes out quiet, as the host FPU and F16C give it.
+std::uint32_t ref_f16_bits(std::uint32_t h) {
+  const std::uint32_t sign = (h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 0x1fu;
+  const std::uint32_t m = h & 0x3ffu;
+  if (e == 0x1fu) return sign | 0x7f800000u | (m << 13) | (m != 0 ? 0x00400000u : 0u);
+  if (e != 0) return sign | ((e + 112) << 23) | (m << 13);
+  return sign | math::float_to_bits(std::ldexp(static_cast<float>(m), -24));  // exact
+}
+
+TEST(KernelConvert, F16ToF32IsBitExactForAllHalvesNaNPayloadsIncluded) {
+  // The shared __host__ __device__ function itself (what the GPU runs), then the vectorised
+  // CPU loop built on it. A GPU's float multiply would return one canonical NaN, so every NaN
+  // half (sign and payload) must go through integer operations to come out as checked here.
+  std::vector<std::uint16_t> all(65536);
+  std::iota(all.begin(), all.end(), 0);
+  std::vector<float> widened(all.size());
+  k::convert_f16_to_f32(all.data(), widened.data(), all.size());
+  std::size_t nans = 0;
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const std::uint32_t want = ref_f16_bits(h);
+    ASSERT_EQ(math::float_to_bits(math::f16_to_f32(static_cast<std::uint16_t>(h))), want)
+        << std::hex << "half 0x" << h;
+    ASSERT_EQ(math::float_to_bits(widened[h]), want) << std::hex << "half 0x" << h;
+    if (math::is_nan(widened[h])) ++nans;
+  }
+  EXPECT_EQ(nans, 2u * 1023u);  // both signs, every nonzero payload
+  // Spot checks written out by hand: signalling and quiet NaNs of both signs, and the infs.
+  EXPECT_EQ(math::float_to_bits(math::f16_to_f32(0x7c01u)), 0x7fc02000u);
+  EXPECT_EQ(math::float_to_bits(math::f16_to_f32(0xfd55u)), 0xffeaa000u);
+  EXPECT_EQ(math::float_to_bits(math::f16_to_f32(0x7e00u)), 0x7fc00000u);
+  EXPECT_EQ(math::float_to_bits(math::f16_to_f32(0xffffu)), 0xffffe000u);
+  EXPECT_EQ(math::float_to_bits(math::f16_to_f32(0x7c00u)), 0x7f800000u);
+  EXPECT_EQ(math::float_to_bits(math::f16_to_f32(0xfc00u)), 0xff800000u);
+}
+
 TEST(KernelConvert, Bf16RoundToNearestEvenMatchesReferenceAndKeepsNaN) {
   const auto in = conversion_inputs();
   std::vector<std::uint16_t> out(in.size());
@@ -554,6 +594,78 @@ TEST(KernelConvert, ImageToFloatBothLayoutsManyChannelCounts) {
         }
       }
     }
+  }
+}
+
+// ---- CUDA launch guards (shared host code; the launchers throw what these decide) --------------
+
+namespace limits = inferline::cuda::limits;
+
+TEST(CudaLaunchLimits, BlocksForRoundsUpWithoutOverflowing) {
+  EXPECT_EQ(limits::blocks_for(0, 64), 0u);
+  EXPECT_EQ(limits::blocks_for(1, 64), 1u);
+  EXPECT_EQ(limits::blocks_for(64, 64), 1u);
+  EXPECT_EQ(limits::blocks_for(65, 64), 2u);
+  constexpr std::size_t top = std::numeric_limits<std::size_t>::max();
+  // (top + 63) / 64 would wrap to 0; the guard's form does not.
+  EXPECT_EQ(limits::blocks_for(top, 64), top / 64 + 1);
+  EXPECT_EQ(limits::blocks_for(top, 1), top);
+}
+
+TEST(CudaLaunchLimits, StridedLoopsFitExactlyUpToTheWrap) {
+  // An index below `bound` advanced by `step` reaches at most bound - 1 + step.
+  EXPECT_TRUE(limits::strided_fits(0, 1, 0));
+  EXPECT_TRUE(limits::strided_fits(UINT_MAX - 255, 256, UINT_MAX));
+  EXPECT_FALSE(limits::strided_fits(UINT_MAX - 254, 256, UINT_MAX));
+  EXPECT_FALSE(limits::strided_fits(UINT_MAX, 256, UINT_MAX));
+  EXPECT_FALSE(limits::strided_fits(10, 0, UINT_MAX)) << "a zero step never advances";
+  EXPECT_FALSE(limits::strided_fits(0, std::size_t{UINT_MAX} + 2, UINT_MAX));
+  // The same limit, checked by running the loop in 32-bit arithmetic from its last start.
+  const std::uint32_t bound = UINT_MAX - 255, step = 256;
+  std::uint32_t j = bound - 1;
+  j += step;
+  EXPECT_GT(j, bound - 1) << "no wrap at the largest bound strided_fits accepts";
+}
+
+TEST(CudaLaunchLimits, RowKernelsRejectColumnsWhoseLoopWouldWrap) {
+  constexpr std::size_t widest = std::size_t{UINT_MAX} - (limits::max_block_threads - 1);
+  EXPECT_TRUE(limits::row_kernel_fits(1, 384));
+  EXPECT_TRUE(limits::row_kernel_fits(INT_MAX, widest));
+  EXPECT_FALSE(limits::row_kernel_fits(INT_MAX, widest + 1));
+  EXPECT_FALSE(limits::row_kernel_fits(INT_MAX, UINT_MAX)) << "accepted before the guard";
+  EXPECT_FALSE(limits::row_kernel_fits(std::size_t{INT_MAX} + 1, 1));
+}
+
+TEST(CudaLaunchLimits, LinearRejectsSizesWhoseTileIndicesOverflowInt) {
+  // The tiles of cuda/linear.cu: 64 x 64 outputs, 16-deep k slices.
+  constexpr std::size_t tm = 64, tn = 64, tk = 16;
+  constexpr std::size_t int_max = INT_MAX;
+  EXPECT_TRUE(limits::linear_fits(32, 1536, 384, tm, tn, tk));
+  EXPECT_TRUE(limits::linear_fits(1, int_max - 63, int_max - 15, tm, tn, tk));
+  // n + tile_n - 1 and the last k0 + tile_k must stay within int.
+  EXPECT_FALSE(limits::linear_fits(1, int_max - 62, 1, tm, tn, tk));
+  EXPECT_FALSE(limits::linear_fits(1, int_max, 1, tm, tn, tk)) << "accepted before the guard";
+  EXPECT_FALSE(limits::linear_fits(1, 1, int_max - 14, tm, tn, tk));
+  // Row tiles go in grid.y (at most 65535 of them).
+  EXPECT_TRUE(limits::linear_fits(65535 * tm, 1, 1, tm, tn, tk));
+  EXPECT_FALSE(limits::linear_fits(65535 * tm + 1, 1, 1, tm, tn, tk));
+}
+
+TEST(CudaLaunchLimits, FailedChecksThrowLengthErrorNamingTheLauncher) {
+  EXPECT_NO_THROW(limits::require_fits(true, "softmax"));
+  try {
+    limits::require_fits(false, "softmax");
+    FAIL() << "expected std::length_error";
+  } catch (const std::length_error& e) {
+    EXPECT_STREQ(e.what(), "inferline::cuda::softmax: dimensions too large for one launch");
+  }
+  EXPECT_EQ(limits::checked_product(1 << 20, 1 << 20, "x"), std::size_t{1} << 40);
+  try {
+    (void)limits::checked_product(std::size_t{1} << 40, std::size_t{1} << 40, "bias_activation");
+    FAIL() << "expected std::length_error";
+  } catch (const std::length_error& e) {
+    EXPECT_STREQ(e.what(),
+                 "inferline::cuda::bias_activation: dimensions too large for one launch");
   }
 }
 

@@ -11,8 +11,12 @@
 //   top-k, conversions: exact (image conversion 1e-6 relative).
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
 #include <limits>
 #include <random>
 #include <vector>
@@ -280,6 +284,23 @@ TEST(KernelCudaConvert, HalfAndBfloatMatchCpuBitForBit) {
   }
 }
 
+TEST(KernelCudaConvert, HalfToFloatIsBitExactForAllHalvesNaNPayloadsIncluded) {
+  INFERLINE_SKIP_WITHOUT_GPU();
+  // A float multiply on the GPU returns its canonical NaN: the conversion must keep every NaN
+  // half's sign and payload exactly as the host does.
+  std::vector<std::uint16_t> all(65536);
+  for (std::uint32_t h = 0; h < all.size(); ++h) all[h] = static_cast<std::uint16_t>(h);
+  cu::device_buffer<std::uint16_t> dh(all.data(), all.size());
+  cu::device_buffer<float> df(all.size());
+  cu::convert_f16_to_f32(dh.data(), df.data(), all.size());
+  const auto got = download(df);
+  for (std::uint32_t h = 0; h < all.size(); ++h) {
+    ASSERT_EQ(k::math::float_to_bits(got[h]),
+              k::math::float_to_bits(k::math::f16_to_f32(static_cast<std::uint16_t>(h))))
+        << std::hex << "half 0x" << h;
+  }
+}
+
 TEST(KernelCudaConvert, ImageMatchesCpuBothLayouts) {
   INFERLINE_SKIP_WITHOUT_GPU();
   const std::size_t shapes[][4] = {{1, 1, 1, 1}, {2, 3, 5, 3}, {1, 7, 9, 4}, {2, 33, 17, 3}};
@@ -319,6 +340,54 @@ TEST(KernelCudaErrors, BadArgumentsThrowWithFileAndLine) {
     EXPECT_NE(what.find("cudaMalloc"), std::string::npos) << what;
     EXPECT_NE(what.find("memory.cu:"), std::string::npos) << what;
   }
+}
+void expect_too_large(const std::function<void()>& launch, const std::string& launcher) {
+  try {
+    launch();
+    FAIL() << launcher << ": expected std::length_error";
+  } catch (const std::length_error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "inferline::cuda::" + launcher + ": dimensions too large for one launch");
+  }
+}
+
+TEST(KernelCudaErrors, SizesThatWouldWrapAreRejectedBeforeAnyLaunch) {
+  // No device needed: every check runs before the first CUDA call, so null pointers are fine.
+  constexpr std::size_t top = std::numeric_limits<std::size_t>::max();
+  const float one = 1.0f;
+  using k::activation;
+  using k::weight_layout;
+  // Row kernels: an unsigned `j += blockDim.x` loop over UINT_MAX columns would wrap.
+  expect_too_large([] { cu::softmax(nullptr, nullptr, 1, UINT_MAX); }, "softmax");
+  expect_too_large([] { cu::layer_norm(nullptr, nullptr, nullptr, nullptr, 1, UINT_MAX, 1e-5f); },
+                   "layer_norm");
+  expect_too_large([] { cu::l2_normalize(nullptr, nullptr, 1, UINT_MAX - 1, 1e-12f); },
+                   "l2_normalize");
+  // Linear: n + tile - 1 and k0 + tile_k in int.
+  expect_too_large(
+      [] {
+        cu::linear(nullptr, nullptr, nullptr, nullptr, 1, INT_MAX, 1, weight_layout::out_in,
+                   activation::none);
+      },
+      "linear");
+  expect_too_large(
+      [] {
+        cu::linear(nullptr, nullptr, nullptr, nullptr, 1, 1, INT_MAX - 1, weight_layout::in_out,
+                   activation::relu);
+      },
+      "linear");
+  // Element counts whose product, or whose grid-stride index, overflows size_t.
+  expect_too_large(
+      [] { cu::bias_activation(nullptr, top / 2, 3, nullptr, activation::gelu); },
+      "bias_activation");
+  expect_too_large([] { cu::convert_f16_to_f32(nullptr, nullptr, top); }, "convert_f16_to_f32");
+  expect_too_large([&] {
+    cu::image_u8_to_f32(nullptr, top / 2, 2, 2, 1, &one, &one, nullptr, k::image_layout::nchw);
+  }, "image_u8_to_f32");
+  expect_too_large([] { cu::masked_mean_pool(nullptr, nullptr, nullptr, 65536, 1, 1); },
+                   "masked_mean_pool");
+  expect_too_large([] { cu::masked_mean_pool(nullptr, nullptr, nullptr, 2, top / 2, 2); },
+                   "masked_mean_pool");
 }
 #else
 TEST(KernelCuda, SkippedWithoutCudaBuild) { GTEST_SKIP() << "built without CUDA"; }

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -619,6 +620,27 @@ TEST(KernelNativeModel, LoadErrorsNameTheOpTensorAndShape) {
   c = fx.config();
   c.device = "cuda:x";
   expect_config_error(c, "bad device \"cuda:x\"");
+}
+
+TEST(KernelNativeModel, SizesWhoseByteCountsOverflowAreRefusedAtLoad) {
+  auto expect_invalid = [](const nat::native_model_config& c, const std::string& message) {
+    try {
+      nat::native_model m(c);
+      FAIL() << "expected std::invalid_argument: " << message;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), message);
+    }
+  };
+  mlp_fixture fx;
+  auto c = fx.config();
+  c.max_batch_size = std::numeric_limits<std::size_t>::max() / 8;  // × 64 activations × 8 B
+  expect_invalid(c, "native model: max_batch_size times one item's largest buffer is too large "
+                    "(its size in elements or bytes overflows)");
+  nat::native_model_config huge;
+  huge.inputs = {{"x", nat::tensor_type::f32, {std::size_t{1} << 33, std::size_t{1} << 33}}};
+  huge.outputs = {{"y", nat::tensor_type::f32, {1}}};
+  expect_invalid(huge, "native model: the input shape is too large (its size in elements or "
+                       "bytes overflows)");
 }
 
 TEST(KernelNativeModel, CudaRequestWithoutGpuIsAClearErrorOrAFallback) {

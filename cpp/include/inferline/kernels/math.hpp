@@ -207,8 +207,9 @@ INFERLINE_HD std::uint16_t f32_to_f16(float f) {
   return static_cast<std::uint16_t>((sign >> 16) | (shl1_w > 0xff000000u ? 0x7e00u : nonsign));
 }
 
-/// Float value of IEEE binary16 bits `h` (exact; subnormals, inf and NaN included). Pure;
-/// thread-safe.
+/// Float value of IEEE binary16 bits `h` (exact; subnormals, inf and NaN included). A NaN keeps
+/// its sign and payload (shifted into the top of the float mantissa) and comes out quiet, as
+/// F16C's vcvtph2ps and a host FPU's multiply give it. Pure; thread-safe.
 INFERLINE_HD float f16_to_f32(std::uint16_t h) {
   const std::uint32_t w = static_cast<std::uint32_t>(h) << 16;
   const std::uint32_t sign = w & 0x80000000u;
@@ -219,9 +220,14 @@ INFERLINE_HD float f16_to_f32(std::uint16_t h) {
   const std::uint32_t magic_mask = 126u << 23;
   const float denormalized = bits_to_float((two_w >> 17) | magic_mask) - 0.5f;
   const std::uint32_t cutoff = 1u << 27;
-  const std::uint32_t result =
+  // Exponent 0x1F (inf, NaN) in integers: a GPU's multiply would turn every NaN into its one
+  // canonical NaN, losing the sign and payload the host keeps.
+  const std::uint32_t mantissa = static_cast<std::uint32_t>(h) & 0x3ffu;
+  const std::uint32_t inf_nan =
+      sign | 0x7f800000u | (mantissa << 13) | (mantissa != 0 ? 0x00400000u : 0u);
+  const std::uint32_t finite =
       sign | (two_w < cutoff ? float_to_bits(denormalized) : float_to_bits(normalized));
-  return bits_to_float(result);
+  return bits_to_float((static_cast<std::uint32_t>(h) & 0x7c00u) == 0x7c00u ? inf_nan : finite);
 }
 
 /// bfloat16 bits of `f`, round to nearest even; NaN gives a quiet NaN with the sign kept
