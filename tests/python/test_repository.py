@@ -179,6 +179,31 @@ def test_error_message_names_file_field_and_expectation(tmp_path: Path) -> None:
 CASES = [
     # (model.toml body after backend = "onnx", field, message fragment)
     (
+        '[batching]\npolicy = "greedy"',
+        "batching.policy",
+        "policy must be 'work_conserving', 'fixed_window' or 'latency_target', got 'greedy'",
+    ),
+    (
+        '[batching]\npolicy = "latency_target"',
+        "batching.policy",
+        "policy latency_target needs max_latency > 0",
+    ),
+    (
+        "[batching]\nmax_latency_ms = 0",
+        "batching.max_latency_ms",
+        "expected a positive number, got 0",
+    ),
+    (
+        "[batching]\nexecution_timeout_ms = -1.0",
+        "batching.execution_timeout_ms",
+        "expected a number of milliseconds >= 0 (0: no bound), got -1.0",
+    ),
+    (
+        "[batching]\nexecution_timeout_ms = 1e12",
+        "batching.execution_timeout_ms",
+        "expected at most 86400000",
+    ),
+    (
         "[batching]\nmax_batch_size = true",
         "batching.max_batch_size",
         "expected a positive integer, got True",

@@ -47,6 +47,7 @@ class BatchingConfig:
     max_item_bytes: int | None = None
     policy: str | None = None
     max_latency_ms: float | None = None
+    execution_timeout_ms: float | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
         """The keys that were given, ready for ``inferline.Batching(**kwargs)``."""

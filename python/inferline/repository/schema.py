@@ -36,6 +36,7 @@ a typo never silently falls back to a default)::
                                       # "latency_target" (the default when max_latency_ms is set)
     max_queue_delay_ms = 2.0          # fixed_window: how long a batch waits for company
     max_latency_ms = 20.0             # latency_target: arrival -> computed, per request
+    execution_timeout_ms = 5000.0     # one model call at most; 0 or left out: no bound
     max_queue_size = 1024             # requests queued, all priority lanes together
     priority_levels = 2               # lanes, 0 served first (at most 16)
     idle_spin_us = 0.0                # an idle worker spins this long before sleeping
@@ -106,7 +107,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from .. import _core
 from ..kernels import ACTIVATIONS, IMAGE_LAYOUTS, LAYOUTS
-from ..types import DATATYPES, DEFAULTS, FLOAT_DATATYPES, TensorSpec
+from ..types import DATATYPES, DEFAULTS, FLOAT_DATATYPES, LIMITS, TensorSpec
 from .config import (
     BACKENDS,
     Backend,
@@ -182,6 +183,13 @@ class OutputTable(InputTable):
         return self
 
 
+ExecutionTimeout = Annotated[
+    float,
+    Field(strict=True, ge=0, le=LIMITS.max_execution_timeout_ms, allow_inf_nan=False),
+    expect("a number of milliseconds >= 0 (0: no bound)"),
+]
+
+
 class BatchingTable(Table):
     """Upper bounds are the engine's (LIMITS), checked here so errors name the file."""
 
@@ -230,6 +238,11 @@ class BatchingTable(Table):
         default=None,
         description="latency_target: the target from arrival to computed, per request; a "
         "request that could not make it is refused at once (QueueFullError); left out: no target",
+    )
+    execution_timeout_ms: ExecutionTimeout | None = Field(
+        default=None,
+        description="the longest one model call may take: a batch that overruns it is answered "
+        "ModelError on time and its instance is abandoned and replaced; 0 or left out: no bound",
     )
 
     @model_validator(mode="after")
