@@ -37,6 +37,9 @@ def held(x: np.ndarray) -> np.ndarray:
     return x
 
 
+QUEUE_SIZE = 64  # model "small"
+
+
 def build_engine() -> inferline.Engine:
     e = inferline.Engine()
     f8 = [TensorSpec("x", "FP32", (8,))]
@@ -45,7 +48,7 @@ def build_engine() -> inferline.Engine:
         lambda x: x + 1,
         inputs=f8,
         outputs=[TensorSpec("y", "FP32", (8,))],
-        batching=Batching(max_batch_size=8, max_queue_size=64, priority_levels=2),
+        batching=Batching(max_batch_size=8, max_queue_size=QUEUE_SIZE, priority_levels=2),
     )
     e.register(
         "held",
@@ -187,6 +190,18 @@ def test_max_rows_per_request_is_configurable() -> None:
             "the request has 5 rows for model 'small'; the limit is 4 rows per request "
             "(max_rows_per_request): split it"
         )
+
+
+def test_more_rows_than_the_queue_holds_is_413_not_503(server: ServerThread) -> None:
+    # A request's rows are admitted together: one larger than the whole queue could never be
+    # admitted, so retrying (what 503 asks for) would not help.
+    queue = QUEUE_SIZE
+    r = httpx.post(f"{server.base}/v2/models/small/infer", json=small_json(queue + 1), timeout=30)
+    assert r.status_code == 413
+    assert r.json()["error"] == (
+        f"the request has {queue + 1} rows; model 'small' queues at most {queue} "
+        "(max_queue_size): split it"
+    )
 
 
 @pytest.mark.parametrize(

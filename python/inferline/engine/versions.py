@@ -137,6 +137,7 @@ class ModelInfo:
     aliases: dict[str, int] = field(default_factory=dict)
     default: bool = False
     notes: list[str] = field(default_factory=list)
+    max_queue_size: int = DEFAULTS.max_queue_size  # the effective bound (max_queue_bytes too)
 
 
 def _native_spec(spec: TensorSpec) -> _core.TensorSpec:
@@ -280,6 +281,7 @@ class ServedVersion:
             outputs=list(self.outputs),
             max_batch_size=self.batching.max_batch_size,
             priority_levels=self.batching.priority_levels,
+            max_queue_size=self.queue_size,
             aliases={a: v for a, v in aliases.items() if v == self.version},
             default=default,
             notes=list(self.notes),

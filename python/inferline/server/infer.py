@@ -239,6 +239,12 @@ class InferRoute:
         model, before any data is converted."""
         rows = check_declared(info, header)
         self.admission.check_rows(info.name, rows)
+        if rows > info.max_queue_size:  # rows are admitted together: a retry could never fit
+            raise HTTPError(
+                413,
+                f"the request has {rows} rows; model {info.name!r} queues at most "
+                f"{info.max_queue_size} (max_queue_size): split it",
+            )
         if header.priority is not None and header.priority > info.priority_levels:
             raise HTTPError(
                 400,
@@ -279,8 +285,6 @@ class InferRoute:
         except Exception as e:  # an engine bug: log it, answer 500, keep serving
             log.exception("engine failed on model %r", name)
             raise HTTPError(500, f"internal error: {type(e).__name__}") from None
-        if not isinstance(outputs, dict):  # infer_batch of a one-output model: one array
-            outputs = {info.outputs[0].name if info.outputs else "output": outputs}
         self.last_inference[(name, info.version)] = int(time.time() * 1000)
         datatypes = _output_datatypes(name, outputs, out_types)
         if req.outputs is not None:

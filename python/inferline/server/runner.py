@@ -211,6 +211,7 @@ def serve_repository(
     port: int = 8000,
     watch: bool = False,
     poll_interval: float = 5.0,
+    allow_code: bool = False,
     drain_timeout: float = 30.0,
     grace_period: float = 0.0,
     log_level: str = "info",
@@ -218,8 +219,12 @@ def serve_repository(
     **app_kwargs: Any,
 ) -> int:
     """``inferline serve REPO``: serves every model of a repository folder until SIGTERM or
-    SIGINT, then drains. Returns the process exit status (0 after a graceful stop)."""
-    engine = Engine.from_repository(repository, watch=watch, poll_interval=poll_interval)
+    SIGINT, then drains. Returns the process exit status (0 after a graceful stop).
+    ``allow_code`` is the operator's key for running a repository's ``model.py`` (the
+    repository's ``[python] allow_code`` is the other)."""
+    engine = Engine.from_repository(
+        repository, watch=watch, poll_interval=poll_interval, allow_code=allow_code
+    )
     serve(
         engine,
         host,
