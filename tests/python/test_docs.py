@@ -46,7 +46,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
-from inferline.repository import reference, schema
+from inferline.repository import native_schema, reference, schema
 from inferline.repository.fields import Table
 from inferline.repository.reference import COMMAND, render
 from inferline.repository.schema import parse_model_toml
@@ -359,7 +359,7 @@ def test_model_toml_reference_is_fresh() -> None:
 
 
 def test_reference_lists_every_key_with_type_default_and_meaning() -> None:
-    tables = [t for _, t, _ in reference._sections()] + [schema.ModelToml, schema.NativeOp]
+    tables = [t for _, t, _ in reference._sections()] + [schema.ModelToml, native_schema.NativeOp]
     text = REFERENCE.read_text()
     for table in tables:
         for k in reference.keys(table):

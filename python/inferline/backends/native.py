@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import _core
 from ..kernels import ACTIVATIONS, IMAGE_LAYOUTS, LAYOUTS
-from ..repository.schema import OPS, NativeOp, parse_native
+from ..repository.native_schema import OPS, NativeOp, parse_native
 from ..types import DEFAULTS, TensorSpec
 
 __all__ = ["OPS", "native_model"]

@@ -31,7 +31,8 @@ from ..backends import native as native_backend
 from ..engine import Batching
 from ..types import DATATYPES, DEFAULTS, LIMITS
 from .fields import Table
-from .schema import _OP_LAYOUTS, _OP_NEEDS, OPS, BatchingTable, ModelToml, NativeOp, NativeTable
+from .native_schema import _OP_LAYOUTS, _OP_NEEDS, OPS, NativeOp, NativeTable
+from .schema import BatchingTable, ModelToml
 
 __all__ = ["COMMAND", "Key", "keys", "render"]
 

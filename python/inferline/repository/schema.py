@@ -1,4 +1,4 @@
-"""The model.toml schema: every table, ``[native]`` included, validated with pydantic.
+"""The model.toml schema: every table, validated with pydantic.
 
 Layout::
 
@@ -11,83 +11,10 @@ Layout::
         model.toml
         1/model.py          # runs code: loaded only with [python] allow_code = true
 
-Schema of ``model.toml`` (every key but ``backend`` is optional; an unknown key is an error, so
-a typo never silently falls back to a default)::
-
-    backend = "onnx"                  # "onnx" | "python" | "native"
-    instances = 1                     # worker threads serving each version (default 1)
-
-    [[inputs]]                        # per item, without the batch dimension. Required for the
-    name = "x"                        # python and native backends; for onnx they are read from
-    datatype = "FP32"                 # the graph and, when given here, checked against it
-    shape = [16]
-    finite = true                     # refuse NaN/Inf in this input (default false)
-
-    [[outputs]]
-    name = "probs"
-    datatype = "FP32"
-    shape = [4]
-    finite = true                     # report NaN/Inf in this output as ModelError
-    probabilities = true              # rows must sum to 1 (see [output_checks])
-
-    [batching]                        # a key left out takes the engine's default
-    max_batch_size = 32               # at most 65536
-    policy = "work_conserving"        # "work_conserving" (default) | "fixed_window" |
-                                      # "latency_target" (the default when max_latency_ms is set)
-    max_queue_delay_ms = 2.0          # fixed_window: how long a batch waits for company
-    max_latency_ms = 20.0             # latency_target: arrival -> computed, per request
-    execution_timeout_ms = 5000.0     # one model call at most; 0 or left out: no bound
-    max_queue_size = 1024             # requests queued, all priority lanes together
-    priority_levels = 2               # lanes, 0 served first (at most 16)
-    idle_spin_us = 0.0                # an idle worker spins this long before sleeping
-    max_queue_bytes = 67108864        # bytes of queued input
-    max_item_bytes = 1048576          # bytes of one request's input
-
-    [warmup]
-    batch_sizes = [1, 8, 32]          # default: powers of two up to max_batch_size, and it
-    inputs = "zeros"                  # "zeros" | "random" | "sample"
-    sample = "warmup.npz"             # with inputs = "sample": a .npz in each version folder
-    seed = 0                          # with inputs = "random"
-    repeats = 1                       # calls per batch size
-
-    [versions]
-    default = "latest"                # or a version number
-    aliases = { stable = 1, canary = 2 }
-    load = "all"                      # "all" or a list of numbers; left out: the default
-                                      # version and every alias target
-
-    [artifacts]
-    sha256 = { "1/model.onnx" = "9f86d0...", "2/model.onnx" = "..." }
-
-    [onnx]                            # only with backend = "onnx"
-    file = "model.onnx"               # the graph in each version folder (default model.onnx)
-    intra_op_threads = 1              # default: onnxruntime's (one per physical core)
-    inter_op_threads = 1
-
-    [python]                          # only with backend = "python"
-    allow_code = true                 # required: model.py is code and runs in the server
-    file = "model.py"
-    entry = "predict"                 # the batch function in model.py
-
-    [native]                          # only with backend = "native"
-    weights = "weights.safetensors"   # in each version folder, checked like any artifact
-    device = "cpu"                    # "cpu" | "cuda" | "cuda:N"
-    allow_cpu_fallback = false        # "cuda" without a CUDA build or device: run on the CPU
-    blas_threads = 1                  # OpenBLAS threads, process-wide (default: unchanged)
-    ops = [                           # required; keys per op: OPS below, meaning: backends.native
-      { op = "linear", weight = "fc1.weight", bias = "fc1.bias", activation = "gelu" },
-      { op = "softmax" },
-    ]
-
-    [cache]                           # an LRU of results, keyed by model, version and input
-    enabled = true                    # (default true once the table is present)
-    max_entries = 1024
-    max_bytes = 67108864
-
-    [output_checks]
-    finite = true                     # every output must be finite
-    probabilities = ["probs"]         # same as probabilities = true on those outputs
-    probabilities_tolerance = 1e-3
+Every key of ``model.toml``, with its type, default, allowed values and meaning, is listed in
+``docs/model-toml.md``, which :mod:`.reference` generates from the classes below (a test fails
+when it is stale); every key but ``backend`` is optional, and an unknown key is an error, so a
+typo never silently falls back to a default. ``[native]`` lives in :mod:`.native_schema`.
 
 Every failure is a :class:`RepositoryError` naming the file, the dotted field and what was
 expected, e.g. ``models/resnet/model.toml: batching.max_batch_size: expected a positive
@@ -106,7 +33,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .. import _core
-from ..kernels import ACTIVATIONS, IMAGE_LAYOUTS, LAYOUTS
 from ..types import DATATYPES, DEFAULTS, FLOAT_DATATYPES, LIMITS, TensorSpec
 from .config import (
     BACKENDS,
@@ -131,7 +57,6 @@ from .fields import (
     Milliseconds,
     NonEmptyStr,
     NonNegativeInt,
-    Numbers,
     PositiveInt,
     PositiveInts,
     PositiveNumber,
@@ -148,6 +73,7 @@ from .fields import (
     one_of,
     quoted,
 )
+from .native_schema import OPS, NativeTable, parse_native
 
 __all__ = ["OPS", "ModelToml", "NativeTable", "parse_model_toml", "parse_native"]
 
@@ -477,115 +403,6 @@ class OutputChecksTable(Table):
 
 
 # ---------------------------------------------------------------------------------------------
-# [native]: the kernel ops of a native model
-
-# Keys each op accepts besides "op", and the ones it needs.
-OPS: dict[str, tuple[str, ...]] = {
-    "linear": ("weight", "bias", "activation", "layout"),
-    "activation": ("activation",),
-    "softmax": (),
-    "layer_norm": ("weight", "bias", "eps"),
-    "l2_normalize": ("eps",),
-    "mean_pool": (),
-    "topk": ("k",),
-    "image_to_float": ("mean", "std", "layout"),
-}
-_OP_NEEDS: dict[str, tuple[str, ...]] = {
-    "linear": ("weight",),
-    "activation": ("activation",),
-    "topk": ("k",),
-    "image_to_float": ("mean", "std"),
-}
-_OP_LAYOUTS: dict[str, Sequence[str]] = {
-    "linear": tuple(LAYOUTS),
-    "image_to_float": tuple(IMAGE_LAYOUTS),
-}
-
-
-class NativeOp(Table):
-    """One op: which keys it takes depends on ``op`` (see OPS)."""
-
-    op: Annotated[str, one_of(tuple(OPS))] = Field(description=f"one of {quoted(OPS)}")
-    weight: NonEmptyStr | None = Field(
-        default=None, description="a tensor name in the weights file (layer_norm: the scale, gamma)"
-    )
-    bias: NonEmptyStr | None = Field(
-        default=None, description="a tensor name in the weights file (layer_norm: the shift, beta)"
-    )
-    activation: Annotated[str, one_of(tuple(ACTIVATIONS))] | None = Field(
-        default=None, description="the function applied (linear: fused after the matrix product)"
-    )
-    layout: str | None = Field(
-        default=None,
-        description=f'linear: the weight\'s layout, one of {quoted(LAYOUTS)} (default "out_in", '
-        f'PyTorch\'s [out, in]); image_to_float: one of {quoted(IMAGE_LAYOUTS)} (default "nchw")',
-    )
-    eps: PositiveNumber | None = Field(
-        default=None,
-        description="added for numerical stability (default: layer_norm 1e-5, l2_normalize 1e-12)",
-    )
-    k: PositiveInt | None = Field(
-        default=None,
-        description="topk: how many of the largest values (and their indices) to return",
-    )
-    mean: Numbers | None = Field(
-        default=None, description="image_to_float: one mean per channel, on the [0, 1] scale"
-    )
-    std: Numbers | None = Field(
-        default=None,
-        description="image_to_float: one non-zero std per channel, on the [0, 1] scale",
-    )
-
-    @classmethod
-    def allowed_keys(cls, data: dict[str, Any]) -> Sequence[str]:
-        kind = data.get("op")
-        if kind not in OPS:
-            if "op" not in data:
-                raise fail(f"required; expected one of {quoted(OPS)}", "op")
-            raise fail(f"expected one of {quoted(OPS)}, got {kind!r}", "op")
-        return ("op", *OPS[kind])
-
-    @classmethod
-    def check_raw(cls, data: dict[str, Any]) -> None:
-        kind = data["op"]
-        for key in _OP_NEEDS.get(kind, ()):
-            if key not in data:
-                raise fail(f"required by op = {kind!r}", key)
-        if "layout" in data:
-            layouts = _OP_LAYOUTS[kind]
-            if data["layout"] not in layouts:
-                raise fail(f"expected one of {quoted(layouts)}, got {data['layout']!r}", "layout")
-
-    @model_validator(mode="after")
-    def check_std(self) -> NativeOp:
-        if self.std is not None and any(s == 0 for s in self.std):
-            raise fail(f"expected non-zero values, got {self.std!r}", "std")
-        return self
-
-
-class NativeTable(Table):
-    weights: RelativePath | None = Field(
-        default=None,
-        description="a .safetensors file in each version folder, memory-mapped once at load; "
-        "needed when an op names a weight or bias",
-    )
-    device: NonEmptyStr = Field(
-        default="cpu", description='where the ops run: "cpu", "cuda" or "cuda:N"'
-    )
-    allow_cpu_fallback: Bool = Field(
-        default=False,
-        description="with a cuda device but no CUDA build or no GPU: run on the CPU instead of "
-        "failing to load",
-    )
-    blas_threads: NonNegativeInt = Field(
-        default=0, description="OpenBLAS threads, process-wide; 0 leaves them as they are"
-    )
-    ops: Annotated[
-        list[NativeOp], Field(min_length=1), expect("a non-empty array of op tables")
-    ] = Field(description="a non-empty array of op tables")
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole file
 
 _BACKEND_TABLES = ("onnx", "python", "native")
@@ -772,12 +589,3 @@ def parse_model_toml(data: object, file: Path, versions: Sequence[int]) -> Model
     except ValidationError as e:
         field, message = describe(e)
         raise RepositoryError(file, field or None, message) from None
-
-
-def parse_native(table: object) -> NativeTable:
-    """Validate a ``[native]`` table given from Python; ValueError names the field."""
-    try:
-        return NativeTable.model_validate(table)
-    except ValidationError as e:
-        field, message = describe(e, ("native",))
-        raise ValueError(f"{field}: {message}") from None
