@@ -95,7 +95,14 @@ def histogram(
     counts = [c for _, c in buckets]
     assert counts == sorted(counts), f"{family} buckets not cumulative: {buckets}"
     assert counts[-1] == count, f"{family}: +Inf {counts[-1]} != _count {count}"
-    assert total >= 0
+    # Each observation lies in its bucket's (previous le, le], so _sum does too, summed.
+    lower = upper = 0.0
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        lower += (c - prev_c) * prev_le
+        upper += (c - prev_c) * le if c > prev_c else 0.0
+        prev_le, prev_c = le, c
+    assert lower * (1 - 1e-9) <= total <= upper * (1 + 1e-9), (family, lower, total, upper)
     return buckets, count, total
 
 
@@ -194,8 +201,10 @@ async def test_batch_size_buckets_count_full_batches_exactly() -> None:
     # 64 rows in one call: batches of exactly 32 must land in le="32", not only in le="64".
     engine = inferline.Engine()
     gate = threading.Event()
+    entered = threading.Event()
 
     def model(b: np.ndarray) -> np.ndarray:
+        entered.set()
         gate.wait(10)
         return b
 
@@ -209,9 +218,9 @@ async def test_batch_size_buckets_count_full_batches_exactly() -> None:
     )
     async with engine:
         first = asyncio.ensure_future(engine.infer("m", item(0)))
-        await asyncio.sleep(0.1)  # the lone request leaves as a batch of 1, holds the worker
+        await until(entered.is_set)  # the lone request leaves as a batch of 1, holds the worker
         rest = asyncio.ensure_future(engine.infer_batch("m", np.zeros((64, DIM), dtype=np.float32)))
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.stats("m")["queue_depth"] == 64)
         gate.set()
         await asyncio.gather(first, rest)
         families = scrape(engine)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import resource
+import os
 import shutil
 import threading
 import time
@@ -166,17 +166,21 @@ async def test_hot_swap_under_load_fails_nothing(tmp_path: Path) -> None:
 
     async with engine:
         clients = [asyncio.ensure_future(client(k)) for k in range(16)]
-        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while len(answers) < 100 and not failures:  # traffic on version 1 before the swap
+            assert time.monotonic() < deadline, "no answers from version 1"
+            await asyncio.sleep(0.01)
         write_python_model(repo, "m", 2, 2.0)
         info = await engine.load("m")
         swapped[0] = True
         assert info.version == 2 and info.state == "ready"
-        await asyncio.sleep(0.2)
+        while sum(after for after, _ in answers) < 100 and not failures:  # and after it
+            assert time.monotonic() < deadline, "no answers after the swap"
+            await asyncio.sleep(0.01)
         stop.set()
         await asyncio.gather(*clients)
-        for _ in range(100):  # the old version drains, then unloads
-            if [i.version for i in engine.models()] == [2]:
-                break
+        while [i.version for i in engine.models()] != [2]:  # the old version drains, unloads
+            assert time.monotonic() < deadline, engine.models()
             await asyncio.sleep(0.02)
         versions = [i.version for i in engine.models()]
     assert not failures
@@ -230,13 +234,21 @@ async def test_watch_picks_up_new_versions_and_removed_models(tmp_path: Path) ->
             await engine.infer("gone", item(1))
 
 
+def resident_bytes() -> int:
+    """This process's current resident set (not the lifetime peak that ru_maxrss reports)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @pytest.mark.asyncio
 async def test_flood_keeps_memory_bounded_and_answers_everything() -> None:
     dim = 16384  # 64 KiB items
     gate = threading.Event()
+    entered = threading.Event()
 
     def slow(b: np.ndarray) -> np.ndarray:
-        gate.wait(0.02)
+        entered.set()
+        gate.wait(30)
         return b[:, :1].copy()
 
     engine = inferline.Engine()
@@ -252,23 +264,27 @@ async def test_flood_keeps_memory_bounded_and_answers_everything() -> None:
     )
     x = np.ones(dim, np.float32)
     async with engine:
-        await engine.infer("slow", x)
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        results: list[Any] = []
-        for _wave in range(5):
-            results += await asyncio.gather(
-                *(engine.infer("slow", x) for _ in range(640)), return_exceptions=True
-            )
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        blocker = asyncio.ensure_future(engine.infer("slow", x))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        rss_before = resident_bytes()
+        # 3200 items at once while the only worker is held: unbounded, 200 MiB would queue.
+        flood = [asyncio.ensure_future(engine.infer("slow", x)) for _ in range(3200)]
+        deadline = time.monotonic() + 30
+        while sum(f.done() for f in flood) < 3200 - 64:
+            assert time.monotonic() < deadline, engine.stats("slow")
+            await asyncio.sleep(0.01)
+        rss_full = resident_bytes()
+        queued = engine.stats("slow")["queue_depth"]
+        gate.set()
+        results = await asyncio.gather(blocker, *flood, return_exceptions=True)
         stats = engine.stats("slow")
     ok = [r for r in results if isinstance(r, np.ndarray)]
     full = [r for r in results if isinstance(r, inferline.QueueFullError)]
-    assert len(ok) + len(full) == len(results) == 3200
-    assert ok and full
+    assert queued == 64
+    assert len(ok) == 1 + 64 and len(full) == 3200 - 64
     assert "queue is full (64 requests waiting)" in str(full[0])
     assert stats["in_flight"] == 0
-    # 3200 items of 64 KiB would be 200 MiB if the queue were unbounded.
-    assert (rss_after - rss_before) * 1024 < 100 * 1024 * 1024
+    assert rss_full - rss_before < 50 * 1024 * 1024, (rss_before, rss_full)
 
 
 def test_max_item_bytes_refuses_at_registration() -> None:

@@ -513,22 +513,6 @@ def test_not_ready_still_serves(server: ServerThread) -> None:
     assert httpx.get(f"{server.base}/v2/health/ready", timeout=10).status_code == 200
 
 
-def test_503_while_draining_and_readiness_false(server: ServerThread) -> None:
-    app = server.server.config.app
-    state = app.state.inferline
-    state.draining = True
-    try:
-        r = httpx.get(f"{server.base}/v2/health/ready", timeout=10)
-        assert r.status_code == 400 and r.content == b""
-        assert httpx.get(f"{server.base}/v2/health/live", timeout=10).status_code == 200
-        r = httpx.post(f"{server.base}/v2/models/mlp/infer", content=b"{}", timeout=10)
-        assert r.status_code == 503 and "draining" in r.json()["error"]
-        assert r.headers["retry-after"] == "1"
-    finally:
-        state.draining = False
-    assert httpx.get(f"{server.base}/v2/health/ready", timeout=10).status_code == 200
-
-
 # ------------------------------------------------------------------------------ request ids
 
 
@@ -834,10 +818,17 @@ def test_mount_inside_another_starlette_app() -> None:
 SIGTERM_SCRIPT = textwrap.dedent(
     """
     import sys, time, numpy as np, inferline
+    from pathlib import Path
     from inferline.server import serve
 
-    def slow(x):
-        time.sleep(1.5)
+    computing, release = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def slow(x):  # holds each batch until the test creates the release file
+        with computing.open("a") as f:
+            f.write(f"{len(x)}\\n")
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return x
 
     e = inferline.Engine()
@@ -845,7 +836,7 @@ SIGTERM_SCRIPT = textwrap.dedent(
                outputs=[inferline.TensorSpec("y", "FP32", (4,))],
                batching=inferline.Batching(max_batch_size=8, max_queue_delay_ms=50),
                warmup=False)
-    serve(e, "127.0.0.1", 0, grace_period=2.0, drain_timeout=20, log_level="warning",
+    serve(e, "127.0.0.1", 0, grace_period=3.0, drain_timeout=30, log_level="warning",
           on_started=lambda port: print(port, flush=True))
     print("clean exit", flush=True)
     """
@@ -855,10 +846,11 @@ SIGTERM_SCRIPT = textwrap.dedent(
 def test_sigterm_turns_readiness_false_drains_and_exits_zero(tmp_path: Any) -> None:
     script = tmp_path / "serve_slow.py"
     script.write_text(SIGTERM_SCRIPT)
+    computing, release = tmp_path / "computing", tmp_path / "release"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
     proc = subprocess.Popen(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), str(computing), str(release)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -878,30 +870,41 @@ def test_sigterm_turns_readiness_false_drains_and_exits_zero(tmp_path: Any) -> N
                 httpx.post(f"{base}/v2/models/slow/infer", json=body, timeout=30).status_code
             )
 
-        def later(delay: float) -> threading.Thread:
-            t = threading.Thread(target=lambda: (time.sleep(delay), call()))
+        def send() -> threading.Thread:
+            t = threading.Thread(target=call)
             t.start()
             return t
 
-        # 4 requests computing when SIGTERM comes; one sent in the grace period; one sent
-        # just before the grace period ends, so the drain has work to wait for.
-        workers = [later(0.0) for _ in range(4)]
-        time.sleep(0.2)
+        def wait_for(cond: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not cond():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.02)
+
+        def probe() -> httpx.Response:  # answered at once: 503 draining, or 504 (1 ms timeout)
+            short = {**body, "parameters": {"timeout": 1000}}
+            return httpx.post(f"{base}/v2/models/slow/infer", json=short, timeout=10)
+
+        # 4 requests sent (one computing, held by the model) when SIGTERM comes.
+        workers = [send() for _ in range(4)]
+        wait_for(computing.exists, "a batch to be computing")
         proc.send_signal(signal.SIGTERM)
-        t_signal = time.monotonic()
-        workers.append(later(0.3))  # grace is 2 s: accepted
-        workers.append(later(1.5))  # still in grace; computes (1.5 s) into the drain
-        time.sleep(0.3)
-        assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 400
+        wait_for(
+            lambda: httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 400,
+            "readiness to turn false",
+        )
         assert httpx.get(f"{base}/v2/health/live", timeout=10).status_code == 200
-        # during the drain (grace over, last request still computing): refused with 503
-        time.sleep(max(0.0, t_signal + 2.4 - time.monotonic()))
-        late = httpx.post(f"{base}/v2/models/slow/infer", json=body, timeout=10)
+        workers.append(send())  # in the grace period (3 s): accepted
+        # The grace period ends while the model still holds its batch: new work is refused.
+        wait_for(lambda: probe().status_code == 503, "the drain to refuse new work")
+        late = probe()
         assert late.status_code == 503 and late.headers["retry-after"]
         assert "error" in late.json()
+        assert proc.poll() is None  # the drain waits for the accepted work
+        release.touch()
         for w in workers:
             w.join(30)
-        assert results == [200] * 6  # everything accepted was answered
+        assert results == [200] * 5  # everything accepted was answered
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "clean exit" in out
