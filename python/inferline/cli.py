@@ -1,4 +1,5 @@
-"""The ``inferline`` command: ``demo`` (an embedded model under load) and ``serve REPO``."""
+"""The ``inferline`` command: ``demo`` (an embedded model under load), ``serve REPO`` and
+``models REPO`` (load and warm every model, print each one's state and reason, serve nothing)."""
 
 from __future__ import annotations
 
@@ -117,12 +118,31 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _models(repository: str, allow_code: bool) -> int:
+    """Loads and warms every model of ``repository`` as ``serve`` would, prints one line per
+    model version (state and reason) and returns 1 when any is not READY."""
+    engine = Engine.from_repository(repository, allow_code=allow_code)
+    async with engine:
+        rows = engine.repository_index()
+    broken = 0
+    for row in rows:
+        version = f" v{row['version']}" if row.get("version") else ""
+        reason = f": {row['reason']}" if row.get("reason") else ""
+        print(f"{row['name']}{version} {row['state']}{reason}")
+        broken += row["state"] != "READY"
+    print(f"{len(rows)} model version(s), {broken} not ready", file=sys.stderr)
+    return 1 if broken or not rows else 0
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.list:
+        return asyncio.run(_models(args.repository, args.allow_code))
     engine = Engine.from_repository(
         args.repository,
         watch=args.watch,
         poll_interval=args.poll_interval,
         allow_code=args.allow_code,
+        strict=args.strict_readiness,
     )
     serve(
         engine,
@@ -134,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_rows_per_request=args.max_rows_per_request,
         max_in_flight=args.max_in_flight,
         repository_api=args.repository_api,
+        strict_readiness=args.strict_readiness,
     )
     return 0
 
@@ -147,6 +168,15 @@ def _default_repository() -> str:
         if candidate.is_dir():
             return str(candidate)
     return "examples/repository"
+
+
+def _repository_arg(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "repository",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        help="model repository folder (default: the bundled example repository)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,19 +223,28 @@ def main(argv: list[str] | None = None) -> int:
         help="serve a model repository over HTTP (Open Inference Protocol v2)",
         formatter_class=fmt,
     )
-    serve_cmd.add_argument(
-        "repository",
-        nargs="?",
-        default=argparse.SUPPRESS,
-        help="model repository folder (default: the bundled example repository)",
-    )
+    _repository_arg(serve_cmd)
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port to bind (0: any free one)")
     serve_cmd.add_argument(
         "--watch",
         action="store_true",
-        help="poll the repository: load new versions, swap defaults, unload removed ones "
-        "(edits to an already loaded model's model.toml are not picked up)",
+        help="poll the repository: load new versions, swap defaults, unload removed ones, "
+        "and reload a loaded model whose model.toml changed (warmed beside the serving one, "
+        "then swapped; a broken edit leaves the old config serving); every change is logged",
+    )
+    serve_cmd.add_argument(
+        "--strict-readiness",
+        action="store_true",
+        help="a model that fails to load or warm up fails start-up, and /v2/health/ready "
+        "requires every model (default: the others serve, readiness counts the models that "
+        "loaded, and /v2/repository/index says why a model is UNAVAILABLE)",
+    )
+    serve_cmd.add_argument(
+        "--list",
+        action="store_true",
+        help="load and warm every model, print each one's state and reason and exit (1 when "
+        "any is not ready) without serving; for CI (same as `inferline models REPO`)",
     )
     serve_cmd.add_argument(
         "--poll-interval", type=float, default=5.0, help="seconds between --watch polls"
@@ -251,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds accepted requests get to finish after SIGTERM",
     )
 
+    models_cmd = sub.add_parser(
+        "models",
+        help="check a model repository: load and warm every model, print each one's state "
+        "and reason, exit 1 when any is not ready (nothing is served)",
+        formatter_class=fmt,
+    )
+    _repository_arg(models_cmd)
+    models_cmd.add_argument(
+        "--allow-code", action="store_true", help="as for serve: let model.py files run"
+    )
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -265,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_demo(args))
     if getattr(args, "repository", None) is None:
         args.repository = _default_repository()
+    if args.command == "models":
+        return asyncio.run(_models(args.repository, args.allow_code))
     return _serve(args)
 
 

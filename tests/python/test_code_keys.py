@@ -93,7 +93,7 @@ async def test_with_both_keys_it_serves_and_unload_removes_the_module(tmp_path: 
         loaded = model_modules() - before
         assert len(loaded) == 1
         await engine.unload("doubler")
-        with pytest.raises(inferline.ModelNotFound):
+        with pytest.raises(inferline.ModelNotReady, match="is not loaded"):
             await engine.infer("doubler", np.ones(4, np.float32))
         # The module leaves sys.modules once the engine has let go of the model.
         deadline = time.monotonic() + 20

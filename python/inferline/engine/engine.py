@@ -30,6 +30,7 @@ from ..errors import (
     InvalidInput,
     ModelError,
     ModelNotFound,
+    ModelNotReady,
     QueueFullError,
 )
 from ..types import TensorSpec
@@ -78,16 +79,18 @@ class Engine(ModelCatalog):
     and is unloaded (``load``/``unload``, or repository polling with ``watch=True``).
     """
 
-    def __init__(self, *, blas_threads: int | None = None) -> None:
+    def __init__(self, *, blas_threads: int | None = None, strict: bool = False) -> None:
         """``blas_threads``: when set, limits the BLAS/OpenMP thread pools of the process to
         that many threads while the engine runs (through threadpoolctl). Batching already
         gives BLAS large matrices; a BLAS pool that spins on the same cores as the event loop
-        and the workers costs far more than it gives on small machines."""
+        and the workers costs far more than it gives on small machines. ``strict=True``: a
+        model that fails to load or warm up fails ``start`` (``ModelNotReady`` with the
+        reasons, the engine stopped); by default it is logged and the others serve."""
         if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
             raise ValueError(f"blas_threads must be a positive int or None, got {blas_threads!r}")
         self._blas_threads = blas_threads
         self._blas_limit: Any = None
-        super().__init__()
+        super().__init__(strict=strict)
         self._runtime = Runtime(self._router)
         _live_engines.add(self)
 
@@ -205,12 +208,13 @@ class Engine(ModelCatalog):
         reported by ``models()`` with its reason while the others serve. ``watch=True`` polls
         the folder every ``poll_interval`` seconds and loads, swaps and unloads versions.
         ``allow_code=True`` is the operator's key to run a model's ``model.py`` (its
+        strict: bool = False,
         model.toml's ``[python] allow_code = true`` is the other; without both it fails to
         load, saying so)."""
         source = RepositorySync(
             Path(path), watch=watch, poll_interval=poll_interval, allow_code=allow_code
         )
-        engine = cls(blas_threads=blas_threads)
+        engine = cls(blas_threads=blas_threads, strict=strict)
         engine._source = source
         return engine
 
@@ -260,6 +264,9 @@ class Engine(ModelCatalog):
         then answers whatever is left with ``EngineStopped`` and joins the workers."""
         if self._state in ("stopped", "created"):
             self._state = "stopped"
+        if self._strict and (failed := self.failed_models()):
+            await self.stop()
+            raise ModelNotReady("strict start-up: " + "; ".join(failed))
             self._runtime.shutdown_now()
             return
         self._state = "draining"

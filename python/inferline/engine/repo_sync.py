@@ -56,6 +56,15 @@ def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:
     return {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
 
 
+def _config_mark(path: Path) -> tuple[int, int]:
+    # A model.toml's modification time (ns) and size: an edit changes one of them.
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)
+
+
 def _fingerprint(cfg: ModelConfig, number: int) -> _Fingerprint:
     # Modification times of model.toml, the version folder and its files: a failed version
     # is retried by the watcher only once one of them changes.
@@ -91,6 +100,9 @@ class RepositorySync:
         self._version_failures: dict[str, dict[int, str]] = {}  # of models that serve
         self._failed_marks: dict[tuple[str, int], _Fingerprint] = {}
         self._ours: set[str] = set()  # models this repository registered
+        self._config_marks: dict[str, tuple[int, int]] = {}  # model.toml as last applied
+        self._config_failures: dict[str, str] = {}  # a rejected edit of a loaded model
+        self._logged_errors: dict[str, str] = {}  # what the watcher last said of a model
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -101,6 +113,13 @@ class RepositorySync:
     @property
     def failures(self) -> Mapping[str, str]:
         return self._failures
+
+    def has_model(self, name: str) -> bool:
+        try:
+            check_model_name(name)
+            return (model_directory(self._root, name) / "model.toml").is_file()
+        except (RepositoryError, OSError):
+            return False
 
     async def start(self, engine: Engine) -> None:
         scan = await asyncio.get_running_loop().run_in_executor(None, self._scan)
@@ -181,6 +200,8 @@ class RepositorySync:
         if name not in engine.model_names():
             self._failures[name] = "; ".join(failures) or "no version could be loaded"
             return failures
+        self._config_marks[name] = _config_mark(cfg.config_file)
+        self._config_failures.pop(name, None)
         # Aliases and the default policy come from model.toml; moved aliases win at run time.
         policy = cfg.version_policy
         engine.set_version_policy(name, default=policy.default, aliases=policy.aliases)
@@ -249,10 +270,17 @@ class RepositorySync:
                 await self._apply_scan(engine, scan)
 
     async def _apply_scan(self, engine: Engine, scan: Any) -> None:
+        """One poll's changes, each logged with its outcome (at most once while unchanged)."""
         names = set(engine.model_names())
         for name, err in scan.errors.items():
             if name not in names:
                 self._failures[name] = str(err)
+                self._log_once(name, f"model {name} not loaded: {err}")
+            else:  # an edit that broke the model.toml of a loaded model
+                self._config_failures[name] = f"model.toml edit rejected: {err}"
+                self._log_once(
+                    name, f"model {name}: model.toml edit rejected, the loaded config serves: {err}"
+                )
         for name, cfg in sorted(scan.configs.items()):
             have = set(self._versions(engine, name))
             fresh = {
@@ -262,15 +290,77 @@ class RepositorySync:
             }
             stale = have - set(cfg.versions_to_load)
             moved = name in names and engine.default_policy(name) != cfg.version_policy.default
+            edited = name in names and self._config_marks.get(name) != _config_mark(cfg.config_file)
+            if edited:
+                await self._reload_config(engine, cfg)
             if fresh or stale or moved:
+                what = "added" if name not in names else "changed"
+                log.info(
+                    "repository: model %s %s (versions to load %s, to unload %s)",
+                    name,
+                    what,
+                    sorted(fresh),
+                    sorted(stale),
+                )
                 try:
-                    await self._sync_model(engine, cfg, None)
+                    failures = await self._sync_model(engine, cfg, None)
                 except Exception:
                     log.exception("model %s: repository sync failed", name)
+                    continue
+                outcome = "failed: " + "; ".join(failures) if failures else "done"
+                self._log_once(name, f"model {name}: repository change {outcome}", bool(failures))
+            elif name not in names and name in self._failures and not fresh:
+                self._log_once(name, f"model {name} not loaded: {self._failures[name]}")
         for name in names - set(scan.models):
             if name in self._ours:
                 self._ours.discard(name)
+                self._config_marks.pop(name, None)
+                log.info("repository: model %s removed; unloading it", name)
                 await engine.unload(name)
+
+    async def _reload_config(self, engine: Engine, cfg: ModelConfig) -> None:
+        """A changed model.toml of a loaded model: each loaded version it still wants is
+        rebuilt with it, warmed beside the serving one and swapped in; a version that fails
+        leaves the old one serving, the failure logged and shown in the index."""
+        name = cfg.name
+        self._config_marks[name] = _config_mark(cfg.config_file)
+        loop = asyncio.get_running_loop()
+        failures: list[str] = []
+        for number, state in sorted(self._versions(engine, name).items()):
+            if state != "ready" or number not in cfg.versions_to_load:
+                continue
+            try:
+                loaded = await loop.run_in_executor(
+                    None,
+                    functools.partial(load_version, cfg, number, allow_code=self._allow_code),
+                )
+                info = await engine.replace_version(
+                    name, number, functools.partial(self._register, engine, cfg, loaded)
+                )
+            except Exception as exc:  # the old version keeps serving
+                failures.append(f"version {number}: {exc}")
+                continue
+            if info.state != "ready":
+                failures.append(f"version {number}: {info.reason}")
+        if failures:
+            self._config_failures[name] = "model.toml edit rejected: " + "; ".join(failures)
+            log.error(
+                "model %s: model.toml edit rejected, the loaded config serves: %s",
+                name,
+                "; ".join(failures),
+            )
+        else:
+            self._config_failures.pop(name, None)
+            self._logged_errors.pop(name, None)
+            log.info("model %s: model.toml change applied", name)
+
+    def _log_once(self, name: str, message: str, error: bool = True) -> None:
+        """Logs ``message`` unless it is what was last logged of ``name`` (a broken file is
+        reported when it appears or changes, not at every poll)."""
+        if self._logged_errors.get(name) == message:
+            return
+        self._logged_errors[name] = message
+        log.log(logging.ERROR if error else logging.INFO, "repository: %s", message)
 
     def index(self, engine: Engine) -> list[dict[str, Any]]:
         names = set(engine.model_names()) | set(self._failures)
@@ -287,6 +377,9 @@ class RepositorySync:
                 out.append(_unavailable(name, "", self._failures.get(name) or "not loaded"))
                 continue
             have = {r["version"] for r in rows}
+            rejected = self._config_failures.get(name)
+            if rejected:
+                rows = [{**r, "reason": r["reason"] or rejected} for r in rows]
             out += rows
             out += [
                 _unavailable(name, str(n), reason)

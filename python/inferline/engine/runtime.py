@@ -8,6 +8,7 @@ then unload) and drains everything at stop. Inference itself is in ``engine.py``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .versions import Router, ServedModel, ServedVersion
+from .versions import Batching, Router, ServedModel, ServedVersion
 
 __all__ = ["Runtime"]
 
@@ -52,6 +53,7 @@ class Runtime:
         """Starts the version's workers and warms it up: state ready, or failed with a reason
         (its workers then stopped)."""
         assert self.loop is not None
+        log.info("model %s version %s: %s", v.name, v.version, describe_settings(v))
         v.sched.start()
         v.started = True
         v.state = "warming"
@@ -156,6 +158,22 @@ class Runtime:
         if self._drained is not None and not self._drained.is_set():
             if _in_flight(self.router.all_versions()) == 0:
                 self._drained.set()
+
+
+def describe_settings(v: ServedVersion) -> str:
+    """The batching settings a version runs with, "(default)" after each that equals the
+    engine's default (whether left out or written out), e.g. "batching max_batch_size=8
+    (default), policy=work_conserving (default), ...; instances=1 (default)"."""
+    defaults = Batching()
+    parts = []
+    for f in dataclasses.fields(Batching):
+        value = getattr(v.batching, f.name)
+        if value is None:
+            continue
+        shown = f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}"
+        parts.append(shown + (" (default)" if value == getattr(defaults, f.name) else ""))
+    instances = f"instances={v.instances}" + (" (default)" if v.instances == 1 else "")
+    return "batching " + ", ".join(parts) + "; " + instances
 
 
 def _in_flight(versions: list[ServedVersion]) -> int:

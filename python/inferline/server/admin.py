@@ -1,7 +1,9 @@
 """Every route but infer: health, metadata, configuration, statistics, repository control
 and metrics.
 
-* ``GET  /v2/health/live``, ``/v2/health/ready``: 200 or 400 (the protocol's "false"), no body
+* ``GET  /v2/health/live``: 200, no body. ``/v2/health/ready``: 200, or 400 (the protocol's
+  "false") with ``{"error": why}``; it counts only the models that loaded unless the server
+  runs with ``strict_readiness`` (``inferline serve --strict-readiness``), which requires all
 * ``GET  /v2``: server metadata and extensions
 * ``GET  /v2/models/{m}[/versions/{v}]``: model metadata; ``.../ready``; ``.../config``
 * ``GET  /v2/models[/{m}[/versions/{v}]]/stats``: Triton's statistics extension
@@ -69,8 +71,10 @@ class AdminRoutes:
         last_inference: Mapping[tuple[str, int], int],
         outcomes: Outcomes,
         repository_api: bool = True,
+        strict_readiness: bool = False,
     ) -> None:
         self.engine = engine
+        self.strict_readiness = strict_readiness
         self.state = state
         self.request_id = request_ids
         self.retry_after = retry_after
@@ -103,8 +107,19 @@ class AdminRoutes:
         return self._empty(request, 200)
 
     async def ready(self, request: Request) -> Response:
-        ok = self.state.ready and bool(self.engine.ready)
-        return self._empty(request, 200 if ok else 400)
+        if not self.state.ready:
+            why: str | None = "the server is shutting down"
+        elif hasattr(self.engine, "readiness"):
+            why = self.engine.readiness(require_all=self.strict_readiness)
+        else:  # an engine-like object with only the ``ready`` flag
+            why = None if self.engine.ready else "the engine is not ready"
+        if why is None:
+            return self._empty(request, 200)
+        return self._not_ready(request, why)
+
+    def _not_ready(self, request: Request, why: str) -> Response:
+        # The protocol's "false" is a 4xx (400, as Triton answers), here with the reason.
+        return self._error(request, HTTPError(400, why, outcome="not_ready"))
 
     async def server_metadata(self, request: Request) -> Response:
         return self._json(
@@ -139,11 +154,17 @@ class AdminRoutes:
         try:
             info = self._info(request)
         except HTTPError as e:
+            if e.status == 503:  # known but not loaded: the protocol's "false", with why
+                return self._not_ready(request, e.message)
             return self._error(request, e)
-        ok = info.state == "ready" and self.state.ready
-        if request.path_params.get("version") is None:
-            ok = ok and bool(info.default)
-        return self._empty(request, 200 if ok else 400)
+        if not self.state.ready:
+            return self._not_ready(request, "the server is shutting down")
+        if info.state != "ready":
+            why = f"model {info.name!r} version {info.version} is {info.state}"
+            return self._not_ready(request, why + (f": {info.reason}" if info.reason else ""))
+        if request.path_params.get("version") is None and not info.default:
+            return self._not_ready(request, f"model {info.name!r} has no ready default version")
+        return self._empty(request, 200)
 
     async def model_config(self, request: Request) -> Response:
         """A Triton-style model configuration, enough for tools such as perf_analyzer."""

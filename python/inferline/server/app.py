@@ -67,6 +67,7 @@ def create_app(
     max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
     log_interval_s: float = 10.0,
     repository_api: bool = True,
+    strict_readiness: bool = False,
 ) -> Starlette:
     """A Starlette app serving ``engine`` over the Open Inference Protocol (KServe v2 REST).
 
@@ -92,6 +93,11 @@ def create_app(
     ``inferline_http_requests_total{model,outcome}`` and summarised in the log once every
     ``log_interval_s`` seconds (:mod:`.outcomes`). ``repository_api=False`` turns the
     repository load and unload routes off (403).
+
+    ``/v2/health/ready`` counts only the models that loaded (one broken model leaves the
+    others' server ready, and ``/v2/repository/index`` says why it is UNAVAILABLE);
+    ``strict_readiness=True`` requires every model to serve. Either way a not-ready answer
+    is 400, the protocol's "false", with ``{"error": why}``.
     """
     state = state or ServerState()
     ids = RequestIds()
@@ -123,6 +129,7 @@ def create_app(
         last_inference=infer.last_inference,
         outcomes=outcomes,
         repository_api=repository_api,
+        strict_readiness=strict_readiness,
     )
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
@@ -240,11 +247,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return Response(
-        encode_error(f"method {request.method} is not allowed on {request.url.path[:200]}"),
-        405,
-        media_type="application/json",
-    )
+    allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+    message = f"method {request.method} is not allowed on {request.url.path[:200]}"
+    if allow:
+        message += f"; use {' or '.join(m.strip() for m in allow.split(','))}"
+    headers = {"allow": allow} if allow else None
+    return Response(encode_error(message), 405, headers=headers, media_type="application/json")
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
