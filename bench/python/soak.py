@@ -304,7 +304,7 @@ class Soak:
         wait = self.rng.uniform(0, 0.005) if kind == "cancel" else CLIENT_TIMEOUT_S
         try:
             status, payload, extra = await asyncio.wait_for(call, wait)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before 3.11
             self.tally.record(kind, "cancelled" if kind == "cancel" else "lost", "no answer")
             return
         except (ConnectionError, OSError) as e:

@@ -104,7 +104,7 @@ class Runtime:
             retired.append(v)
             try:
                 await asyncio.wait_for(v.drained.wait(), drain_timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin before 3.11
                 log.warning(
                     "model %s version %s did not drain in %.0fs", v.name, v.version, drain_timeout
                 )
@@ -132,7 +132,7 @@ class Runtime:
         if _in_flight(versions):
             try:
                 await asyncio.wait_for(self._drained.wait(), drain_timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin before 3.11
                 log.warning(
                     "drain timed out after %.1fs; answering the rest EngineStopped", drain_timeout
                 )
