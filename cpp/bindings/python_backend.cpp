@@ -36,6 +36,44 @@ std::string shape_of(const py::array& a) {
   return shape_str(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
 }
 
+bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// A worker thread's Python thread state, made at its first batch and kept until the thread
+// exits. Without one, each gil_scoped_acquire makes and frees a thread state per batch, with
+// its frame stack (an mmap, page faults, a munmap) while holding the GIL: time the event loop
+// spends waiting for the GIL.
+struct kept_thread_state {
+  PyThreadState* ts = nullptr;
+  kept_thread_state() = default;
+  kept_thread_state(const kept_thread_state&) = delete;
+  kept_thread_state& operator=(const kept_thread_state&) = delete;
+  ~kept_thread_state() {
+    // During finalization a thread may not take the GIL; the interpreter frees the state.
+    if (ts == nullptr || Py_IsInitialized() == 0 || finalizing()) return;
+    PyEval_RestoreThread(ts);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+  }
+};
+
+// Gives the calling thread a kept thread state unless it has one (a Python thread running a
+// warm-up has its own). Call without the GIL.
+void keep_thread_state() {
+  thread_local kept_thread_state kept;
+  if (kept.ts != nullptr || PyGILState_GetThisThreadState() != nullptr) return;
+  // Also this thread's PyGILState state, which gil_scoped_acquire finds and uses.
+  PyThreadState* ts = PyThreadState_New(PyInterpreterState_Main());
+  if (ts == nullptr) return;  // gil_scoped_acquire makes a transient one instead
+  ts->gilstate_counter = 1;   // held by `kept`: gil_scoped_acquire's release never deletes it
+  kept.ts = ts;
+}
+
 py::array view(const tensor_spec& t, std::byte* data, py::ssize_t n, const py::capsule& owner) {
   std::vector<py::ssize_t> shape{n};
   shape.insert(shape.end(), t.shape.begin(), t.shape.end());
@@ -104,6 +142,7 @@ void python_backend::discard_result(void* result) noexcept {
 }
 
 void python_backend::run(batch& b) {
+  keep_thread_state();
   py::gil_scoped_acquire gil;
   try {
     run_locked(b);

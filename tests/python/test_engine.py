@@ -784,12 +784,16 @@ async def test_infer_batch_rows_keep_their_priority() -> None:
     assert order == [1.0] * 4 + [5.0] * 4
 
 
+def cached_engine(model: Recorder) -> inferline.Engine:
+    engine = inferline.Engine()
+    engine.register("m", model, inputs=X, outputs=Y, cache=(100, 1 << 20), warmup=False)
+    return engine
+
+
 @pytest.mark.asyncio
 async def test_infer_batch_uses_and_fills_the_result_cache() -> None:
     model = Recorder()
-    engine = inferline.Engine()
-    engine.register("m", model, inputs=X, outputs=Y, cache=(100, 1 << 20), warmup=False)
-    async with engine:
+    async with cached_engine(model) as engine:
         first = await engine.infer("m", item(1))
         out = await engine.infer_batch("m", rows(1, 2, 1, 3))
         again = await engine.infer("m", item(3))  # cached by the batch call
@@ -799,3 +803,35 @@ async def test_infer_batch_uses_and_fills_the_result_cache() -> None:
     np.testing.assert_array_equal(again, out[3])
     assert sorted(float(r[0]) for b in model.batches for r in b) == [1.0, 2.0, 3.0]
     assert cache is not None and cache["hits"] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_cached_answer_does_not_skip_the_priority_and_timeout_checks() -> None:
+    model = Recorder()
+    async with cached_engine(model) as engine:
+        await engine.infer("m", item(1))
+        await engine.infer_batch("m", rows(1))
+        assert engine.live_versions()[0].cache_stats["entries"] == 1  # type: ignore[index]
+
+        async def one(**kw: Any) -> Any:
+            return await engine.infer("m", item(1), **kw)
+
+        async def many(**kw: Any) -> Any:
+            return await engine.infer_batch("m", rows(1), **kw)
+
+        for call in (one, many):
+            with pytest.raises(
+                inferline.InvalidInput, match=r"priority 9 is out of range; expected 0\.\.0"
+            ):
+                await call(priority=9)
+            with pytest.raises(inferline.InvalidInput, match="priority must be an int >= 0"):
+                await call(priority=-1)
+            with pytest.raises(inferline.InvalidInput, match="priority must be an int >= 0"):
+                await call(priority=True)
+            with pytest.raises(inferline.InvalidInput, match="timeout must be a positive"):
+                await call(timeout=0)
+            with pytest.raises(inferline.InvalidInput, match="timeout must be a positive"):
+                await call(timeout=float("nan"))
+        hits = engine.live_versions()[0].cache_stats["hits"]  # type: ignore[index]
+    assert hits == 1  # infer_batch's row; no refused call reached the cache
+    assert len(model.batches) == 1

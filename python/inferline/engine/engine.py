@@ -37,7 +37,7 @@ from ..types import TensorSpec
 from .catalog import ModelCatalog, ModelSource
 from .inputs import check_specs, convert
 from .repo_sync import RepositorySync, loaded_rows
-from .rows import expire, infer_cached, infer_rows, infer_rows_cached
+from .rows import check_priority_range, expire, infer_cached, infer_rows, infer_rows_cached
 from .runtime import Runtime, log
 from .versions import Batching, ModelInfo, ServedVersion, check_identity
 
@@ -309,10 +309,14 @@ class Engine(ModelCatalog):
         v = entry.serving if entry is not None and version is None else None
         if v is None or v.state != "ready":
             v = self._route(name, version)
+        # Checked before the cache is consulted, so a cached answer never skips them; the
+        # core checks the priority's upper bound at submit.
+        if priority.__class__ is not int or priority < 0 or timeout is not None:
+            _check_request(priority, timeout)
         if v.cache is not None and _use_cache:
+            check_priority_range(v, priority)
             return await infer_cached(self.infer, v, x, priority, timeout)
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
-        _check_request(priority, timeout)
         fut = loop.create_future()
         # The core turns the timeout into a deadline on its own clock (time.monotonic's), checks
         # NaN/Inf, and answers None only when the item needs converting first (a list, another
@@ -359,6 +363,7 @@ class Engine(ModelCatalog):
         _check_request(priority, timeout)
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
         if v.cache is not None:
+            check_priority_range(v, priority)
             return await infer_rows_cached(
                 v, inputs, lambda rows: infer_rows(loop, v, rows, priority, timeout)
             )

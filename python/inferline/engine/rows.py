@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..cache import input_key
-from ..errors import DeadlineExceeded
+from ..errors import DeadlineExceeded, InvalidInput
 from .inputs import as_rows, convert
 from .versions import ServedVersion
 
-__all__ = ["expire", "infer_cached", "infer_rows", "infer_rows_cached"]
+__all__ = ["check_priority_range", "expire", "infer_cached", "infer_rows", "infer_rows_cached"]
 
 
 async def infer_rows(
@@ -85,6 +85,16 @@ async def infer_rows_cached(
     if isinstance(answers[0], dict):
         return {k: np.stack([a[k] for a in answers]) for k in answers[0]}
     return np.stack(answers)
+
+
+def check_priority_range(v: ServedVersion, priority: int) -> None:
+    """``InvalidInput`` for a priority past the version's lanes, as the core says at submit:
+    the cached paths check it first, since a hit never reaches the core."""
+    levels = v.batching.priority_levels
+    if priority >= levels:
+        raise InvalidInput(
+            f"priority {priority} is out of range; expected 0..{levels - 1} (0 is the highest)"
+        )
 
 
 async def infer_cached(
