@@ -11,6 +11,7 @@ import numpy as np
 
 from ..repository import RepositoryError
 from ..types import TensorSpec
+from .onnx_external import ProtobufError, escaping_location
 
 __all__ = ["ONNX_DATATYPES", "OnnxModel"]
 
@@ -125,6 +126,18 @@ class OnnxModel:
             opts.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path",
                 os.fspath(external_data_dir),
+            )
+        try:
+            outside = escaping_location(data)
+        except ProtobufError as e:
+            msg = f"not a loadable ONNX model: protobuf {e}"
+            raise RepositoryError(self.source, None, msg) from None
+        if outside is not None:
+            raise RepositoryError(
+                self.source,
+                None,
+                f"not a loadable ONNX model: external data location {outside!r} is absolute "
+                "or outside the model's folder",
             )
         try:
             self._session = ort.InferenceSession(
