@@ -63,8 +63,9 @@ class OnnxModel:
     ``model`` is a path to a ``.onnx`` file or the file's bytes. The session always loads from
     bytes, so it reads nothing but what it was given, plus external-data files from
     ``external_data_dir`` (default: the model file's folder; with bytes and no folder,
-    external data is refused). onnxruntime itself refuses external-data paths that are
-    absolute or contain ``..``; the repository refuses symlinks that leave it.
+    external data is refused). External-data paths that are absolute or contain ``..`` are
+    refused before onnxruntime reads the graph (:mod:`.onnx_external`, as onnxruntime before
+    1.24 reads them); the repository refuses symlinks that leave it.
 
     The signature comes from the graph: ``inputs``/``outputs`` are per-item
     :class:`TensorSpec` lists (batch dimension stripped). When every input's first dimension
