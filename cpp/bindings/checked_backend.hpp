@@ -28,6 +28,8 @@ class finite_checked_backend final : public backend {
   void on_worker_start(int instance) override { inner_->on_worker_start(instance); }
   /// Forwards to the inner backend.
   void discard_result(void* result) noexcept override { inner_->discard_result(result); }
+  /// Forwards to the inner backend.
+  void on_shutdown() noexcept override { inner_->on_shutdown(); }
   /// The inner backend's platform.
   std::string platform() const override { return inner_->platform(); }
 

@@ -12,6 +12,7 @@
 #include "drain.hpp"
 #include "errors.hpp"
 #include "inferline/backend.hpp"
+#include "inferline/process_backend.hpp"
 #include "py_scheduler.hpp"
 #include "tensor_spec.hpp"
 
@@ -34,6 +35,34 @@ void register_engine(py::module_& m) {
   py::class_<backend, std::shared_ptr<backend>>(m, "Backend",
                                                 "A native model backend (opaque handle).")
       .def_property_readonly("platform", &backend::platform);
+
+  py::class_<process_backend, backend, std::shared_ptr<process_backend>>(
+      m, "ProcessBackend", "Model instances in child processes fed through shared memory.")
+      .def(py::init([](std::string model, std::vector<std::string> argv,
+                       std::vector<std::size_t> input_bytes, std::vector<std::size_t> output_bytes,
+                       std::size_t max_batch_size, std::size_t instances,
+                       double execution_timeout_ms, double start_timeout_s, double stop_grace_s) {
+             process_config c{std::move(model), std::move(argv), std::move(input_bytes),
+                              std::move(output_bytes), max_batch_size, instances,
+                              static_cast<std::int64_t>(execution_timeout_ms * 1e6),
+                              static_cast<std::int64_t>(start_timeout_s * 1e9),
+                              static_cast<std::int64_t>(stop_grace_s * 1e9)};
+             py::gil_scoped_release nogil;  // waits for the children to load their models
+             return std::make_shared<process_backend>(std::move(c));
+           }),
+           py::arg("model"), py::arg("argv"), py::arg("input_bytes"), py::arg("output_bytes"),
+           py::arg("max_batch_size"), py::arg("instances"), py::arg("execution_timeout_ms"),
+           py::arg("start_timeout_s"), py::arg("stop_grace_s"))
+      .def_property_readonly("pids", &process_backend::pids,
+                             "Each instance's child pid (-1 while none runs).")
+      .def_property_readonly("restarts", &process_backend::restarts)
+      .def(
+          "shutdown",
+          [](process_backend& b) {
+            py::gil_scoped_release nogil;  // waits up to the grace for the children to exit
+            b.on_shutdown();
+          },
+          "Ends every child (SIGTERM, then SIGKILL after the grace); later batches fail.");
 
   py::class_<py_core>(m, "Core", "Engine-wide completion queue and drain (private).")
       .def(py::init<>())

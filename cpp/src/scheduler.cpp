@@ -359,6 +359,7 @@ void model_scheduler::shutdown(std::int64_t grace_ns) {
       workers_.clear();
     }
     for (auto& w : joinable) w->thread.join();
+    backend_->on_shutdown();  // ends child processes, so an abandoned worker's wait ends too
     // Workers answered what they found; sweep what arrived after (or if never started).
     std::lock_guard form(form_mutex_);
     answer_stopped({});

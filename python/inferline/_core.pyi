@@ -137,6 +137,25 @@ class Backend:
     @property
     def platform(self) -> str: ...
 
+class ProcessBackend(Backend):
+    def __init__(
+        self,
+        model: str,
+        argv: list[str],
+        input_bytes: list[int],
+        output_bytes: list[int],
+        max_batch_size: int,
+        instances: int,
+        execution_timeout_ms: float,
+        start_timeout_s: float,
+        stop_grace_s: float,
+    ) -> None: ...
+    @property
+    def pids(self) -> list[int]: ...
+    @property
+    def restarts(self) -> int: ...
+    def shutdown(self) -> None: ...
+
 class Core:
     def __init__(self) -> None: ...
     @property

@@ -45,6 +45,11 @@ class backend {
   /// recycled without being answered through the bindings. Default: nothing to release.
   virtual void discard_result(void* /*result*/) noexcept {}
 
+  /// Called once by the scheduler's shutdown, after its workers stopped or were abandoned (an
+  /// abandoned one may still be inside `run`): a backend that owns processes ends them here.
+  /// Default: nothing.
+  virtual void on_shutdown() noexcept {}
+
   /// Short name for metadata and logs ("python", "onnxruntime", "native").
   virtual std::string platform() const = 0;
 };

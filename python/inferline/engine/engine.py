@@ -104,6 +104,7 @@ class Engine(ModelCatalog):
         outputs: Sequence[TensorSpec] | TensorSpec | None = None,
         batching: Batching | None = None,
         instances: int = 1,
+        isolation: str = "thread",
         version: int = 1,
         warmup: Sequence[int] | bool = True,
         warmup_inputs: Callable[[int], Sequence[np.ndarray | None]] | None = None,
@@ -121,6 +122,10 @@ class Engine(ModelCatalog):
         ``warmup``: True runs one batch of every size 1..max_batch_size at ``start``; a list
         names the sizes; False skips warm-up. ``cache=(max_entries, max_bytes)`` turns on the
         result cache for this version. ``notes`` are shown by ``model_info`` and the logs.
+        ``isolation="process"`` runs each of the ``instances`` in a child process with its own
+        GIL, fed through shared memory (outputs must be declared; ``model`` must be importable
+        by ``module:qualname``, else ValueError); a crashed child fails its batch with
+        ``ModelError`` and is restarted.
         Registering while the engine runs loads and warms the version in the background; it
         serves once ready. ``start=False`` leaves it idle until ``await start_version(...)``.
         """
@@ -144,6 +149,7 @@ class Engine(ModelCatalog):
             out_specs,
             batching=batching,
             instances=instances,
+            isolation=isolation,
             warmup=warmup,
             warmup_inputs=warmup_inputs,
             warmup_repeats=warmup_repeats,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from ..backends.process import ISOLATIONS, process_backend
 from ..cache import ResultCache
 from ..errors import ModelNotFound, ModelNotReady
 from ..types import DEFAULTS, LIMITS, TensorSpec
@@ -156,8 +157,10 @@ def _new_scheduler(
     batching: Batching,
     queue_size: int,
     instances: int,
+    process: _core.ProcessBackend | None = None,
 ) -> _core.Scheduler:
-    # The one call of the native scheduler's constructor.
+    # The one call of the native scheduler's constructor. With process instances, `process`
+    # runs the model (the callable stays in this process only as the children's import name).
     config = _core.SchedulerConfig(
         name,
         max_batch_size=batching.max_batch_size,
@@ -175,7 +178,7 @@ def _new_scheduler(
         config,
         [_native_spec(s) for s in inputs],
         [_native_spec(s) for s in outputs],
-        model,
+        process if process is not None else model,
     )
 
 
@@ -222,6 +225,7 @@ class ServedVersion:
         *,
         batching: Batching,
         instances: int,
+        isolation: str = "thread",
         warmup: Sequence[int] | bool,
         warmup_inputs: Callable[[int], Sequence[np.ndarray | None]] | None,
         warmup_repeats: int,
@@ -264,8 +268,22 @@ class ServedVersion:
         self.warmup_sizes = _warmup_sizes(name, warmup, batching.max_batch_size)
         self.warmup_inputs = warmup_inputs
         self.warmup_repeats = max(1, int(warmup_repeats))
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        # Child processes of a process isolation; shut down with the scheduler (on_shutdown).
+        self.process: _core.ProcessBackend | None = None
+        if isolation == "process":
+            self.process = process_backend(
+                name,
+                model,
+                inputs,
+                outputs,
+                max_batch_size=batching.max_batch_size,
+                instances=instances,
+                execution_timeout_ms=batching.execution_timeout_ms or 0.0,
+            )
         self.sched = _new_scheduler(
-            core, name, model, inputs, outputs, batching, queue_size, instances
+            core, name, model, inputs, outputs, batching, queue_size, instances, self.process
         )
         self.platform = platform or self.sched.platform
 
@@ -335,6 +353,10 @@ class VersionView:
     def stats(self) -> dict[str, Any]:
         """The native scheduler's counters, gauges and latency percentiles."""
         return dict(self._v.sched.stats())
+
+    def instance_pids(self) -> list[int]:
+        """Each process instance's child pid (-1 while it restarts); [] for thread instances."""
+        return list(self._v.process.pids) if self._v.process is not None else []
 
     def histogram_buckets(
         self, which: str, bounds: Sequence[float], unit: float
