@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from process_models import HANG, double, fail_negative, two_in_two_out, wrong_dt
 
 import inferline
 from inferline import Batching, TensorSpec
+from inferline.repository import RepositoryError, load_model_config
 
 DIM = 4
 X = [TensorSpec("x", "FP32", (DIM,))]
@@ -213,3 +215,55 @@ def test_a_callable_a_child_cannot_import_is_refused() -> None:
         engine.register("c", double, inputs=X, isolation="process")
     with pytest.raises(ValueError, match=r"isolation must be one of \('thread', 'process'\)"):
         engine.register("d", double, inputs=X, outputs=Y, isolation="fork")
+
+
+REPO_TOML = """backend = "python"
+instances = 2
+isolation = "process"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [4]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [4]
+[warmup]
+batch_sizes = [1]
+[python]
+allow_code = true
+"""
+
+REPO_CODE = """import os
+def predict(x):
+    return x * 2 + os.getpid() * 0
+"""
+
+
+def make_repo(root: Path, toml: str) -> Path:
+    d = root / "repo" / "doubler"
+    (d / "1").mkdir(parents=True)
+    (d / "model.toml").write_text(toml)
+    (d / "1" / "model.py").write_text(REPO_CODE)
+    return root / "repo"
+
+
+@pytest.mark.asyncio
+async def test_a_repository_model_runs_in_process_instances(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, REPO_TOML)
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
+        np.testing.assert_array_equal(await engine.infer("doubler", row(1.5)), row(3.0))
+        children = pids(engine, "doubler")
+        assert len(children) == 2 and all(alive(p) for p in children)
+        assert os.getpid() not in children
+    await wait_for(lambda: all(reaped(p) for p in children), "children reaped")
+
+
+def test_an_unknown_isolation_in_model_toml_names_the_field(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, REPO_TOML.replace('"process"', '"fork"'))
+    with pytest.raises(RepositoryError) as err:
+        load_model_config(repo / "doubler")
+    assert str(err.value) == (
+        f"{repo / 'doubler' / 'model.toml'}: isolation: expected one of 'thread', 'process', "
+        "got 'fork'"
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _core
+from ..repository.config import ISOLATIONS
 from ..types import TensorSpec
 
 __all__ = [
@@ -27,16 +28,17 @@ __all__ = [
     "resolve_target",
 ]
 
-ISOLATIONS = ("thread", "process")
 START_TIMEOUT_S = 60.0  # a child must have loaded its model by then
 STOP_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this
 
 
 @dataclass(frozen=True)
 class RepositoryTarget:
-    """A repository model version for a child to load by path (model.toml + version folder)."""
+    """A repository model version for a child to load by path (model.toml + version folder)
+    through the same loaders as a thread instance; ``allow_code`` is the operator's key."""
 
     path: str
+    root: str
     version: int
     allow_code: bool
 
@@ -99,6 +101,7 @@ def child_spec(
     if isinstance(model, RepositoryTarget):
         spec["repository"] = {
             "path": model.path,
+            "root": model.root,
             "version": model.version,
             "allow_code": model.allow_code,
         }

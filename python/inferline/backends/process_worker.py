@@ -52,7 +52,7 @@ def load_model(spec: dict[str, Any]) -> Callable[..., Any]:
     from ..repository import load_model_config
     from . import load_version
 
-    config = load_model_config(repo["path"])
+    config = load_model_config(repo["path"], root=repo["root"])
     loaded = load_version(config, int(repo["version"]), allow_code=bool(repo["allow_code"]))
     return loaded.fn
 

@@ -22,6 +22,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import _core
+from ..backends.process import RepositoryTarget
 from ..cache import ResultCache
 from ..errors import (
     DeadlineExceeded,
@@ -98,7 +99,7 @@ class Engine(ModelCatalog):
     def register(
         self,
         name: str,
-        model: Callable[..., Any] | _core.Backend,
+        model: Callable[..., Any] | _core.Backend | RepositoryTarget,
         *,
         inputs: Sequence[TensorSpec] | TensorSpec,
         outputs: Sequence[TensorSpec] | TensorSpec | None = None,

@@ -13,11 +13,12 @@ import asyncio
 import functools
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends import LoadedModel, PythonModel, load_version
+from ..backends.process import RepositoryTarget
 from ..errors import ModelError, ModelNotFound
 from ..repository import (
     ModelConfig,
@@ -218,13 +219,20 @@ class RepositorySync:
 
     def _register(self, engine: Engine, cfg: ModelConfig, loaded: LoadedModel) -> None:
         batching = Batching(**loaded.batching.as_kwargs())
+        # Process instances load the version themselves, by path, through the same loaders.
+        model: Callable[..., Any] | RepositoryTarget = loaded.fn
+        if cfg.isolation == "process":
+            model = RepositoryTarget(
+                str(cfg.directory), str(cfg.root), loaded.version, self._allow_code
+            )
         engine.register(
             cfg.name,
-            loaded.fn,  # already in the engine's batch form, output checks applied
+            model,  # the batch callable: in the engine's batch form, output checks applied
             inputs=list(loaded.inputs),
             outputs=list(loaded.outputs),
             batching=batching,
             instances=cfg.instances,
+            isolation=cfg.isolation,
             version=loaded.version,
             warmup=list(loaded.warmup_sizes(batching.max_batch_size)),
             warmup_inputs=loaded.warmup_inputs,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..backends.process import ISOLATIONS, process_backend
+from ..backends.process import ISOLATIONS, RepositoryTarget, process_backend
 from ..cache import ResultCache
 from ..errors import ModelNotFound, ModelNotReady
 from ..types import DEFAULTS, LIMITS, TensorSpec
@@ -157,10 +157,8 @@ def _new_scheduler(
     batching: Batching,
     queue_size: int,
     instances: int,
-    process: _core.ProcessBackend | None = None,
 ) -> _core.Scheduler:
-    # The one call of the native scheduler's constructor. With process instances, `process`
-    # runs the model (the callable stays in this process only as the children's import name).
+    # The one call of the native scheduler's constructor.
     config = _core.SchedulerConfig(
         name,
         max_batch_size=batching.max_batch_size,
@@ -178,7 +176,7 @@ def _new_scheduler(
         config,
         [_native_spec(s) for s in inputs],
         [_native_spec(s) for s in outputs],
-        process if process is not None else model,
+        model,
     )
 
 
@@ -188,7 +186,7 @@ def check_identity(name: object, version: object, model: object) -> None:
         raise ValueError(f"model name must be a non-empty string without '/', got {name!r}")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"version must be a positive int, got {version!r}")
-    if not (callable(model) or isinstance(model, _core.Backend)):
+    if not (callable(model) or isinstance(model, _core.Backend | RepositoryTarget)):
         raise TypeError(f"model must be callable or a native Backend, got {type(model).__name__}")
 
 
@@ -219,7 +217,7 @@ class ServedVersion:
         core: _core.Core,
         name: str,
         version: int,
-        model: Callable[..., Any] | _core.Backend,
+        model: Callable[..., Any] | _core.Backend | RepositoryTarget,
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         *,
@@ -272,8 +270,9 @@ class ServedVersion:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
         # Child processes of a process isolation; shut down with the scheduler (on_shutdown).
         self.process: _core.ProcessBackend | None = None
+        runner: Callable[..., Any] | _core.Backend
         if isolation == "process":
-            self.process = process_backend(
+            runner = self.process = process_backend(
                 name,
                 model,
                 inputs,
@@ -282,8 +281,12 @@ class ServedVersion:
                 instances=instances,
                 execution_timeout_ms=batching.execution_timeout_ms or 0.0,
             )
+        elif isinstance(model, RepositoryTarget):
+            raise ValueError(f"model {name!r}: a RepositoryTarget runs only in process instances")
+        else:
+            runner = model
         self.sched = _new_scheduler(
-            core, name, model, inputs, outputs, batching, queue_size, instances, self.process
+            core, name, runner, inputs, outputs, batching, queue_size, instances
         )
         self.platform = platform or self.sched.platform
 

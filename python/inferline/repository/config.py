@@ -18,9 +18,11 @@ from .paths import VERSION_RE
 
 __all__ = [
     "BACKENDS",
+    "ISOLATIONS",
     "Backend",
     "BatchingConfig",
     "CacheConfig",
+    "Isolation",
     "ModelConfig",
     "OnnxConfig",
     "OutputChecks",
@@ -32,6 +34,8 @@ __all__ = [
 
 BACKENDS = ("onnx", "python", "native")
 Backend = Literal["onnx", "python", "native"]
+ISOLATIONS = ("thread", "process")  # where a model instance runs
+Isolation = Literal["thread", "process"]
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class ModelConfig:
     native: dict[str, Any] | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     output_checks: OutputChecks = field(default_factory=OutputChecks)
+    isolation: Isolation = "thread"
 
     @property
     def version_numbers(self) -> tuple[int, ...]:

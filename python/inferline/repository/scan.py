@@ -162,6 +162,7 @@ def load_model_config(
         outputs=outputs,
         batching=toml.batching.config(),
         instances=toml.instances,
+        isolation=toml.isolation,
         warmup=toml.warmup.config(),
         version_policy=toml.versions.config(),
         versions=versions,

@@ -36,9 +36,11 @@ from .. import _core
 from ..types import DATATYPES, DEFAULTS, FLOAT_DATATYPES, LIMITS, TensorSpec
 from .config import (
     BACKENDS,
+    ISOLATIONS,
     Backend,
     BatchingConfig,
     CacheConfig,
+    Isolation,
     OnnxConfig,
     OutputChecks,
     PythonConfig,
@@ -427,8 +429,15 @@ class ModelToml(Table):
     )
     instances: Instances = Field(
         default=DEFAULTS.instances,
-        description="worker threads serving each loaded version, each computing one batch "
-        "at a time",
+        description="model instances serving each loaded version, each computing one batch "
+        'at a time (worker threads, or child processes with isolation = "process")',
+    )
+    isolation: Annotated[Isolation, one_of(ISOLATIONS)] = Field(
+        default="thread",
+        description='where each instance runs: "thread" (a worker thread sharing the '
+        'server\'s GIL) or "process" (a child process with its own GIL that loads the version '
+        "by path and gets batches through shared memory; a crash fails only its batch and the "
+        "instance restarts; needs declared outputs)",
     )
     warmup: WarmupTable = Field(
         default_factory=WarmupTable,
