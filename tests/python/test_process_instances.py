@@ -150,6 +150,8 @@ async def test_sigkill_mid_batch_fails_that_batch_and_the_instance_comes_back() 
             os.kill(pid, signal.SIGKILL)
         with pytest.raises(inferline.ModelError) as err:
             await asyncio.wait_for(hung, WAIT_S)
+        # kill() returns before a child is gone; a batch sent in between would fail with it.
+        await wait_for(lambda: not any(alive(p) for p in before), "both children dead")
         msg = str(err.value)
         assert msg.startswith("model 'm' failed: model 'm' instance ")
         assert msg.endswith(" died with SIGKILL; restarting")
