@@ -65,7 +65,10 @@ def resolve_inside(
 def real_path(path: Path, field: str | None = None) -> Path:
     """``path.resolve()``, with a symlink loop reported as a RepositoryError."""
     try:
-        return path.resolve()
+        try:  # strict: from Python 3.13 a non-strict resolve() returns a symlink loop unresolved
+            return path.resolve(strict=True)
+        except FileNotFoundError:  # as far as it exists; the caller reports what is missing
+            return path.resolve()
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop before Python 3.13
         raise RepositoryError(path, field, f"cannot be resolved: {e}") from None
 
