@@ -209,13 +209,13 @@ class Engine(ModelCatalog):
         poll_interval: float = 5.0,
         blas_threads: int | None = None,
         allow_code: bool = False,
+        strict: bool = False,
     ) -> Engine:
         """An engine serving every model of a repository folder (``<model>/model.toml`` plus
         numbered version folders). Models load and warm up at ``start``; one that fails is
         reported by ``models()`` with its reason while the others serve. ``watch=True`` polls
         the folder every ``poll_interval`` seconds and loads, swaps and unloads versions.
         ``allow_code=True`` is the operator's key to run a model's ``model.py`` (its
-        strict: bool = False,
         model.toml's ``[python] allow_code = true`` is the other; without both it fails to
         load, saying so)."""
         source = RepositorySync(
@@ -265,15 +265,15 @@ class Engine(ModelCatalog):
         self._state = "ready"
         if failures:
             log.error("models failed to start: %s", "; ".join(failures))
+        if self._strict and (failed := self.failed_models()):
+            await self.stop()
+            raise ModelNotReady("strict start-up: " + "; ".join(failed))
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuses new work, lets accepted requests finish for up to ``drain_timeout`` seconds,
         then answers whatever is left with ``EngineStopped`` and joins the workers."""
         if self._state in ("stopped", "created"):
             self._state = "stopped"
-        if self._strict and (failed := self.failed_models()):
-            await self.stop()
-            raise ModelNotReady("strict start-up: " + "; ".join(failed))
             self._runtime.shutdown_now()
             return
         self._state = "draining"
