@@ -224,18 +224,7 @@ async def _priority_errors(engine: inferline.Engine, name: str) -> dict[str, str
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "cached",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                reason="infer answers from the result cache before checking priority; the "
-                "change that validates priority/timeout first (engine.py, rows.py) is pending",
-                raises=pytest.fail.Exception,
-                strict=False,
-            ),
-        ),
-    ],
+    [False, True],
     ids=["uncached", "cached"],
 )
 async def test_an_invalid_priority_is_refused_on_every_route_in_its_own_terms(
