@@ -167,6 +167,7 @@ process_backend::process_backend(process_config config) : config_(std::move(conf
     // Start all, then wait for all: the children load their models in parallel.
     for (auto& in : instances_) start(*in);
     for (auto& in : instances_) wait_ready(*in);
+    monitor_ = std::thread([this] { monitor_main(); });
   } catch (...) {
     on_shutdown();
     for (auto& in : instances_) {
@@ -315,6 +316,40 @@ void process_backend::restart(instance& in, bool wait) noexcept {
   }
 }
 
+bool process_backend::check_idle(instance& in) noexcept {
+  if (in.sock < 0) return false;
+  // A child never speaks unprompted: anything readable now is its death while idle, which
+  // fails no batch; it is reaped here and restarted by the caller.
+  pollfd p{in.sock, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (!in.ready.load(std::memory_order_relaxed)) {
+    // A child still loading speaks once: READY (anything else: it failed; restart it).
+    std::uint64_t msg = 0;
+    if (recv(in.sock, &msg, sizeof msg, MSG_DONTWAIT) == static_cast<ssize_t>(sizeof msg) &&
+        msg == pp::ready) {
+      in.ready.store(true, std::memory_order_relaxed);
+      return false;
+    }
+  }
+  reap(in, true);
+  ++in.failures;
+  in.restart_at = now_ns() + restart_delay(in.failures);
+  return true;
+}
+
+void process_backend::monitor_main() {
+  std::unique_lock lock(monitor_mutex_);
+  while (!stopping_.load(std::memory_order_acquire)) {
+    monitor_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    for (auto& in : instances_) {
+      if (stopping_.load(std::memory_order_acquire)) return;
+      std::unique_lock run(in->run_mutex, std::try_to_lock);  // busy: its worker will see
+      if (!run.owns_lock()) continue;
+      if (check_idle(*in) && in->restart_at <= now_ns()) restart(*in, false);
+    }
+  }
+}
+
 void process_backend::run(batch& b) {
   if (b.instance < 0 || static_cast<std::size_t>(b.instance) >= instances_.size()) {
     throw std::runtime_error("process backend: instance index out of range");
@@ -329,16 +364,7 @@ void process_backend::run(batch& b) {
   if (stopping_.load(std::memory_order_acquire)) {
     throw std::runtime_error("model '" + config_.model + "' is shutting down");
   }
-  if (in.sock >= 0) {
-    // A child never speaks unprompted: anything readable now is its death while idle, which
-    // fails no batch; it is reaped and restarted below.
-    pollfd p{in.sock, POLLIN, 0};
-    if (poll(&p, 1, 0) > 0) {
-      reap(in, true);
-      ++in.failures;
-      in.restart_at = now_ns() + restart_delay(in.failures);
-    }
-  }
+  check_idle(in);
   if (in.sock < 0) {  // died earlier: restart now, after the backoff
     const std::int64_t delay = in.restart_at - now_ns();
     if (delay > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(delay));
@@ -397,7 +423,12 @@ void process_backend::run(batch& b) {
 
 void process_backend::on_shutdown() noexcept {
   std::call_once(shutdown_once_, [this] {
-    stopping_.store(true, std::memory_order_release);
+    {
+      std::lock_guard lock(monitor_mutex_);
+      stopping_.store(true, std::memory_order_release);
+    }
+    monitor_cv_.notify_all();
+    if (monitor_.joinable()) monitor_.join();  // it never waits on a child
     for (auto& in : instances_) {
       std::lock_guard lock(in->pid_mutex);
       if (in->pid > 0) kill(in->pid, SIGTERM);

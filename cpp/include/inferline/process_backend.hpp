@@ -4,12 +4,14 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <sys/types.h>
+#include <thread>
 #include <vector>
 
 #include "inferline/backend.hpp"
@@ -53,9 +55,10 @@ struct process_config {
 /// the inputs into the instance's shared region, sends the batch size, and waits (no GIL, no
 /// lock another instance needs) for the child's reply; outputs are copied from the region into
 /// a pooled output block that the batch's requests share (`request::output`, `row`). A child
-/// that dies fails its batch with a message naming the signal or exit code (one that dies
-/// while idle fails nothing) and is restarted on the instance's next batch: at once after one
-/// failure, then after 100 ms doubling up to 5 s while failures repeat. A batch past `execution_timeout_ns` kills its child (SIGKILL). `on_shutdown` (and
+/// that dies fails its batch with a message naming the signal or exit code and is restarted:
+/// at once after one failure, then on the instance's next batch after 100 ms doubling up to
+/// 5 s while failures repeat. One that dies while idle fails nothing: a monitor thread looks
+/// every 100 ms, reaps it and starts its successor. A batch past `execution_timeout_ns` kills its child (SIGKILL). `on_shutdown` (and
 /// the destructor) ends every child: SIGTERM, SIGKILL after the grace, each reaped.
 /// Thread-safe: instances are independent; each is used by one worker at a time (a mutex).
 class process_backend final : public backend {
@@ -87,6 +90,7 @@ class process_backend final : public backend {
   [[noreturn]] void lost(instance& in, const std::string& why);
   void reap(instance& in, bool kill_first) noexcept;
   void restart(instance& in, bool wait) noexcept;
+  bool check_idle(instance& in) noexcept;
   std::string child_error(const instance& in) const;
 
   process_config config_;
@@ -94,7 +98,12 @@ class process_backend final : public backend {
   std::size_t region_bytes_ = 0;
   std::vector<std::unique_ptr<instance>> instances_;
   block_pool* outputs_ = nullptr;
+  void monitor_main();
+
   std::atomic<bool> stopping_{false};
+  std::thread monitor_;  // reaps and restarts children that die while idle
+  std::mutex monitor_mutex_;
+  std::condition_variable monitor_cv_;
   std::atomic<std::uint64_t> restarts_{0};
   std::once_flag shutdown_once_;
 };
