@@ -100,7 +100,6 @@ if ((cpp)); then
   cmake --build build/asan -j"$jobs"
   OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1" \
     ctest --test-dir build/asan --output-on-failure -j"$jobs" -E 'Cuda'
-PYTHON="$py" INFERLINE_TEST_JOBS="$jobs" scripts/sanitized_python_tests.sh build/asan
   PYTHON="$py" INFERLINE_TEST_JOBS="$jobs" scripts/sanitized_python_tests.sh build/asan
 fi
 
