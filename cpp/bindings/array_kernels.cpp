@@ -123,20 +123,23 @@ f32_array masked_mean_pool(const f32_array& x, const std::optional<f32_array>& m
   return y;
 }
 
-py::tuple topk(const f32_array& x, std::size_t kk) {
-  const auto [rows, cols] = rows_cols(x, "topk");
-  require(kk <= cols, "topk: k exceeds the last dimension");
+topk_arrays make_topk_arrays(const f32_array& x, std::size_t kk, const char* what) {
+  const auto [rows, cols] = rows_cols(x, what);
+  require(kk <= cols, std::string(what) + ": k exceeds the last dimension");
   std::vector<py::ssize_t> shape = shape_of(x);
   shape.back() = static_cast<py::ssize_t>(kk);
-  f32_array values(shape);
-  py::array_t<std::int64_t> indices(shape);
-  float* vp = values.mutable_data();
-  std::int64_t* ip = indices.mutable_data();
+  return {rows, cols, f32_array(shape), py::array_t<std::int64_t>(shape)};
+}
+
+py::tuple topk(const f32_array& x, std::size_t kk) {
+  topk_arrays out = make_topk_arrays(x, kk, "topk");
+  float* vp = out.values.mutable_data();
+  std::int64_t* ip = out.indices.mutable_data();
   {
     py::gil_scoped_release nogil;  // only touches buffers of arrays held alive by this frame
-    k::topk(x.data(), rows, cols, kk, vp, ip);
+    k::topk(x.data(), out.rows, out.cols, kk, vp, ip);
   }
-  return py::make_tuple(values, indices);
+  return py::make_tuple(out.values, out.indices);
 }
 
 f32_array image_to_float(const u8_array& img, const std::vector<float>& mean,

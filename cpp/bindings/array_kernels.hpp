@@ -36,6 +36,17 @@ std::vector<pybind11::ssize_t> shape_of(const pybind11::array& a);
 /// Rows x last axis of an array with at least one dimension.
 std::pair<std::size_t, std::size_t> rows_cols(const pybind11::array& a, const char* what);
 
+/// The outputs of a top-k over the last dimension of `x`, allocated (values and int64 indices,
+/// `x`'s shape with k last), with `x` seen as rows x cols. Throws ValueError when k exceeds
+/// the last dimension; `what` names the call. Needs the GIL.
+struct topk_arrays {
+  std::size_t rows;
+  std::size_t cols;
+  f32_array values;
+  pybind11::array_t<std::int64_t> indices;
+};
+topk_arrays make_topk_arrays(const f32_array& x, std::size_t k, const char* what);
+
 /// Checked dimensions of y = x W (+ bias) for either weight layout.
 struct linear_dims {
   std::size_t m, n, k;  ///< rows of x, outputs, inputs

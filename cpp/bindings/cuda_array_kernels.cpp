@@ -80,23 +80,19 @@ f32_array cuda_l2_normalize(const f32_array& x, float eps) {
 
 py::tuple cuda_topk(const f32_array& x, std::size_t kk) {
   require_gpu();
-  const auto [rows, cols] = rows_cols(x, "cuda_topk");
-  require(kk <= cols, "cuda_topk: k exceeds the last dimension");
-  std::vector<py::ssize_t> shape = shape_of(x);
-  shape.back() = static_cast<py::ssize_t>(kk);
-  f32_array values(shape);
-  py::array_t<std::int64_t> indices(shape);
-  float* vp = values.mutable_data();
-  std::int64_t* ip = indices.mutable_data();
+  topk_arrays out = make_topk_arrays(x, kk, "cuda_topk");
+  const std::size_t rows = out.rows;
+  float* vp = out.values.mutable_data();
+  std::int64_t* ip = out.indices.mutable_data();
   {
     py::gil_scoped_release nogil;  // only touches buffers of arrays held alive by this frame
-    cu::device_buffer<float> dx(x.data(), rows * cols), dv(rows * kk);
+    cu::device_buffer<float> dx(x.data(), rows * out.cols), dv(rows * kk);
     cu::device_buffer<std::int64_t> di(rows * kk);
-    cu::topk(dx.data(), rows, cols, kk, dv.data(), di.data());
+    cu::topk(dx.data(), rows, out.cols, kk, dv.data(), di.data());
     dv.download(vp);
     di.download(ip);
   }
-  return py::make_tuple(values, indices);
+  return py::make_tuple(out.values, out.indices);
 }
 
 }  // namespace inferline::bindings

@@ -16,28 +16,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from python_models import python_model_toml
 from test_server import ServerThread
 
 import inferline
 from inferline.cli import main as cli_main
 from inferline.server import create_app
 
-TOML = """backend = "python"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [4]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [4]
-[batching]
-max_batch_size = 4
-[warmup]
-batch_sizes = [1]
-[python]
-allow_code = true
-"""
+TOML = python_model_toml(batching="max_batch_size = 4")
 
 # The model records that its code ran (a file beside it), so a test can tell that a refused
 # load executed nothing.

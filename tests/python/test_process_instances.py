@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from process_models import HANG, double, fail_negative, two_in_two_out, wrong_dtype
+from python_models import python_model_toml
 
 import inferline
 from inferline import Batching, TensorSpec
@@ -219,22 +220,7 @@ def test_a_callable_a_child_cannot_import_is_refused() -> None:
         engine.register("d", double, inputs=X, outputs=Y, isolation="fork")
 
 
-REPO_TOML = """backend = "python"
-instances = 2
-isolation = "process"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [4]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [4]
-[warmup]
-batch_sizes = [1]
-[python]
-allow_code = true
-"""
+REPO_TOML = python_model_toml(top='instances = 2\nisolation = "process"')
 
 REPO_CODE = """import os
 def predict(x):

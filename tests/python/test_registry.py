@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from python_models import python_model_toml
 
 import inferline
 from inferline import Batching, TensorSpec
@@ -33,24 +34,10 @@ def load_example_builder() -> Any:
     return mod
 
 
-PY_TOML = """backend = "python"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [4]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [4]
-[batching]
-max_batch_size = 8
-max_queue_delay_ms = 1.0
-[warmup]
-batch_sizes = [1, 8]
-[python]
-allow_code = true
-{extra}
-"""
+def py_toml(extra: str) -> str:
+    return python_model_toml(
+        batching="max_batch_size = 8\nmax_queue_delay_ms = 1.0", warmup="[1, 8]", extra=extra
+    )
 
 
 def write_python_model(
@@ -58,7 +45,7 @@ def write_python_model(
 ) -> None:
     d = repo / name
     d.mkdir(parents=True, exist_ok=True)
-    (d / "model.toml").write_text(PY_TOML.format(extra=extra))
+    (d / "model.toml").write_text(py_toml(extra))
     v = d / str(version)
     v.mkdir(exist_ok=True)
     code = body or (

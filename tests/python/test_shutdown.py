@@ -19,27 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
+from python_models import python_model_toml
 
 DRAIN_S = 1.0
 SHUTDOWN_GRACE_S = 5.0  # the core's default (inferline.types.DEFAULTS.shutdown_grace_ms)
 
-MODEL_TOML = """backend = "python"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [4]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [4]
-[batching]
-max_batch_size = 1
-{extra}
-[warmup]
-batch_sizes = []
-[python]
-allow_code = true
-"""
+
+def model_toml(extra: str) -> str:
+    return python_model_toml(batching=f"max_batch_size = 1\n{extra}", warmup="[]")
+
 
 # Hangs (sleeping, so without the GIL) on a batch whose first value is negative.
 MODEL_PY = """import time
@@ -112,7 +100,7 @@ def repo(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     extra = getattr(request, "param", "")
     model = tmp_path / "repo" / "hang"
     (model / "1").mkdir(parents=True)
-    (model / "model.toml").write_text(MODEL_TOML.format(extra=extra))
+    (model / "model.toml").write_text(model_toml(extra))
     (model / "1" / "model.py").write_text(MODEL_PY)
     return tmp_path / "repo"
 
