@@ -327,8 +327,9 @@ def triton_stats(
     * ``queue``: the queue-wait histogram; ``compute_infer``: the compute histogram (per
       batch). ``compute_input``/``compute_output`` are 0: the engine gathers and scatters rows
       inside its compute stage.
-    * ``batch_stats`` is empty: the engine keeps no counts per batch size, only a batch-size
-      histogram, which is under ``inferline`` with the queue depth and in-flight count.
+    * ``batch_stats`` is left out (Triton's clients read a missing repeated field as empty):
+      the engine keeps no counts and durations per batch size, only a batch-size histogram,
+      which is under ``inferline`` with the queue depth and in-flight count.
     * ``last_inference``: when this server last answered the model successfully (ms since
       the epoch), 0 if never.
     """
@@ -356,7 +357,6 @@ def triton_stats(
             "compute_output": _duration(c.get("count", 0), 0),
             "cache_hit": _duration(0, 0),
         },
-        "batch_stats": [],
         "inferline": {
             "requests": {k: int(v) for k, v in requests.items()},
             "queue_depth": int(s.get("queue_depth", 0) or 0),
