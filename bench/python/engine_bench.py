@@ -2,7 +2,7 @@
 figure from the same run, on the default asyncio loop and on uvloop.
 
     python bench/python/engine_bench.py [--seconds 1] [--repeat 3] [--concurrency 1 64 256]
-                                        [--loops asyncio uvloop] [--quick]
+                                        [--loops asyncio uvloop] [--quick] [--plot PATH]
 
 Model: 128x128 float32 matmul + relu as a Python callable, max_batch_size 32, 2 ms window, one
 BLAS thread for every contender (set before numpy loads). Contenders:
@@ -24,6 +24,10 @@ Also measured in the same run: the identity model at the highest concurrency aga
 baseline.FutureCeiling (the bare-future round trip, one ``call_soon`` wake per batch), and the
 loop thread's CPU per row of one ``infer_batch`` of 1,024 rows beside 1,024 separate
 ``infer`` calls. The last table sets each figure beside the issue's target.
+
+``--plot PATH`` also writes a throughput-latency chart (PNG): one panel per loop, req/s against
+p50 (solid) and p99 (dashed) latency, one line per contender through its concurrency points.
+It needs matplotlib (``pip install 'inferline[bench]'``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ if __name__ == "__main__":  # before numpy loads: OpenBLAS reads its thread coun
 
 import argparse
 import asyncio
+import shlex
 import statistics
 import tempfile
 import time
@@ -383,6 +388,92 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     )
 
 
+# ------------------------------------------------------------------------------ plot
+
+PLOT_HINT = "--plot needs matplotlib: pip install 'inferline[bench]'"
+MARKERS = "osD^v"
+
+
+def _pyplot() -> Any:
+    # matplotlib is an optional dependency (the bench extra): imported only for --plot.
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise SystemExit(PLOT_HINT) from e
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(args: argparse.Namespace, results: dict[str, dict[str, Any]], path: str) -> None:
+    """req/s against p50 (solid) and p99 (dashed) latency, log-log, one panel per loop, one
+    line per contender through its concurrency points, each p50 point labelled with its
+    concurrency."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D  # optional dependency, as in _pyplot
+
+    loops = list(results)
+    fig, axes = plt.subplots(
+        1, len(loops), figsize=(7.5 * len(loops), 6.5), sharey=True, squeeze=False
+    )
+    names = [n for (c, n) in next(iter(results.values()))["points"] if c == args.concurrency[0]]
+    style = {n: (f"C{i}", MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+    for ax, loop in zip(axes[0], loops, strict=True):
+        pts = results[loop]["points"]
+        for name in names:
+            color, marker = style[name]
+            rps = [pts[(c, name)]["rps"] for c in args.concurrency]
+            for key, line in (("p50", "-"), ("p99", "--")):
+                ax.plot(
+                    rps,
+                    [pts[(c, name)][key] for c in args.concurrency],
+                    linestyle=line,
+                    marker=marker,
+                    color=color,
+                    markersize=6 if key == "p50" else 4,
+                    alpha=1.0 if key == "p50" else 0.6,
+                )
+            for c, x in zip(args.concurrency, rps, strict=True):
+                ax.annotate(
+                    f"c={c}",
+                    (x, pts[(c, name)]["p50"]),
+                    textcoords="offset points",
+                    xytext=(5, -12),
+                    fontsize=8,
+                    color=color,
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"loop: {loop}")
+        ax.set_xlabel("throughput (req/s, log)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0][0].set_ylabel("latency (ms, log): p50 solid, p99 dashed")
+    handles = [
+        Line2D([], [], color=color, marker=marker, label=name)
+        for name, (color, marker) in style.items()
+    ]
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="p50"),
+        Line2D([], [], color="black", linestyle="--", alpha=0.6, label="p99"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
+    command = shlex.join(["python", "bench/python/engine_bench.py", *sys.argv[1:]])
+    fig.suptitle(
+        f"inferline engine: {DIM}x{DIM} float32 matmul+relu (Python callable), "
+        f"max_batch_size {args.max_batch_size}, window {args.max_queue_delay_ms:g} ms, "
+        f"median of {args.repeat} x {args.seconds:g} s\n"
+        f"{os.cpu_count()} CPUs, load average before the run {args.load_before}\n{command}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"\nplot: {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
@@ -398,7 +489,10 @@ def main() -> None:
     p.add_argument("--native", action="store_true", help="also the native fused linear model")
     p.add_argument("--quick", action="store_true", help="smoke run: 0.5 s per point, 1 rep")
     p.add_argument("--blas-threads", default="1", help="BLAS threads for every contender")
+    p.add_argument("--plot", metavar="PATH", help="also write a throughput-latency chart (PNG)")
     args = p.parse_args()
+    if args.plot:
+        _pyplot()  # fail before the run, not after it, when matplotlib is missing
     if args.quick:
         args.seconds, args.warmup, args.repeat = 0.5, 0.1, 1
     if args.loops is None:
@@ -413,6 +507,8 @@ def main() -> None:
         else:
             results[loop] = asyncio.run(run_loop(args))
     report(args, results)
+    if args.plot:
+        plot(args, results, args.plot)
 
 
 if __name__ == "__main__":
