@@ -23,7 +23,7 @@ thread over wall time).
 Also measured in the same run: the identity model at the highest concurrency against
 baseline.FutureCeiling (the bare-future round trip, one ``call_soon`` wake per batch), and the
 loop thread's CPU per row of one ``infer_batch`` of 1,024 rows beside 1,024 separate
-``infer`` calls. The last table sets each figure beside the issue's target.
+``infer`` calls. The last table sets each figure beside the project's target for it.
 
 ``--plot PATH`` also writes a throughput-latency chart (PNG): one panel per loop, req/s against
 p50 (solid) and p99 (dashed) latency, one line per contender through its concurrency points.
@@ -377,7 +377,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
             )
         )
 
-    print("\nissue targets (every figure from this run):")
+    print("\ntargets (every figure from this run):")
     for loop, what, got, ok in targets:
         print(f"  {_verdict(ok):<7} {loop:<8} {what:<38} {got}")
     print(

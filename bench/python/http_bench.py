@@ -361,8 +361,8 @@ def _check(port: int, request: bytes) -> None:
 
 
 def _targets(results: dict[int, dict[str, dict[str, Any]]], levels: list[int]) -> None:
-    """The issue's HTTP targets, each beside the figure of this run."""
-    print("\nissue targets (every figure from this run):")
+    """The project's HTTP targets, each beside the figure of this run."""
+    print("\ntargets (every figure from this run):")
     lines = []
     if 64 in results:
         row = results[64]

@@ -1,7 +1,7 @@
 """Load benchmark: the native MLP backend against the same MLP as a numpy model, through the
 same engine with the same batch policy, in the same run.
 
-Model (the issue's example classifier): linear+gelu, linear+gelu, linear, softmax, with the
+Model (the reference example classifier): linear+gelu, linear+gelu, linear, softmax, with the
 tanh form of GELU on both sides (numpy has no erf). The native model reads its weights from a
 .safetensors file written by this script and runs on the worker thread without the GIL; the
 numpy model is a Python callable the worker calls with the GIL held for the elementwise ops.

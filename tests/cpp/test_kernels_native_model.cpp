@@ -269,7 +269,7 @@ nat::op_spec simple_op(nat::op_kind kind) {
   return s;
 }
 
-// The example: an MLP classifier linear+gelu, linear+gelu, linear, softmax.
+// The reference example: an MLP classifier linear+gelu, linear+gelu, linear, softmax.
 struct mlp_fixture {
   static constexpr std::size_t in = 37, hidden = 64, hidden2 = 33, classes = 10;
   temp_dir dir;
