@@ -13,6 +13,7 @@
 #                 depend on the interpreter, so CI runs them once and this for each extra one.
 # Any other arguments go to pytest.
 set -euo pipefail
+caller_dir=$PWD
 cd "$(dirname "$0")/.."
 jobs="${INFERLINE_TEST_JOBS:-2}"
 py="${PYTHON:-python3}"
@@ -26,6 +27,9 @@ while (($#)); do
     *) break ;;
   esac
 done
+# A path is made absolute (the install check below runs from another folder); a venv's
+# python is kept as its link, not resolved, so its site-packages stay the ones tested.
+if [[ $py == */* && $py != /* ]]; then py="$caller_dir/$py"; fi
 if ! "$py" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null; then
   echo "scripts/test.sh: '$py' is not a Python 3.10+ interpreter that runs here" >&2
   exit 2
