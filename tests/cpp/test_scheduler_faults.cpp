@@ -341,7 +341,9 @@ TEST(SchedulerAccounting, CancelRacingPopAndSweepAnswersEachOnce) {
   ASSERT_TRUE(h.wait_answers(accepted.load(), 30s));
   for (const auto& [id, a] : h.all()) {
     ASSERT_EQ(a.times, 1) << "request " << id;
-    if (a.how == outcome::success) EXPECT_EQ(a.value, static_cast<std::int64_t>(id) + 1);
+    if (a.how == outcome::success) {
+      EXPECT_EQ(a.value, static_cast<std::int64_t>(id) + 1);
+    }
   }
   EXPECT_EQ(h.total(), accepted.load());
   EXPECT_EQ(h.sched().queue_depth(), 0);
