@@ -99,3 +99,22 @@ endif()
 add_library(inferline_native STATIC ${INFERLINE_NATIVE_SOURCES})
 target_link_libraries(inferline_native PUBLIC inferline_kernels inferline_core
                                        PRIVATE inferline_options)
+
+# ---- native text encoder ------------------------------------------------------------------
+# BERT-style sentence encoder (cpp/src/encoder): CPU executor always; the CUDA executor
+# encoder_cuda.cpp in CUDA builds (when present), else the stub encoder_no_cuda.cpp.
+file(GLOB INFERLINE_ENCODER_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/encoder/*.cpp)
+if(INFERLINE_HAVE_CUDA AND EXISTS ${PROJECT_SOURCE_DIR}/cpp/src/encoder/encoder_cuda.cpp)
+  list(FILTER INFERLINE_ENCODER_SOURCES EXCLUDE REGEX "/encoder_no_cuda\\.cpp$")
+else()
+  list(FILTER INFERLINE_ENCODER_SOURCES EXCLUDE REGEX "/encoder_cuda\\.cpp$")
+endif()
+add_library(inferline_encoder STATIC ${INFERLINE_ENCODER_SOURCES})
+target_link_libraries(inferline_encoder PUBLIC inferline_native inferline_kernels inferline_core
+                                        PRIVATE inferline_options)
+target_include_directories(inferline_encoder PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  target_compile_options(inferline_encoder PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-fopenmp-simd>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<NOT:$<CONFIG:Debug>>>:-O3>)
+endif()
