@@ -54,8 +54,9 @@ class GracefulShutdown:
     ``phase`` is ``serving`` until :meth:`trigger`, then ``grace``, ``draining`` and
     ``stopped``. ``ready`` is False from the trigger on (and whenever the engine is not
     ready), so a health endpoint can answer from it alone. ``on_not_ready()`` is called once,
-    on the loop, as soon as readiness turns false; an exception from it is logged and the
-    shutdown goes on.
+    on the loop, as soon as readiness turns false, and ``on_draining()`` once when the drain
+    starts (after the grace period), so a server can refuse new requests before reading them;
+    an exception from either is logged and the shutdown goes on.
 
     Use from the event loop the engine runs on; ``trigger`` is not thread-safe (from another
     thread, ``loop.call_soon_threadsafe(shutdown.trigger)``).
@@ -68,13 +69,16 @@ class GracefulShutdown:
         grace_seconds: float = 0.0,
         drain_timeout: float = 30.0,
         on_not_ready: Callable[[], object] | None = None,
+        on_draining: Callable[[], object] | None = None,
     ) -> None:
         self.engine = engine
         self.grace_seconds = _check_seconds("grace_seconds", grace_seconds)
         self.drain_timeout = _check_seconds("drain_timeout", drain_timeout)
-        if on_not_ready is not None and not callable(on_not_ready):
-            raise TypeError(f"on_not_ready must be callable, got {type(on_not_ready).__name__}")
+        for what, cb in (("on_not_ready", on_not_ready), ("on_draining", on_draining)):
+            if cb is not None and not callable(cb):
+                raise TypeError(f"{what} must be callable, got {type(cb).__name__}")
         self.on_not_ready = on_not_ready
+        self.on_draining = on_draining
         self.reason: str | None = None
         self._phase = "serving"
         self._forced = False
@@ -145,11 +149,15 @@ class GracefulShutdown:
         mark = getattr(self.engine, "mark_draining", None)
         if mark is not None:
             mark(self.reason)
-        if self.on_not_ready is not None:
+        self._call(self.on_not_ready, "on_not_ready")
+
+    @staticmethod
+    def _call(callback: Callable[[], object] | None, what: str) -> None:
+        if callback is not None:
             try:
-                self.on_not_ready()
+                callback()
             except Exception:
-                log.exception("on_not_ready callback failed; shutting down anyway")
+                log.exception("%s callback failed; shutting down anyway", what)
 
     async def _run(self) -> None:
         assert self._cut_grace is not None
@@ -157,6 +165,7 @@ class GracefulShutdown:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._cut_grace.wait(), self.grace_seconds)
         self._phase = "draining"
+        self._call(self.on_draining, "on_draining")
         timeout = 0.0 if self._forced else self.drain_timeout
         try:
             await self.engine.stop(drain_timeout=timeout)

@@ -182,6 +182,7 @@ async def test_graceful_shutdown_helper_phases_without_signals() -> None:
             grace_seconds=0.1,
             drain_timeout=5,
             on_not_ready=lambda: calls.append(shutdown.phase),
+            on_draining=lambda: calls.append(f"{shutdown.phase}:{engine.state}"),
         )
         assert shutdown.phase == "serving" and shutdown.ready and not shutdown.triggered
         waiter = asyncio.ensure_future(shutdown.wait())  # waits for a trigger first
@@ -194,6 +195,8 @@ async def test_graceful_shutdown_helper_phases_without_signals() -> None:
         shutdown.trigger("again")  # idempotent: a second trigger in the grace period only
         assert calls == ["grace"] and shutdown.reason == "deploy"  # shortens it
         await until(lambda: shutdown.phase == "draining")
+        # Called once, as the drain starts and before the engine stops taking work.
+        assert calls == ["grace", "draining:ready"]
         threading.Timer(0.1, model.gate.set).start()
         await asyncio.wait_for(waiter, 10)
         assert shutdown.phase == "stopped" and engine.state == "stopped"
@@ -267,6 +270,8 @@ def test_argument_errors_are_explained() -> None:
         GracefulShutdown(engine, drain_timeout=float("nan"))
     with pytest.raises(TypeError, match="on_not_ready must be callable, got int"):
         GracefulShutdown(engine, on_not_ready=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_draining must be callable, got str"):
+        GracefulShutdown(engine, on_draining="x")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="no running event loop"):
         GracefulShutdown(engine).trigger()
 

@@ -158,6 +158,32 @@ def test_second_sigterm_during_the_drain_exits_at_once_non_zero(repo: Path) -> N
         server.stop()
 
 
+def test_requests_during_the_drain_are_refused_before_their_body_is_read(repo: Path) -> None:
+    server = Server(repo, "--drain-timeout", "120")
+    try:
+        t, _ = send_in_background(server, -1.0)
+        wait_for(lambda: server.in_flight() == 1, "the request to hang in the model")
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: server.ready_status() == 400, "readiness to turn false")
+        # The headers promise a body that never comes: only a refusal made before reading it
+        # can answer (a server reading the body would wait for the client's timeout).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v2/models/hang/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            head = sock.recv(65536).decode("latin-1")
+        status_line, _, rest = head.partition("\r\n")
+        assert status_line.startswith("HTTP/1.1 503"), head
+        assert "retry-after:" in rest.lower(), head
+        assert "draining" in rest, head
+        server.proc.send_signal(signal.SIGTERM)  # a second one ends the drain at once
+        assert server.proc.wait(30) == 128 + signal.SIGTERM
+        t.join(60)
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("repo", ["execution_timeout_ms = 300.0"], indirect=True)
 def test_execution_timeout_from_model_toml_answers_the_hung_request(server: Server) -> None:
     r = httpx.post(f"{server.base}/v2/models/hang/infer", content=body(-1.0), timeout=30)

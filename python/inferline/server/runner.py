@@ -56,11 +56,16 @@ class _Server(uvicorn.Server):
             grace_seconds=grace_period,
             drain_timeout=drain_timeout,
             on_not_ready=self._not_ready,
+            on_draining=self._draining,
         )
         self._exit_task: asyncio.Task[None] | None = None
 
     def _not_ready(self) -> None:
         self.state.not_ready = True
+
+    def _draining(self) -> None:
+        # New inference requests are refused (503 + Retry-After) before their body is read.
+        self.state.draining = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
