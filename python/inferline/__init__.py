@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import _core as _core
 from .batch import batch
-from .engine import Batching, Engine, ModelInfo
+from .engine import Answer, Batching, Engine, ModelInfo, Prepared, Stage, StageError
 from .errors import (
     DeadlineExceeded,
     EngineStopped,
@@ -24,6 +24,7 @@ from .types import TensorSpec
 __version__ = _core.__version__
 
 __all__ = [
+    "Answer",
     "Batching",
     "DeadlineExceeded",
     "Engine",
@@ -34,7 +35,10 @@ __all__ = [
     "ModelInfo",
     "ModelNotFound",
     "ModelNotReady",
+    "Prepared",
     "QueueFullError",
+    "Stage",
+    "StageError",
     "TensorSpec",
     "__version__",
     "batch",

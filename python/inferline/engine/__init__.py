@@ -9,12 +9,24 @@ loop into its future (runtime.py).
 - ``runtime.py``: the native core on the event loop; warm-up, retiring and draining versions.
 - ``rows.py``: ``infer_batch``'s path (N rows, one native call, one future) and the result cache.
 - ``inputs.py``: input checks and coercion against a list of ``TensorSpec``.
+- ``stages.py``: pipeline stages (``Stage``): batch-wise Python steps before and after a core.
 - ``repo_sync.py``: ``Engine.from_repository``'s model source: load, watch, the index.
 """
 
 from __future__ import annotations
 
 from .engine import Engine, ModelSource
+from .stages import Answer, Prepared, Stage, StageError
 from .versions import Batching, ModelInfo, VersionView
 
-__all__ = ["Batching", "Engine", "ModelInfo", "ModelSource", "VersionView"]
+__all__ = [
+    "Answer",
+    "Batching",
+    "Engine",
+    "ModelInfo",
+    "ModelSource",
+    "Prepared",
+    "Stage",
+    "StageError",
+    "VersionView",
+]

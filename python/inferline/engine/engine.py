@@ -40,6 +40,7 @@ from .inputs import check_specs, convert
 from .repo_sync import RepositorySync, loaded_rows
 from .rows import check_priority_range, expire, infer_cached, infer_rows, infer_rows_cached
 from .runtime import Runtime, log
+from .stages import Answer, Pipeline, Stage, merge_parameters
 from .versions import Batching, ModelInfo, ServedVersion, check_identity
 
 __all__ = ["Engine", "ModelSource"]  # ModelSource: re-exported from catalog.py
@@ -114,6 +115,8 @@ class Engine(ModelCatalog):
         cache: tuple[int, int] | None = None,
         notes: Sequence[str] = (),
         start: bool = True,
+        pre: Stage | None = None,
+        post: Stage | None = None,
     ) -> None:
         """Registers ``model`` (a batch callable, or a native ``_core.Backend``) as ``name``.
 
@@ -129,6 +132,9 @@ class Engine(ModelCatalog):
         ``ModelError`` and is restarted.
         Registering while the engine runs loads and warms the version in the background; it
         serves once ready. ``start=False`` leaves it idle until ``await start_version(...)``.
+        ``pre``/``post``: :class:`~inferline.engine.stages.Stage` steps around the core
+        (``inputs``/``outputs`` are then the core's; ``infer`` takes what ``pre`` takes); see
+        :mod:`inferline.engine.stages`.
         """
         check_identity(name, version, model)
         if self._state in ("draining", "stopped"):
@@ -158,6 +164,10 @@ class Engine(ModelCatalog):
             cache=ResultCache(*cache) if cache is not None else None,
             notes=notes,
         )
+        if pre is not None or post is not None:
+            if cache is not None:
+                raise ValueError(f"model {name!r}: the result cache does not apply to stages")
+            v.pipeline = Pipeline(v, pre, post)
         entry = self._router.add(v)
         if start and self._state == "ready":
             self._runtime.spawn(self._runtime.bring_up(entry, v, set_default=True))
@@ -279,7 +289,14 @@ class Engine(ModelCatalog):
         self._state = "draining"
         if self._source is not None:
             self._source.stop()
+        pipelines = [v.pipeline for v in self._router.all_versions() if v.pipeline is not None]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(p.drain(drain_timeout) for p in pipelines))
+        drain_timeout = max(0.0, drain_timeout - (loop.time() - started))
         await self._runtime.drain_all(drain_timeout)
+        for p in pipelines:
+            p.close()
         self._state = "stopped"
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
@@ -301,6 +318,7 @@ class Engine(ModelCatalog):
         priority: int = 0,
         timeout: float | None = None,
         version: int | str | None = None,
+        with_parameters: bool = False,
         _use_cache: bool = True,
     ) -> Any:
         """Runs one item through model ``name`` and returns its output.
@@ -309,7 +327,9 @@ class Engine(ModelCatalog):
         several inputs); the answer is an array (or a dict for several outputs). ``priority``
         0 is served first. ``timeout`` (seconds) raises ``DeadlineExceeded`` when it passes,
         queued or computing; a request whose deadline passes in the queue is never computed.
-        Cancelling the await cancels the request in the core.
+        Cancelling the await cancels the request in the core. For a model with stages, ``x``
+        is what its pre stage takes (e.g. a ``str``); ``with_parameters=True`` returns an
+        :class:`~inferline.engine.stages.Answer` (the output and the stages' parameters).
         """
         # Fast path: the model's serving version (swapped atomically), else the full routing.
         entry = self._router.models.get(name)
@@ -320,6 +340,9 @@ class Engine(ModelCatalog):
         # core checks the priority's upper bound at submit.
         if priority.__class__ is not int or priority < 0 or timeout is not None:
             _check_request(priority, timeout)
+        if v.pipeline is not None or with_parameters:
+            answer = await self._staged(v, [x], priority, timeout, one=True)
+            return answer if with_parameters else answer.output
         if v.cache is not None and _use_cache:
             check_priority_range(v, priority)
             return await infer_cached(self.infer, v, x, priority, timeout)
@@ -356,6 +379,7 @@ class Engine(ModelCatalog):
         priority: int = 0,
         timeout: float | None = None,
         version: int | str | None = None,
+        with_parameters: bool = False,
     ) -> Any:
         """Runs N items given with a leading dimension N (an array, or a dict name -> array)
         and returns what ``infer`` returns, stacked: an array ``[N, ...]`` for a one-output
@@ -364,10 +388,20 @@ class Engine(ModelCatalog):
         The N rows are queued in one native call, every one or none (``QueueFullError``);
         each row is an item for the batcher (batching counts rows, not calls). If any row
         fails, the rows still queued are cancelled and the first error is raised.
-        ``priority``, ``timeout`` and cancellation as for ``infer``.
+        ``priority``, ``timeout`` and cancellation as for ``infer``. For a model with stages,
+        ``inputs`` is a list of what its pre stage takes (e.g. ``list[str]``);
+        ``with_parameters=True`` returns an :class:`~inferline.engine.stages.Answer`.
         """
         v = self._route(name, version)
         _check_request(priority, timeout)
+        if v.pipeline is not None:
+            answer = await self._staged(v, v.pipeline.items_of(inputs), priority, timeout)
+            return answer if with_parameters else answer.output
+        if with_parameters:
+            out = await self.infer_batch(
+                name, inputs, priority=priority, timeout=timeout, version=v.version
+            )
+            return Answer(out, {}, [])
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
         if v.cache is not None:
             check_priority_range(v, priority)
@@ -375,6 +409,22 @@ class Engine(ModelCatalog):
                 v, inputs, lambda rows: infer_rows(loop, v, rows, priority, timeout)
             )
         return await infer_rows(loop, v, inputs, priority, timeout)
+
+    async def _staged(
+        self, v: Any, items: list[Any], priority: int, timeout: float | None, one: bool = False
+    ) -> Answer:
+        """``items`` through the version's pipeline (or, for ``with_parameters`` on a model
+        without stages, its core alone), as an :class:`Answer`."""
+        loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
+        if v.pipeline is None:
+            out = await self.infer(
+                v.name, items[0], priority=priority, timeout=timeout, version=v.version
+            )
+            return Answer(out, {}, [{}])
+        out, rows = await v.pipeline.run(loop, items, priority, timeout)
+        if one:
+            out = {k: a[0] for k, a in out.items()} if isinstance(out, dict) else out[0]
+        return Answer(out, merge_parameters(rows), rows)
 
 
 def _check_request(priority: int, timeout: float | None) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ..backends.process import ISOLATIONS, RepositoryTarget, process_backend
 from ..cache import ResultCache
 from ..errors import ModelNotFound, ModelNotReady
 from ..types import DEFAULTS, LIMITS, TensorSpec
+
+if TYPE_CHECKING:
+    from .stages import Pipeline
 
 __all__ = [
     "Batching",
@@ -139,6 +142,7 @@ class ModelInfo:
     default: bool = False
     notes: list[str] = field(default_factory=list)
     max_queue_size: int = DEFAULTS.max_queue_size  # the effective bound (max_queue_bytes too)
+    stages: list[str] = field(default_factory=list)  # pipeline stages around the core, if any
 
 
 def _native_spec(spec: TensorSpec) -> _core.TensorSpec:
@@ -289,6 +293,10 @@ class ServedVersion:
             core, name, runner, inputs, outputs, batching, queue_size, instances
         )
         self.platform = platform or self.sched.platform
+        self.model = model
+        # Stages around the core (Engine.register's pre/post): inputs/outputs above are the
+        # core's; the pipeline's are the model's public signature.
+        self.pipeline: Pipeline | None = None
 
     def info(self, versions: list[int], aliases: dict[str, int], default: bool) -> ModelInfo:
         return ModelInfo(
@@ -298,14 +306,15 @@ class ServedVersion:
             state=self.state,
             reason=self.reason,
             platform=self.platform,
-            inputs=list(self.inputs),
-            outputs=list(self.outputs),
+            inputs=list(self.pipeline.inputs if self.pipeline else self.inputs),
+            outputs=list(self.pipeline.outputs if self.pipeline else self.outputs),
             max_batch_size=self.batching.max_batch_size,
             priority_levels=self.batching.priority_levels,
             max_queue_size=self.queue_size,
             aliases={a: v for a, v in aliases.items() if v == self.version},
             default=default,
             notes=list(self.notes),
+            stages=list(self.pipeline.stages) if self.pipeline else [],
         )
 
 
@@ -368,6 +377,12 @@ class VersionView:
         total count and the sum, from one consistent snapshot."""
         counts, count, total = self._v.sched.histogram_buckets(which, list(bounds), unit)
         return list(counts), int(count), float(total)
+
+    def token_stats(self) -> dict[str, int] | None:
+        """A token-counting core's real and computed tokens and batches (a text encoder's
+        ``token_stats()``); None for other models."""
+        stats = getattr(self._v.model, "token_stats", None)
+        return {k: int(x) for k, x in stats().items()} if callable(stats) else None
 
     @property
     def cache_stats(self) -> dict[str, int] | None:
