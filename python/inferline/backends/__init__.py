@@ -35,6 +35,7 @@ from .checks import with_output_checks
 from .native import native_model
 from .onnx import OnnxModel
 from .python_file import CODE_KEYS, PythonModel, load_python_model
+from .text_encoder import load_text_encoder_version
 from .warmup import make_warmup_inputs
 
 __all__ = ["LoadedModel", "OnnxModel", "PythonModel", "load_python_model", "load_version"]
@@ -61,6 +62,9 @@ class LoadedModel:
     batching: BatchingConfig
     notes: tuple[str, ...] = ()
     backend: Any = None
+    pre: Any = None  # a pipeline Stage in front of fn (text_encoder: the tokenizer)
+    batching_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    make_warmup: Callable[[int], list[np.ndarray]] | None = None  # the backend's own batches
 
     @property
     def max_batch_size(self) -> int | None:
@@ -68,10 +72,13 @@ class LoadedModel:
 
     @property
     def platform(self) -> str:
-        """The protocol's platform: ``onnxruntime_onnx``, ``python`` or ``inferline_native``."""
-        return {"onnx": "onnxruntime_onnx", "native": "inferline_native"}.get(
-            self.config.backend, self.config.backend
-        )
+        """The protocol's platform: ``onnxruntime_onnx``, ``python``, ``inferline_native`` or
+        ``inferline_text_encoder``."""
+        return {
+            "onnx": "onnxruntime_onnx",
+            "native": "inferline_native",
+            "text_encoder": "inferline_text_encoder",
+        }.get(self.config.backend, self.config.backend)
 
     def warmup_sizes(self, default_max_batch_size: int) -> tuple[int, ...]:
         """Warm-up batch sizes; ``default_max_batch_size`` is the engine's default when
@@ -83,6 +90,8 @@ class LoadedModel:
         """One warm-up batch per ``[warmup] inputs`` (zeros, seeded random or the version's
         sample file), arrays in input order: fits ``engine.register(warmup_inputs=...)``.
         ``[warmup] repeats`` says how many times to run each size."""
+        if self.make_warmup is not None:
+            return self.make_warmup(batch_size)
         return make_warmup_inputs(
             self.config.warmup, self.inputs, batch_size, config=self.config, version=self.version
         )
@@ -165,11 +174,26 @@ def load_version(
         except (ValueError, RuntimeError) as exc:
             raise RepositoryError(config.config_file, "native", str(exc)) from None
         backend = fn
+    elif config.backend == "text_encoder":
+        te = load_text_encoder_version(config, va.directory)
+        return LoadedModel(
+            config=config,
+            version=version,
+            fn=te.core,  # a native backend: the scheduler calls it without Python
+            inputs=te.inputs,
+            outputs=te.outputs,
+            batching=batching,
+            backend=te.core,
+            pre=te.pre,
+            batching_extra=te.batching_extra,
+            make_warmup=te.warmup_inputs,
+        )
     else:
         raise RepositoryError(
             config.config_file,
             "backend",
-            f"unknown backend {config.backend!r}; expected 'onnx', 'python' or 'native'",
+            f"unknown backend {config.backend!r}; expected one of 'onnx', 'python', 'native', "
+            "'text_encoder'",
         )
 
     if config.output_checks.finite:

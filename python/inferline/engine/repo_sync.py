@@ -218,7 +218,7 @@ class RepositorySync:
         return failures
 
     def _register(self, engine: Engine, cfg: ModelConfig, loaded: LoadedModel) -> None:
-        batching = Batching(**loaded.batching.as_kwargs())
+        batching = Batching(**loaded.batching.as_kwargs(), **loaded.batching_extra)
         # Process instances load the version themselves, by path, through the same loaders.
         model: Callable[..., Any] | RepositoryTarget = loaded.fn
         if cfg.isolation == "process":
@@ -240,6 +240,7 @@ class RepositorySync:
             platform=loaded.platform,
             cache=(cfg.cache.max_entries, cfg.cache.max_bytes) if cfg.cache.enabled else None,
             notes=loaded.notes,
+            pre=loaded.pre,
             start=False,
         )
         if isinstance(loaded.backend, PythonModel):

@@ -27,13 +27,14 @@ __all__ = [
     "OnnxConfig",
     "OutputChecks",
     "PythonConfig",
+    "TextEncoderConfig",
     "VersionArtifact",
     "VersionPolicy",
     "WarmupConfig",
 ]
 
-BACKENDS = ("onnx", "python", "native")
-Backend = Literal["onnx", "python", "native"]
+BACKENDS = ("onnx", "python", "native", "text_encoder")
+Backend = Literal["onnx", "python", "native", "text_encoder"]
 ISOLATIONS = ("thread", "process")  # where a model instance runs
 Isolation = Literal["thread", "process"]
 
@@ -113,6 +114,23 @@ class PythonConfig:
 
 
 @dataclass(frozen=True)
+class TextEncoderConfig:
+    """``[text_encoder]``: a sentence-embedding model's files (in each version folder, or in
+    the installed ``package``'s model folder, pinned by ``sha256``) and how it runs."""
+
+    weights: str = "model.safetensors"
+    config: str = "config.json"
+    tokenizer: str = "tokenizer.json"
+    max_seq_len: int | None = None
+    package: str | None = None
+    sha256: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    device: str = "cpu"
+    blas_threads: int = 0
+    max_batch_tokens: int = 8192
+    tokenizer_threads: int = 1
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """``[cache]``: an LRU of results by (model, version, input bytes); off unless present."""
 
@@ -178,6 +196,7 @@ class ModelConfig:
     onnx: OnnxConfig | None = None
     python: PythonConfig | None = None
     native: dict[str, Any] | None = None
+    text_encoder: TextEncoderConfig | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     output_checks: OutputChecks = field(default_factory=OutputChecks)
     isolation: Isolation = "thread"

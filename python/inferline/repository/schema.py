@@ -44,6 +44,7 @@ from .config import (
     OnnxConfig,
     OutputChecks,
     PythonConfig,
+    TextEncoderConfig,
     VersionPolicy,
     WarmupConfig,
 )
@@ -76,6 +77,7 @@ from .fields import (
     quoted,
 )
 from .native_schema import OPS, NativeTable, parse_native
+from .text_encoder_schema import TextEncoderTable
 
 __all__ = ["OPS", "ModelToml", "NativeTable", "parse_model_toml", "parse_native"]
 
@@ -407,7 +409,7 @@ class OutputChecksTable(Table):
 # ---------------------------------------------------------------------------------------------
 # The whole file
 
-_BACKEND_TABLES = ("onnx", "python", "native")
+_BACKEND_TABLES = ("onnx", "python", "native", "text_encoder")
 
 
 class ModelToml(Table):
@@ -464,6 +466,11 @@ class ModelToml(Table):
         default=None,
         description='the kernel graph, only with backend = "native", which requires this table',
     )
+    text_encoder: TextEncoderTable | None = Field(
+        default=None,
+        description='a sentence-embedding model (tokenizer + native BERT encoder), only with '
+        'backend = "text_encoder"; its signature is fixed: text (BYTES) -> embedding (FP32)',
+    )
     cache: CacheTable | None = Field(
         default=None,
         description="an LRU of results keyed by model, version and input bytes; left out: no cache",
@@ -498,7 +505,13 @@ class ModelToml(Table):
 
     @model_validator(mode="after")
     def check_across_tables(self) -> ModelToml:
-        if self.backend != "onnx" and (not self.inputs or not self.outputs):
+        if self.backend == "text_encoder" and (self.inputs or self.outputs):
+            raise fail(
+                "not allowed for backend = 'text_encoder': its signature is fixed, "
+                "text (BYTES) -> embedding (FP32 [hidden])",
+                "inputs" if self.inputs else "outputs",
+            )
+        if self.backend not in ("onnx", "text_encoder") and (not self.inputs or not self.outputs):
             missing = "inputs" if not self.inputs else "outputs"
             raise fail(
                 f"required for backend = {self.backend!r}; expected [[{missing}]] "
@@ -583,6 +596,23 @@ class ModelToml(Table):
     def native_table(self) -> dict[str, Any] | None:
         """The ``[native]`` table as given (validated), a fresh dict for the native backend."""
         return self.native.model_dump(exclude_unset=True) if self.native is not None else None
+
+    def text_encoder_config(self) -> TextEncoderConfig | None:
+        if self.backend != "text_encoder":
+            return None
+        t = self.text_encoder or TextEncoderTable()
+        return TextEncoderConfig(
+            weights=t.weights,
+            config=t.config,
+            tokenizer=t.tokenizer,
+            max_seq_len=t.max_seq_len,
+            package=t.package,
+            sha256={k: v.lower() for k, v in t.sha256.items()},
+            device=t.device,
+            blas_threads=t.blas_threads,
+            max_batch_tokens=t.max_batch_tokens,
+            tokenizer_threads=t.tokenizer_threads,
+        )
 
     def cache_config(self) -> CacheConfig:
         return self.cache.config() if self.cache is not None else CacheConfig()
