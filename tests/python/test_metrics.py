@@ -414,6 +414,8 @@ def test_collector_registers_and_describes_what_it_collects() -> None:
         "inferline_model_ready",
         "inferline_cache_hits",
         "inferline_cache_misses",
+        "inferline_tokens",
+        "inferline_padding_fraction",
         "inferline_ready",
     } == described
     assert all(not m.samples for m in c.describe())
