@@ -277,3 +277,20 @@ def test_register_checks_its_stages() -> None:
         Stage(Packer(), threads=0)
     with pytest.raises(TypeError, match="Stage fn must be callable, got int"):
         Stage(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_retiring_a_version_lets_items_in_its_stages_finish() -> None:
+    packer = Packer()
+    async with make_engine(packer) as engine:
+        packer.gate.clear()
+        packer.entered.clear()
+        held = asyncio.ensure_future(engine.infer("averager", [6.0]))
+        await until(packer.entered.is_set)
+        retiring = asyncio.ensure_future(engine.retire("averager", 1, drain_timeout=10))
+        await until(lambda: engine.model_info("averager").state == "draining")
+        packer.gate.set()
+        np.testing.assert_allclose(await held, [6.0])
+        await retiring
+        pre = packer.seen()
+        assert pre[-1] == [6.0]

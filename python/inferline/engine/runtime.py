@@ -97,6 +97,8 @@ class Runtime:
         if entry.serving is v:
             entry.serving = None
             entry.swap_default()
+        if v.pipeline is not None:  # items in its stages reach the core before it closes
+            await v.pipeline.drain(drain_timeout)
         v.sched.close()
         retired = self.router.retired
         if v.sched.in_flight:
@@ -110,6 +112,8 @@ class Runtime:
                 )
         await self.loop.run_in_executor(None, v.sched.shutdown)
         self.core.drain()
+        if v.pipeline is not None:
+            v.pipeline.close()
         v.state = "unloaded"
         if v.cache is not None:
             v.cache.clear()
