@@ -13,5 +13,7 @@ void register_types(pybind11::module_& m);
 void register_engine(pybind11::module_& m);
 /// The `kernels` submodule and the native model. Import time, GIL held; after register_engine.
 void register_kernels(pybind11::module_& m);
+/// `kernels.TextEncoder` and its config. Import time, GIL held; after register_kernels.
+void register_encoder(pybind11::module_& m);
 
 }  // namespace inferline::bindings

@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   inferline::bindings::register_types(m);
   inferline::bindings::register_engine(m);
   inferline::bindings::register_kernels(m);
+  inferline::bindings::register_encoder(m);
 }

@@ -38,6 +38,7 @@ void register_types(py::module_& m) {
       .def_readonly("max_instances", &limits_table::max_instances)
       .def_readonly("max_ndim", &limits_table::max_ndim)
       .def_readonly("max_queue_memory_bytes", &limits_table::max_queue_memory_bytes)
+      .def_readonly("max_batch_tokens", &limits_table::max_batch_tokens)
       .def_readonly("max_execution_timeout_ms", &limits_table::max_execution_timeout_ms);
   py::class_<defaults_table>(m, "DefaultsTable",
                              "What a model gets for every setting it leaves out (read-only).")
@@ -78,7 +79,8 @@ void register_types(py::module_& m) {
       .def(py::init([](std::string name, std::size_t max_batch_size, double max_queue_delay_ms,
                        std::size_t max_queue_size, std::size_t priority_levels,
                        std::size_t instances, double idle_spin_us, const std::string& policy,
-                       double max_latency_ms, double execution_timeout_ms) {
+                       double max_latency_ms, double execution_timeout_ms,
+                       std::size_t max_batch_tokens, int cost_input) {
              scheduler_config c;
              c.name = std::move(name);
              c.max_batch_size = max_batch_size;
@@ -95,6 +97,8 @@ void register_types(py::module_& m) {
              c.policy = *p;
              c.max_latency_ns = to_ns(max_latency_ms, 1e6, "max_latency_ms");
              c.execution_timeout_ns = to_ns(execution_timeout_ms, 1e6, "execution_timeout_ms");
+             c.max_batch_tokens = max_batch_tokens;
+             c.cost_input = cost_input;
              validate(c);  // std::invalid_argument -> ValueError naming the setting
              return c;
            }),
@@ -107,7 +111,10 @@ void register_types(py::module_& m) {
            py::arg("idle_spin_us") = defaults.idle_spin_us,
            py::arg("policy") = std::string(batch_policy_name(batch_policy::work_conserving)),
            py::arg("max_latency_ms") = 0.0,
-           py::arg("execution_timeout_ms") = defaults.execution_timeout_ms)
+           py::arg("execution_timeout_ms") = defaults.execution_timeout_ms,
+           py::arg("max_batch_tokens") = std::size_t{0}, py::arg("cost_input") = -1)
+      .def_readonly("max_batch_tokens", &scheduler_config::max_batch_tokens)
+      .def_readonly("cost_input", &scheduler_config::cost_input)
       .def_readonly("name", &scheduler_config::name)
       .def_readonly("max_batch_size", &scheduler_config::max_batch_size)
       .def_property_readonly("max_queue_delay_ms",
@@ -146,7 +153,8 @@ void register_types(py::module_& m) {
                ", execution_timeout_ms=" +
                py::repr(py::float_(static_cast<double>(c.execution_timeout_ns) / 1e6))
                    .cast<std::string>() +
-               ")";
+               ", max_batch_tokens=" + std::to_string(c.max_batch_tokens) +
+               ", cost_input=" + std::to_string(c.cost_input) + ")";
       });
 }
 

@@ -141,6 +141,13 @@ void model_scheduler::commit(request* r, void* token, std::int64_t deadline_ns,
   r->deadline_ns = deadline_ns;
   r->id = id;
   r->t_enqueue = now_ns();
+  r->cost = 1;
+  if (config_.cost_input >= 0) {  // validated: a 4-byte input
+    std::int32_t c = 0;
+    std::memcpy(&c, r->input + input_offsets_[static_cast<std::size_t>(config_.cost_input)],
+                sizeof c);
+    r->cost = c > 1 ? static_cast<std::uint32_t>(c) : 1u;
+  }
   metrics_.in_flight.fetch_add(1, std::memory_order_relaxed);
   mpmc_queue<request*>& lane = *lanes_[r->priority];
   while (!lane.try_push(r)) cpu_relax();  // only while a pop of the same slot is finishing
@@ -213,21 +220,38 @@ bool model_scheduler::keep(request* r, std::int64_t now, answer_chain& chain) no
   return false;
 }
 
-void model_scheduler::pull(std::vector<request*>& items, std::int64_t now) {
+bool model_scheduler::pull(std::vector<request*>& items, std::int64_t now) {
   answer_chain answered;
-  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+  std::size_t tokens = 0;  // the batch is at most max_batch_size items: summed each call
+  if (config_.max_batch_tokens != 0) {
+    for (const request* r : items) tokens += r->cost;
+  }
+  bool capped = false;
+  for (std::size_t l = 0; l < lanes_.size() && !capped; ++l) {
     std::deque<request*>& carried = carry_[l];  // older than anything still in the lane
-    while (items.size() < config_.max_batch_size && !carried.empty()) {
+    // A live request that does not fit goes back to the front of its lane's carried list
+    // (still counted in ready_), so the next batch starts with it: FIFO is kept.
+    auto take = [&](request* r) {
+      if (!keep(r, now, answered)) {
+        ready_.fetch_sub(1, std::memory_order_relaxed);
+        return;
+      }
+      if (over_cap(items, tokens, r)) {
+        carried.push_front(r);
+        capped = true;
+        return;
+      }
+      ready_.fetch_sub(1, std::memory_order_relaxed);
+      tokens += r->cost;
+      items.push_back(r);
+    };
+    while (!capped && items.size() < config_.max_batch_size && !carried.empty()) {
       request* r = carried.front();
       carried.pop_front();
-      ready_.fetch_sub(1, std::memory_order_relaxed);
-      if (keep(r, now, answered)) items.push_back(r);
+      take(r);
     }
     request* r = nullptr;
-    while (items.size() < config_.max_batch_size && lanes_[l]->try_pop(r)) {
-      ready_.fetch_sub(1, std::memory_order_relaxed);
-      if (keep(r, now, answered)) items.push_back(r);
-    }
+    while (!capped && items.size() < config_.max_batch_size && lanes_[l]->try_pop(r)) take(r);
     if (items.size() >= config_.max_batch_size) break;
   }
   answered.flush(completions_);
@@ -235,6 +259,7 @@ void model_scheduler::pull(std::vector<request*>& items, std::int64_t now) {
       static_cast<std::int64_t>(config_.max_queue_size / 2)) {
     sweep(now);
   }
+  return capped;
 }
 
 void model_scheduler::sweep(std::int64_t now) {
@@ -274,11 +299,11 @@ bool model_scheduler::form_batch(std::vector<request*>& items) {
     }
     std::int64_t now = now_ns();
     const std::size_t before = items.size();
-    pull(items, now);
+    const bool capped = pull(items, now);
     for (std::size_t i = before; i < items.size(); ++i) {
       oldest = std::min(oldest, items[i]->t_enqueue);
     }
-    if (items.size() >= config_.max_batch_size) return true;
+    if (capped || items.size() >= config_.max_batch_size) return true;
     const std::int64_t due = batch_due(items.size(), oldest);
     if (now >= due) return true;
     // What lets the batch leave before `due`: any item when nothing is held (the only way a

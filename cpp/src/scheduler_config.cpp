@@ -75,6 +75,23 @@ void validate(const scheduler_config& config) {
         std::to_string(config.execution_timeout_ns) + " ns");
   }
   validate_policy(config);
+  if (config.max_batch_tokens > limits.max_batch_tokens) {
+    throw std::invalid_argument("max_batch_tokens must be between 0 (no cap) and " +
+                                std::to_string(limits.max_batch_tokens) + ", got " +
+                                std::to_string(config.max_batch_tokens));
+  }
+  if (config.cost_input < -1) {
+    throw std::invalid_argument("cost_input must be -1 (every item costs 1) or an input index, "
+                                "got " + std::to_string(config.cost_input));
+  }
+  if (config.cost_input >= 0 && !config.input_bytes.empty()) {
+    const auto i = static_cast<std::size_t>(config.cost_input);
+    if (i >= config.input_bytes.size() || config.input_bytes[i] != sizeof(std::int32_t)) {
+      throw std::invalid_argument("cost_input " + std::to_string(config.cost_input) +
+                                  " must name an INT32 [1] input (one of " +
+                                  std::to_string(config.input_bytes.size()) + " inputs)");
+    }
+  }
   const double need = queue_memory_bytes(config);
   if (need > static_cast<double>(limits.max_queue_memory_bytes)) {
     double item = 0;

@@ -18,6 +18,8 @@ struct limits_table {
   /// storage, and the priority lanes): settings that need more are refused, naming them.
   std::size_t max_queue_memory_bytes = std::size_t{4} << 30;
   double max_execution_timeout_ms = 24.0 * 3600 * 1000;  ///< one day
+  /// Summed item cost (e.g. tokens) one batch may be capped at (`max_batch_tokens`).
+  std::size_t max_batch_tokens = std::size_t{1} << 30;
 };
 
 /// What a model gets for every setting it leaves out. Constants; thread-safe.

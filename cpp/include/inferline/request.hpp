@@ -37,6 +37,7 @@ struct request {
   std::int64_t deadline_ns = no_deadline;
   std::uint64_t id = 0;            ///< engine-unique request id, for logs
   std::uint32_t priority = 0;
+  std::uint32_t cost = 1;          ///< batch-cap cost (scheduler_config::cost_input), >= 1
   // --- stage stamps (steady clock, ns) -----------------------------------------------------
   std::int64_t t_enqueue = 0;
   std::int64_t t_dispatch = 0;

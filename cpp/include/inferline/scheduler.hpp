@@ -228,9 +228,18 @@ class model_scheduler {
                     const std::shared_ptr<const std::string>& msg) noexcept;
   // Forms the next batch into `items`; false when stopping and nothing is left.
   bool form_batch(std::vector<request*>& items);
-  // Moves queued requests into `items` (priority order) up to the batch size; requests that
-  // are cancelled, expired or past their deadline are answered on the way.
-  void pull(std::vector<request*>& items, std::int64_t now);
+  // Moves queued requests into `items` (priority order) up to the batch size and, with
+  // max_batch_tokens, up to that summed cost; requests that are cancelled, expired or past
+  // their deadline are answered on the way. True when the next live request did not fit the
+  // token cap (it stays first in its lane's carried list): the batch is full.
+  bool pull(std::vector<request*>& items, std::int64_t now);
+  // With max_batch_tokens: true when `r` cannot join `items` (holding `tokens`) without
+  // passing the cap; an empty batch takes anything, so an over-cap item runs alone.
+  bool over_cap(const std::vector<request*>& items, std::size_t tokens,
+                const request* r) const noexcept {
+    return config_.max_batch_tokens != 0 && !items.empty() &&
+           tokens + r->cost > config_.max_batch_tokens;
+  }
   // Answers the dead entries of every lane and carries the live ones. Caller holds form_mutex_.
   void sweep(std::int64_t now);
   // True when `r` (popped or held) is live and in time; otherwise answers it into `chain`.

@@ -69,11 +69,19 @@ struct scheduler_config {
   /// A batch that computes longer than this is failed (its requests answered model_error at
   /// the deadline) and its worker abandoned and replaced; 0 = no timeout.
   std::int64_t execution_timeout_ns = ms_to_ns(defaults.execution_timeout_ms);
+  /// Caps a batch's summed item cost (tokens, for a text encoder): a batch never exceeds it,
+  /// except a single item costing more, which then runs alone. 0 = no cap.
+  std::size_t max_batch_tokens = 0;
+  /// Where an item's cost comes from: -1, every item costs 1; else the index of a 4-byte
+  /// (INT32 [1]) input whose value, read at submit, is the cost (values below 1 count as 1).
+  int cost_input = -1;
   void* user = nullptr;  ///< opaque owner data (the bindings' handle)
 };
 
 /// Throws std::invalid_argument naming the first setting outside limits.hpp (each count must be
-/// at least 1 and at most its limit; the delays at least 0; the queue memory the settings need,
+/// at least 1 and at most its limit; the delays at least 0; max_batch_tokens at most its limit;
+/// cost_input -1 or, once input_bytes is known, a 4-byte input; the queue memory the settings
+/// need,
 /// `queue_memory_bytes`, at most limits.max_queue_memory_bytes). Thread-safe (reads `config`).
 void validate(const scheduler_config& config);
 

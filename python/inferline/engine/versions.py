@@ -69,8 +69,13 @@ class Batching:
     ``execution_timeout_ms`` bounds one model call: a batch that overruns it is answered
     ``ModelError`` at the deadline ("batch of N did not finish within the T ms execution
     timeout"), its worker thread is abandoned (its late answer discarded) and a fresh one takes
-    its place, so the model keeps serving; left out or 0, no timeout. Defaults and upper
-    bounds come from :data:`inferline.types.DEFAULTS` and :data:`inferline.types.LIMITS`.
+    its place, so the model keeps serving; left out or 0, no timeout.
+    ``max_batch_tokens`` caps a batch's summed item cost as well as its size: each item costs
+    the value of its ``cost_input`` (the name of an INT32 ``[1]`` input, e.g. a text encoder's
+    ``length``; a native ``TextEncoder`` uses ``"length"`` unless told otherwise), or 1 without
+    one. A batch never passes the cap, except that a single item costing more runs alone; the
+    queue stays first in, first out. Defaults and upper bounds come from
+    :data:`inferline.types.DEFAULTS` and :data:`inferline.types.LIMITS`.
     """
 
     max_batch_size: int = DEFAULTS.max_batch_size
@@ -83,6 +88,8 @@ class Batching:
     policy: str | None = None
     max_latency_ms: float | None = None
     execution_timeout_ms: float | None = None
+    max_batch_tokens: int | None = None
+    cost_input: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("max_batch_size", self.max_batch_size, LIMITS.max_batch_size)
@@ -113,6 +120,15 @@ class Batching:
             raise ValueError(
                 "Batching.execution_timeout_ms must be a number between 0 (none) and "
                 f"{LIMITS.max_execution_timeout_ms:g}, got {timeout!r}"
+            )
+        if self.max_batch_tokens is not None:
+            _positive_int("max_batch_tokens", self.max_batch_tokens, LIMITS.max_batch_tokens)
+        if self.cost_input is not None and (
+            not isinstance(self.cost_input, str) or not self.cost_input
+        ):
+            raise ValueError(
+                "Batching.cost_input must be the name of an INT32 [1] input, "
+                f"got {self.cost_input!r}"
             )
         policy = self.policy
         if policy is None:
@@ -163,6 +179,18 @@ def _new_scheduler(
     instances: int,
 ) -> _core.Scheduler:
     # The one call of the native scheduler's constructor.
+    cost_name = batching.cost_input
+    if cost_name is None and isinstance(model, _core.kernels.TextEncoder):
+        cost_name = "length"  # a text encoder's cost is its real tokens
+    cost_input = -1
+    if cost_name is not None:
+        index = next((i for i, s in enumerate(inputs) if s.name == cost_name), None)
+        if index is None or inputs[index].datatype != "INT32" or inputs[index].shape != (1,):
+            raise ValueError(
+                f"model {name!r}: Batching.cost_input {cost_name!r} must name an INT32 [1] "
+                f"input, one of {[s.name for s in inputs]}"
+            )
+        cost_input = index
     config = _core.SchedulerConfig(
         name,
         max_batch_size=batching.max_batch_size,
@@ -174,6 +202,8 @@ def _new_scheduler(
         policy=str(batching.policy),  # resolved by Batching.__post_init__
         max_latency_ms=batching.max_latency_ms or 0.0,
         execution_timeout_ms=batching.execution_timeout_ms or 0.0,
+        max_batch_tokens=batching.max_batch_tokens or 0,
+        cost_input=cost_input,
     )
     return _core.Scheduler(
         core,
