@@ -275,7 +275,8 @@ class InferRoute:
         timeout = req.timeout_s
         # Pin the version metadata named, so a swap between the two calls cannot mix them.
         pinned = version if version is not None else info.version
-        call = _call_engine(engine, info, inputs, pinned, priority, timeout)
+        parameters: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
+        call = _call_engine(engine, info, inputs, pinned, priority, timeout, parameters)
         try:
             outputs = await _cancel_on_disconnect(call, receive, self.disconnect_check_delay)
         except InferlineError as e:
@@ -299,6 +300,7 @@ class InferRoute:
             datatypes=datatypes,
             requested=req.outputs,
             binary_data_output=req.binary_data_output,
+            parameters=parameters,
         )
 
 
@@ -455,24 +457,35 @@ async def _call_engine(
     version: int | str,
     priority: int,
     timeout: float | None,
+    parameters: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The whole request in one engine call (so its rows are admitted together), its
     answer as a dict by output name with the leading batch dimension.
 
     One row goes through ``engine.infer`` (the same answer for less work, with the leading
     dimension of 1 put back); more through ``engine.infer_batch``, which answers an array
-    for a one-output model, or a dict."""
-    kw = {"version": version, "priority": priority, "timeout": timeout}
+    for a one-output model, or a dict. For a model with stages (a text model takes its BYTES
+    input as the stage's items), the stages' merged parameters go into ``parameters``."""
+    kw: dict[str, Any] = {"version": version, "priority": priority, "timeout": timeout}
+    staged = parameters is not None and bool(getattr(info, "stages", None))
+    if staged:
+        kw["with_parameters"] = True
     if next(iter(inputs.values())).shape[0] == 1:
         if len(inputs) == 1:
             item: Any = next(iter(inputs.values()))[0]
         else:
             item = {k: a[0] for k, a in inputs.items()}
         one = await engine.infer(info.name, item, **kw)
+        if staged:
+            parameters.update(one.parameters)  # type: ignore[union-attr]
+            one = one.output
         if isinstance(one, dict):
             return {k: np.asarray(v)[None] for k, v in one.items()}
         return {_first_output(info): np.asarray(one)[None]}
     out = await engine.infer_batch(info.name, inputs, **kw)
+    if staged:
+        parameters.update(out.parameters)  # type: ignore[union-attr]
+        out = out.output
     if isinstance(out, dict):
         return out
     return {_first_output(info): np.asarray(out)}
