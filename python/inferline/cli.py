@@ -158,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight,
         repository_api=args.repository_api,
         strict_readiness=args.strict_readiness,
+        grpc_port=args.grpc_port,
     )
     return 0
 
@@ -229,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     _repository_arg(serve_cmd)
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port to bind (0: any free one)")
+    serve_cmd.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the protocol over gRPC (KServe v2 / Triton GRPCInferenceService) on "
+        "this port of the same host (0: any free one; default: no gRPC)",
+    )
     serve_cmd.add_argument(
         "--watch",
         action="store_true",

@@ -106,13 +106,18 @@ class AdminRoutes:
     async def live(self, request: Request) -> Response:
         return self._empty(request, 200)
 
-    async def ready(self, request: Request) -> Response:
+    def readiness(self) -> str | None:
+        """Why the server is not ready, or None when it is."""
         if not self.state.ready:
-            why: str | None = "the server is shutting down"
-        elif hasattr(self.engine, "readiness"):
-            why = self.engine.readiness(require_all=self.strict_readiness)
-        else:  # an engine-like object with only the ``ready`` flag
-            why = None if self.engine.ready else "the engine is not ready"
+            return "the server is shutting down"
+        if hasattr(self.engine, "readiness"):
+            why: str | None = self.engine.readiness(require_all=self.strict_readiness)
+            return why
+        # an engine-like object with only the ``ready`` flag
+        return None if self.engine.ready else "the engine is not ready"
+
+    async def ready(self, request: Request) -> Response:
+        why = self.readiness()
         if why is None:
             return self._empty(request, 200)
         return self._not_ready(request, why)
@@ -121,49 +126,55 @@ class AdminRoutes:
         # The protocol's "false" is a 4xx (400, as Triton answers), here with the reason.
         return self._error(request, HTTPError(400, why, outcome="not_ready"))
 
-    async def server_metadata(self, request: Request) -> Response:
-        return self._json(
-            request,
-            {"name": self.server_name, "version": self.server_version, "extensions": EXTENSIONS},
-        )
+    def server_metadata_doc(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": self.server_version, "extensions": EXTENSIONS}
 
-    def _info(self, request: Request) -> Any:
-        name = request.path_params["model"]
+    async def server_metadata(self, request: Request) -> Response:
+        return self._json(request, self.server_metadata_doc())
+
+    def info(self, name: str, version: str | None) -> Any:
+        """The model version's info (``version`` as the path gives it); raises HTTPError."""
         try:
-            return self.engine.model_info(name, version_arg(request.path_params.get("version")))
+            return self.engine.model_info(name, version_arg(version))
         except InferlineError as e:
             raise engine_error(e) from None
+
+    def _info(self, request: Request) -> Any:
+        return self.info(request.path_params["model"], request.path_params.get("version"))
 
     async def model_metadata(self, request: Request) -> Response:
         try:
             info = self._info(request)
         except HTTPError as e:
             return self._error(request, e)
-        return self._json(
-            request,
-            {
-                "name": info.name,
-                "versions": [str(v) for v in info.versions],
-                "platform": info.platform,
-                "inputs": [s.to_dict() for s in info.inputs],
-                "outputs": [s.to_dict() for s in info.outputs],
-            },
-        )
+        return self._json(request, model_metadata_doc(info))
 
-    async def model_ready(self, request: Request) -> Response:
+    def model_readiness(self, name: str, version: str | None) -> str | None:
+        """Why the model version is not ready, or None when it is; HTTPError (404) when the
+        engine does not know it."""
         try:
-            info = self._info(request)
+            info = self.info(name, version)
         except HTTPError as e:
             if e.status == 503:  # known but not loaded: the protocol's "false", with why
-                return self._not_ready(request, e.message)
-            return self._error(request, e)
+                return e.message
+            raise
         if not self.state.ready:
-            return self._not_ready(request, "the server is shutting down")
+            return "the server is shutting down"
         if info.state != "ready":
             why = f"model {info.name!r} version {info.version} is {info.state}"
-            return self._not_ready(request, why + (f": {info.reason}" if info.reason else ""))
-        if request.path_params.get("version") is None and not info.default:
-            return self._not_ready(request, f"model {info.name!r} has no ready default version")
+            return why + (f": {info.reason}" if info.reason else "")
+        if not version and not info.default:
+            return f"model {info.name!r} has no ready default version"
+        return None
+
+    async def model_ready(self, request: Request) -> Response:
+        p = request.path_params
+        try:
+            why = self.model_readiness(p["model"], p.get("version"))
+        except HTTPError as e:
+            return self._error(request, e)
+        if why is not None:
+            return self._not_ready(request, why)
         return self._empty(request, 200)
 
     async def model_config(self, request: Request) -> Response:
@@ -172,46 +183,24 @@ class AdminRoutes:
             info = self._info(request)
         except HTTPError as e:
             return self._error(request, e)
-
-        def tensors(specs: list[Any]) -> list[dict[str, Any]]:
-            return [
-                {
-                    "name": s.name,
-                    "data_type": "TYPE_" + _TRITON_TYPE.get(s.datatype, s.datatype),
-                    "dims": list(s.shape),
-                }
-                for s in specs
-            ]
-
-        return self._json(
-            request,
-            {
-                "name": info.name,
-                "platform": info.platform,
-                "backend": info.platform,
-                "max_batch_size": info.max_batch_size,
-                "input": tensors(info.inputs),
-                "output": tensors(info.outputs),
-                "dynamic_batching": {},
-                "version_policy": {"specific": {"versions": [str(v) for v in info.versions]}},
-            },
-        )
+        return self._json(request, model_config_doc(info))
 
     # -- statistics ------------------------------------------------------------------------------
-    async def model_stats(self, request: Request) -> Response:
-        name = request.path_params.get("model")
-        version = version_arg(request.path_params.get("version"))
+    def stats(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
+        """Triton-shaped statistics of every model, one model's versions, or one version;
+        raises HTTPError."""
+        v = version_arg(version)
         engine = self.engine
         try:
             if name is None:
                 infos = list(engine.models())
-            elif version is None:
+            elif v is None:
                 infos = [i for i in engine.models() if i.name == name]
                 if not infos:
                     engine.model_info(name)  # raises ModelNotFound with a good message
             else:
-                infos = [engine.model_info(name, version)]
-            stats = [
+                infos = [engine.model_info(name, v)]
+            return [
                 triton_stats(
                     i.name,
                     i.version,
@@ -221,18 +210,19 @@ class AdminRoutes:
                 for i in infos
             ]
         except InferlineError as e:
-            return self._error(request, engine_error(e))
+            raise engine_error(e) from None
+
+    async def model_stats(self, request: Request) -> Response:
+        p = request.path_params
+        try:
+            stats = self.stats(p.get("model"), p.get("version"))
+        except HTTPError as e:
+            return self._error(request, e)
         return self._json(request, {"model_stats": stats})
 
     # -- repository ------------------------------------------------------------------------------
-    async def repository_index(self, request: Request) -> Response:
-        try:
-            doc = await _control_body(request)
-            ready_only = doc.get("ready", False)
-            if not isinstance(ready_only, bool):
-                raise HTTPError(400, "'ready' must be a boolean")
-        except HTTPError as e:
-            return self._error(request, e)
+    def index(self, ready_only: bool) -> list[dict[str, str]]:
+        """The repository index in the protocol's form."""
         out = []
         for entry in self.engine.repository_index():
             state = str(entry.get("state", "")).upper()
@@ -242,7 +232,17 @@ class AdminRoutes:
             if entry.get("version") not in (None, ""):
                 item["version"] = str(entry["version"])
             out.append(item)
-        return self._json(request, out)
+        return out
+
+    async def repository_index(self, request: Request) -> Response:
+        try:
+            doc = await _control_body(request)
+            ready_only = doc.get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise HTTPError(400, "'ready' must be a boolean")
+        except HTTPError as e:
+            return self._error(request, e)
+        return self._json(request, self.index(ready_only))
 
     async def repository_load(self, request: Request) -> Response:
         return await self._repository_control(request, "load")
@@ -251,43 +251,83 @@ class AdminRoutes:
         return await self._repository_control(request, "unload")
 
     async def _repository_control(self, request: Request, action: str) -> Response:
-        name = request.path_params["model"]
         try:
-            if not self.repository_api:
-                raise HTTPError(
-                    403,
-                    f"repository {action} is turned off on this server (--no-repository-api); "
-                    "the operator loads and unloads models",
-                )
             params = (await _control_body(request)).get("parameters", {})
-            version = params.get("version")
-            if isinstance(version, str) and version.isdigit() and version.isascii():
-                version = int(version)
-            if version is not None and (type(version) is not int or version < 1):
-                raise HTTPError(400, "'version' parameter must be a positive integer")
-            if "config" in params or any(str(k).startswith("file:") for k in params):
-                raise HTTPError(
-                    400, "loading a model from a config or files in the request is not supported"
-                )
-            fn = self.engine.load if action == "load" else self.engine.unload
-            try:
-                await fn(name, version)
-            except ModelNotFound as e:
-                raise HTTPError(404, str(e)) from None
-            except EngineStopped as e:
-                raise HTTPError(503, str(e), retry_after=True) from None
-            except InferlineError as e:  # the load failed (the old version keeps serving)
-                raise HTTPError(400, str(e) or type(e).__name__) from None
-            except (ValueError, KeyError, OSError) as e:
-                raise HTTPError(400, f"{action} of model {name!r} failed: {e}") from None
+            await self.control(request.path_params["model"], action, params)
         except HTTPError as e:
             return self._error(request, e)
         return self._empty(request, 200)
+
+    async def control(self, name: str, action: str, params: Mapping[str, Any]) -> None:
+        """Loads or unloads (``action``) a model as the request's ``parameters`` say;
+        raises HTTPError."""
+        if not self.repository_api:
+            raise HTTPError(
+                403,
+                f"repository {action} is turned off on this server (--no-repository-api); "
+                "the operator loads and unloads models",
+            )
+        version = params.get("version")
+        if isinstance(version, str) and version.isdigit() and version.isascii():
+            version = int(version)
+        if version is not None and (type(version) is not int or version < 1):
+            raise HTTPError(400, "'version' parameter must be a positive integer")
+        if "config" in params or any(str(k).startswith("file:") for k in params):
+            raise HTTPError(
+                400, "loading a model from a config or files in the request is not supported"
+            )
+        fn = self.engine.load if action == "load" else self.engine.unload
+        try:
+            await fn(name, version)
+        except ModelNotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except EngineStopped as e:
+            raise HTTPError(503, str(e), retry_after=True) from None
+        except InferlineError as e:  # the load failed (the old version keeps serving)
+            raise HTTPError(400, str(e) or type(e).__name__) from None
+        except (ValueError, KeyError, OSError) as e:
+            raise HTTPError(400, f"{action} of model {name!r} failed: {e}") from None
 
     # -- metrics ---------------------------------------------------------------------------------
     async def metrics(self, request: Request) -> Response:
         body = render(self.engine, http_counts=self.outcomes.snapshot())
         return Response(body, 200, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def model_metadata_doc(info: Any) -> dict[str, Any]:
+    """The protocol's model metadata of a model version."""
+    return {
+        "name": info.name,
+        "versions": [str(v) for v in info.versions],
+        "platform": info.platform,
+        "inputs": [s.to_dict() for s in info.inputs],
+        "outputs": [s.to_dict() for s in info.outputs],
+    }
+
+
+def model_config_doc(info: Any) -> dict[str, Any]:
+    """A Triton-style model configuration of a model version."""
+
+    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "data_type": "TYPE_" + _TRITON_TYPE.get(s.datatype, s.datatype),
+                "dims": list(s.shape),
+            }
+            for s in specs
+        ]
+
+    return {
+        "name": info.name,
+        "platform": info.platform,
+        "backend": info.platform,
+        "max_batch_size": info.max_batch_size,
+        "input": tensors(info.inputs),
+        "output": tensors(info.outputs),
+        "dynamic_batching": {},
+        "version_policy": {"specific": {"versions": [str(v) for v in info.versions]}},
+    }
 
 
 async def _control_body(request: Request) -> dict[str, Any]:

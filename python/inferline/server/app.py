@@ -158,6 +158,7 @@ def create_app(
     )
     app = _InferlineStarlette(routes=routes, lifespan=lifespan)
     app.infer_handler = infer
+    app.admin_routes = a
     app.state.inferline = state
     app.add_exception_handler(404, _not_found)
     app.add_exception_handler(405, _not_allowed)
@@ -209,6 +210,8 @@ class _InferlineStarlette(Starlette):
     """
 
     infer_handler: InferRoute | None = None
+    # The gRPC server (.grpc) answers with the same route objects: one admission, one count.
+    admin_routes: AdminRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

@@ -120,13 +120,9 @@ class InferRoute:
         entered = False
         try:
             try:
-                if self.state.draining:
-                    raise HTTPError(
-                        503, "the server is draining and takes no new requests", True, "draining"
-                    )
-                admission.enter()
+                self.admit()
                 entered = True
-                info = self._lookup(name, version)
+                info = self.lookup(name, version)
                 label = name
                 header, tail = await self._read(headers, body, info)
                 req = header.tensors(tail)
@@ -140,7 +136,7 @@ class InferRoute:
                 raise HTTPError(e.status, e.message) from None
         except HTTPError as e:
             log_error("POST", scope.get("path", ""), rid, e)
-            self.outcomes.refused(label or self._label(name), e, rid)
+            self.outcomes.refused(label or self.label(name), e, rid)
             status, out_body = e.status, encode_error(e.message)
             out_headers = error_headers(rid, e, self.retry_after)
         except ClientGone:
@@ -160,7 +156,7 @@ class InferRoute:
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": out_body})
 
-    def _label(self, name: str) -> str:
+    def label(self, name: str) -> str:
         """``name`` when the engine serves a model of that name, else "" (the metrics' label
         set must not grow with what clients send)."""
         try:
@@ -169,7 +165,16 @@ class InferRoute:
             return ""
         return name
 
-    def _lookup(self, name: str, version: int | str | None) -> Any:
+    def admit(self) -> None:
+        """Counts a request in (the caller calls ``admission.leave()``), or refuses it at
+        once: 503 while draining or at the in-flight bound."""
+        if self.state.draining:
+            raise HTTPError(
+                503, "the server is draining and takes no new requests", True, "draining"
+            )
+        self.admission.enter()
+
+    def lookup(self, name: str, version: int | str | None) -> Any:
         """The model version's info: 404 when there is none, 503 when it is not ready."""
         try:
             info = self.engine.model_info(name, version)
@@ -222,7 +227,7 @@ class InferRoute:
             check_json_length(json_end, self.max_json_bytes)
             text = data if hl is None and isinstance(data, bytes) else bytes(mv[:json_end])
             header = parse_infer_header(text, binary_length=None if hl is None else len(mv) - hl)
-            self._check(info, header)
+            self.check(info, header)
             return header, mv[json_end:]
         # Binary tensor data: the JSON header first, checked before the tensors are read.
         hl = parse_header_length(raw_header_length, limit if length is None else length)
@@ -230,11 +235,11 @@ class InferRoute:
         check_json_length(hl, self.max_json_bytes)
         text = await body.read_prefix(hl)
         header = parse_infer_header(text, binary_length=None if length is None else length - hl)
-        self._check(info, header)
+        self.check(info, header)
         data = await body.read_all()
         return header, memoryview(data).cast("B")[hl:]
 
-    def _check(self, info: Any, header: InferHeader) -> None:
+    def check(self, info: Any, header: InferHeader) -> None:
         """Every declared input, shape, row count, priority and requested output against the
         model, before any data is converted."""
         rows = check_declared(info, header)
@@ -266,6 +271,29 @@ class InferRoute:
     async def _infer(
         self, name: str, version: int | str | None, info: Any, req: InferRequest, receive: Receive
     ) -> EncodedResponse:
+        outputs, datatypes = await self.compute(name, version, info, req, receive)
+        return encode_infer_response(
+            model_name=name,
+            model_version=info.version,
+            request_id=req.id,
+            outputs=outputs,
+            datatypes=datatypes,
+            requested=req.outputs,
+            binary_data_output=req.binary_data_output,
+        )
+
+    async def compute(
+        self,
+        name: str,
+        version: int | str | None,
+        info: Any,
+        req: InferRequest,
+        receive: Receive | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """A checked request through the engine: the outputs and their protocol datatypes.
+
+        With ``receive`` (HTTP), a client that disconnects cancels the call (``ClientGone``);
+        without it (gRPC), cancelling the caller's task does. Raises :class:`HTTPError`."""
         engine = self.engine
         inputs = req.inputs
         out_types = {s.name: s.datatype for s in info.outputs}
@@ -275,10 +303,12 @@ class InferRoute:
         timeout = req.timeout_s
         # Pin the version metadata named, so a swap between the two calls cannot mix them.
         pinned = version if version is not None else info.version
-        parameters: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
-        call = _call_engine(engine, info, inputs, pinned, priority, timeout, parameters)
+        call = _call_engine(engine, info, inputs, pinned, priority, timeout)
         try:
-            outputs = await _cancel_on_disconnect(call, receive, self.disconnect_check_delay)
+            if receive is None:
+                outputs = await call
+            else:
+                outputs = await _cancel_on_disconnect(call, receive, self.disconnect_check_delay)
         except InferlineError as e:
             raise engine_error(e) from None
         except (ClientGone, asyncio.CancelledError):
@@ -292,16 +322,7 @@ class InferRoute:
             missing = [o.name for o in req.outputs if o.name not in outputs]
             if missing:
                 raise HTTPError(400, f"model {name!r} did not produce outputs {missing}")
-        return encode_infer_response(
-            model_name=name,
-            model_version=info.version,
-            request_id=req.id,
-            outputs=outputs,
-            datatypes=datatypes,
-            requested=req.outputs,
-            binary_data_output=req.binary_data_output,
-            parameters=parameters,
-        )
+        return outputs, datatypes
 
 
 class _Body:
@@ -457,35 +478,24 @@ async def _call_engine(
     version: int | str,
     priority: int,
     timeout: float | None,
-    parameters: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The whole request in one engine call (so its rows are admitted together), its
     answer as a dict by output name with the leading batch dimension.
 
     One row goes through ``engine.infer`` (the same answer for less work, with the leading
     dimension of 1 put back); more through ``engine.infer_batch``, which answers an array
-    for a one-output model, or a dict. For a model with stages (a text model takes its BYTES
-    input as the stage's items), the stages' merged parameters go into ``parameters``."""
-    kw: dict[str, Any] = {"version": version, "priority": priority, "timeout": timeout}
-    staged = parameters is not None and bool(getattr(info, "stages", None))
-    if staged:
-        kw["with_parameters"] = True
+    for a one-output model, or a dict."""
+    kw = {"version": version, "priority": priority, "timeout": timeout}
     if next(iter(inputs.values())).shape[0] == 1:
         if len(inputs) == 1:
             item: Any = next(iter(inputs.values()))[0]
         else:
             item = {k: a[0] for k, a in inputs.items()}
         one = await engine.infer(info.name, item, **kw)
-        if staged:
-            parameters.update(one.parameters)  # type: ignore[union-attr]
-            one = one.output
         if isinstance(one, dict):
             return {k: np.asarray(v)[None] for k, v in one.items()}
         return {_first_output(info): np.asarray(one)[None]}
     out = await engine.infer_batch(info.name, inputs, **kw)
-    if staged:
-        parameters.update(out.parameters)  # type: ignore[union-attr]
-        out = out.output
     if isinstance(out, dict):
         return out
     return {_first_output(info): np.asarray(out)}

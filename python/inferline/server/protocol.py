@@ -42,6 +42,7 @@ __all__ = [
     "InferRequest",
     "ProtocolError",
     "RequestedOutput",
+    "check_infer_doc",
     "check_json_length",
     "parse_header_length",
     "parse_infer_header",
@@ -477,7 +478,13 @@ def parse_infer_header(
         raise _bad(f"request body is not valid JSON: {_short(str(e))}") from None
     if not isinstance(doc, dict):
         raise _bad(f"request body must be a JSON object, got {_jtype(doc)}")
+    return check_infer_doc(doc, binary_length=binary_length)
 
+
+def check_infer_doc(doc: Mapping[str, Any], *, binary_length: int | None) -> InferHeader:
+    """The checks of :func:`parse_infer_header` on a request already decoded into a dict of
+    the JSON form (the gRPC server builds one from its message, with typed contents as
+    ``data`` and raw contents as ``binary_data_size``). Raises :class:`ProtocolError`."""
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f"'id' must be a string, got {_jtype(request_id)}")

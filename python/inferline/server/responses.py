@@ -17,7 +17,7 @@ from ..types import DATATYPES
 from .codec import WIRE_DTYPES, bf16_bits_to_float32, dumps_response, serialize_bytes_tensor
 from .protocol import INFERENCE_HEADER, RequestedOutput
 
-__all__ = ["EncodedResponse", "encode_infer_response"]
+__all__ = ["EncodedResponse", "binary_values", "encode_infer_response"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def _json_values(arr: np.ndarray, datatype: str) -> list[Any] | np.ndarray | Non
     return np.ascontiguousarray(flat, dtype=DATATYPES[datatype])
 
 
-def _binary_values(arr: np.ndarray, datatype: str) -> bytes:
+def binary_values(arr: np.ndarray, datatype: str) -> bytes:
+    """A tensor in the binary tensor data form (raw little-endian; BYTES length-prefixed)."""
     if datatype == "BYTES":
         return serialize_bytes_tensor(arr)
     wire = WIRE_DTYPES[datatype]
@@ -103,7 +104,7 @@ def encode_infer_response(
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         values = None if binary else _json_values(arr, datatype)
         if values is None:
-            chunk = _binary_values(arr, datatype)
+            chunk = binary_values(arr, datatype)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:

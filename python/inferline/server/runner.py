@@ -30,6 +30,7 @@ import uvicorn
 from ..engine import Engine
 from ..lifecycle import GracefulShutdown
 from .app import create_app
+from .grpc import start_grpc_server
 from .state import ServerState
 
 __all__ = ["serve", "serve_async", "serve_repository"]
@@ -46,11 +47,17 @@ class _Server(uvicorn.Server):
         grace_period: float,
         drain_timeout: float,
         on_started: Callable[[int], None] | None,
+        grpc_port: int | None = None,
+        on_grpc_started: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(config)
         self.engine = engine
         self.state = state
         self.on_started = on_started
+        self.grpc_port = grpc_port  # the bound port once started
+        self.on_grpc_started = on_grpc_started
+        self.grpc_server: Any = None
+        self.drain_timeout = drain_timeout
         self.shutdown_sequence = GracefulShutdown(
             engine,
             grace_seconds=grace_period,
@@ -109,10 +116,35 @@ class _Server(uvicorn.Server):
         if self.on_started is not None and self.servers:
             port = self.servers[0].sockets[0].getsockname()[1]
             self.on_started(int(port))
+        if self.grpc_port is not None and not self.should_exit:
+            await self._start_grpc(sockets)
+
+    async def _start_grpc(self, sockets: list[socket.socket] | None) -> None:
+        """The gRPC server on the same host, loop, engine and admission as HTTP; a port it
+        cannot bind stops everything (``serve`` then raises)."""
+        host = self.config.host
+        try:
+            self.grpc_server, self.grpc_port = await start_grpc_server(
+                self.config.app, host, int(self.grpc_port or 0)
+            )
+        except OSError as e:
+            log.error("%s", e)
+            await self.shutdown(sockets)
+            self.started = False
+            self.should_exit = True
+            return
+        log.info("gRPC (KServe v2) listening on %s:%d", host, self.grpc_port)
+        if self.on_grpc_started is not None:
+            self.on_grpc_started(self.grpc_port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._exit_task is not None and not self._exit_task.done():
             self._exit_task.cancel()
+        if self.grpc_server is not None:
+            # RPCs in flight get up to the drain timeout (after SIGTERM the engine has
+            # stopped already, so they are answered); new ones are refused from now on.
+            server, self.grpc_server = self.grpc_server, None
+            await server.stop(self.drain_timeout)
         await super().shutdown(sockets)
 
 
@@ -129,6 +161,8 @@ def _build(
     app_kwargs: dict[str, Any],
 ) -> _Server:
     state = ServerState()
+    grpc_port = app_kwargs.pop("grpc_port", None)
+    on_grpc_started = app_kwargs.pop("on_grpc_started", None)
     app = create_app(engine, drain_timeout=drain_timeout, state=state, **app_kwargs)
     config = uvicorn.Config(
         app,
@@ -145,7 +179,16 @@ def _build(
         # cost event-loop time on every request.
         proxy_headers=False,
     )
-    return _Server(config, engine, state, grace_period, drain_timeout, on_started)
+    return _Server(
+        config,
+        engine,
+        state,
+        grace_period,
+        drain_timeout,
+        on_started,
+        grpc_port=grpc_port,
+        on_grpc_started=on_grpc_started,
+    )
 
 
 def serve(
@@ -164,7 +207,10 @@ def serve(
 
     The engine must not have been started yet: it is started on the server's event loop.
     ``port=0`` picks a free port; ``on_started(port)`` is called once the socket listens.
-    Other keyword arguments go to :func:`create_app` (``max_body_bytes``, ...).
+    ``grpc_port=P`` also serves the protocol over gRPC on ``host:P`` (0: any free port;
+    ``on_grpc_started(port)`` is called once it listens), on the same loop, engine and
+    admission, stopped with the HTTP server (see :mod:`.grpc`). Other keyword arguments go
+    to :func:`create_app` (``max_body_bytes``, ...).
     """
     server = _build(
         engine,

@@ -1,0 +1,260 @@
+"""The Open Inference Protocol over gRPC: Triton's ``inference.GRPCInferenceService`` on
+``grpc.aio``, answering with the HTTP app's own parts.
+
+The handlers share the HTTP app's admission (one in-flight bound for both transports), its
+request checks, its engine call, its outcome counts and its statistics; only the message
+forms differ (:mod:`.tensors`). Errors carry the HTTP path's messages with these codes:
+
+=====================================  =========================================================
+HTTP                                   gRPC
+=====================================  =========================================================
+400 bad request, 413 too many rows     INVALID_ARGUMENT
+403 repository API off                 PERMISSION_DENIED
+404 unknown model or version           NOT_FOUND
+503 queue full, not ready, draining    UNAVAILABLE, trailing metadata ``retry-after`` (seconds)
+504 the request's timeout passed       DEADLINE_EXCEEDED
+500 the model failed (or a bug)        INTERNAL
+=====================================  =========================================================
+
+An RPC that the client cancels (or whose gRPC deadline passes) has its handler cancelled,
+which cancels the engine call: queued work is dropped. Messages are bounded by the server's
+body limit (``max_body_bytes``) both ways; a larger one is refused by gRPC itself
+(RESOURCE_EXHAUSTED).
+
+The service is registered by hand under the protocol's name with generic handlers: our
+generated messages live in the ``inferline.v2`` proto package so that they never collide with
+tritonclient's ``inference`` package in one process, and method paths are all the wire sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from ..admin import AdminRoutes, model_config_doc, model_metadata_doc
+from ..errors import HTTPError, ProtocolError
+from ..infer import InferRoute
+from ..requests import version_arg
+from . import kserve_v2_pb2 as pb
+from .tensors import encode_response, request_header
+
+__all__ = ["SERVICE_NAME", "InferenceService", "start_grpc_server"]
+
+log = logging.getLogger("inferline.server")
+
+#: The service's name on the wire (method paths are ``/inference.GRPCInferenceService/M``).
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+_CODE = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+_Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+class InferenceService:
+    """The RPCs, over the HTTP app's infer route and admin routes."""
+
+    def __init__(self, route: InferRoute, admin: AdminRoutes) -> None:
+        self.route = route
+        self.admin = admin
+        self.retry_after = route.retry_after.decode()
+
+    async def _abort(self, context: Any, err: HTTPError) -> None:
+        """Ends the RPC with the error's code and message (raises)."""
+        code = _CODE.get(err.status, grpc.StatusCode.INTERNAL)
+        meta = (("retry-after", self.retry_after),) if err.retry_after else ()
+        await context.abort(code, err.message, trailing_metadata=meta)
+
+    # -- inference ---------------------------------------------------------------------------
+    async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+        """One inference request, checked, admitted and computed as over HTTP."""
+        route = self.route
+        admission = route.admission
+        name = request.model_name
+        rid = route.request_id([(b"x-request-id", request.id.encode())] if request.id else [])
+        label = ""  # the model's name once the engine has said it serves it
+        entered = False
+        reserved = 0
+        try:
+            try:
+                route.admit()
+                entered = True
+                version = version_arg(request.model_version)
+                info = route.lookup(name, version)
+                label = name
+                reserved = request.ByteSize()
+                admission.reserve_body(reserved)
+                header, tail, raw = request_header(request)
+                route.check(info, header)
+                req = header.tensors(tail)
+                outputs, datatypes = await route.compute(name, version, info, req)
+                response = encode_response(name, info.version, req, outputs, datatypes, raw=raw)
+                route.outcomes.success(name)
+                return response
+            except ProtocolError as e:
+                raise HTTPError(e.status, e.message) from None
+        except HTTPError as e:
+            route.outcomes.refused(label or route.label(name), e, rid)
+            await self._abort(context, e)
+        except asyncio.CancelledError:  # the client cancelled: the engine dropped the work
+            route.outcomes.disconnected(label, rid)
+            raise
+        except Exception as e:  # a bug: answer INTERNAL and keep serving
+            log.exception("request %s: unhandled error in gRPC ModelInfer", rid)
+            err = HTTPError(500, f"internal error: {type(e).__name__}")
+            route.outcomes.refused(label, err, rid)
+            await self._abort(context, err)
+        finally:
+            if entered:
+                admission.leave()
+            admission.release_body(reserved)
+
+    # -- health and metadata -----------------------------------------------------------------
+    async def server_live(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.admin.readiness() is None)
+
+    async def model_ready(self, request: Any, context: Any) -> Any:
+        try:
+            why = self.admin.model_readiness(request.name, request.version or None)
+        except HTTPError as e:
+            await self._abort(context, e)
+        return pb.ModelReadyResponse(ready=why is None)
+
+    async def server_metadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.admin.server_metadata_doc())
+
+    async def _info(self, request: Any, context: Any) -> Any:
+        """The info of the model version the request names (or ends the RPC)."""
+        try:
+            return self.admin.info(request.name, request.version or None)
+        except HTTPError as e:
+            await self._abort(context, e)
+
+    async def model_metadata(self, request: Any, context: Any) -> Any:
+        info = await self._info(request, context)
+        return pb.ModelMetadataResponse(**model_metadata_doc(info))
+
+    async def model_config(self, request: Any, context: Any) -> Any:
+        info = await self._info(request, context)
+        doc = model_config_doc(info)
+        for t in (*doc["input"], *doc["output"]):
+            t["data_type"] = pb.DataType.Value(t["data_type"])
+        doc["dynamic_batching"] = {"priority_levels": info.priority_levels}
+        doc["version_policy"] = {"specific": {"versions": [int(v) for v in info.versions]}}
+        return pb.ModelConfigResponse(config=pb.ModelConfig(**doc))
+
+    # -- statistics and repository -------------------------------------------------------------
+    async def model_statistics(self, request: Any, context: Any) -> Any:
+        try:
+            stats = self.admin.stats(request.name or None, request.version or None)
+        except HTTPError as e:
+            await self._abort(context, e)
+        known = set(pb.ModelStatistics.DESCRIPTOR.fields_by_name)
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                pb.ModelStatistics(**{k: v for k, v in s.items() if k in known}) for s in stats
+            ]
+        )
+
+    async def repository_index(self, request: Any, context: Any) -> Any:
+        models = self.admin.index(request.ready)
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def repository_model_load(self, request: Any, context: Any) -> Any:
+        await self._control(request, context, "load")
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: Any, context: Any) -> Any:
+        await self._control(request, context, "unload")
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _control(self, request: Any, context: Any, action: str) -> None:
+        params = {}
+        for key, p in request.parameters.items():
+            which = p.WhichOneof("parameter_choice")
+            params[key] = None if which is None else getattr(p, which)
+        try:
+            await self.admin.control(request.model_name, action, params)
+        except HTTPError as e:
+            await self._abort(context, e)
+
+    # -- registration ----------------------------------------------------------------------------
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's generic handler, under :data:`SERVICE_NAME`."""
+        methods: dict[str, tuple[_Handler, Any]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest),
+            "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
+            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
+            "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
+            "RepositoryModelUnload": (
+                self.repository_model_unload,
+                pb.RepositoryModelUnloadRequest,
+            ),
+        }
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    fn,
+                    request_deserializer=message.FromString,
+                    response_serializer=_serialize,
+                )
+                for name, (fn, message) in methods.items()
+            },
+        )
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+async def start_grpc_server(app: Any, host: str, port: int) -> tuple[Any, int]:
+    """Starts a ``grpc.aio`` server for ``app`` (from :func:`..app.create_app`) on the
+    running loop, bound to ``host:port`` (0: any free port); returns it and its port.
+
+    Messages are bounded by the app's ``max_body_bytes`` both ways. Stop it with
+    ``await server.stop(grace)``.
+    """
+    route = app.infer_handler
+    admin = app.admin_routes
+    if route is None or admin is None:
+        raise ValueError("app must come from inferline.server.create_app")
+    limit = route.max_body_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # A second server on the same port must fail, not share it silently.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((InferenceService(route, admin).handler(),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise OSError(f"gRPC could not bind {address}: {e}") from None
+    if not bound:
+        raise OSError(f"gRPC could not bind {address}")
+    await server.start()
+    return server, int(bound)

@@ -1,0 +1,155 @@
+"""ModelInfer's messages in the HTTP path's forms: the request as the dict the REST parser
+checks, the answer from the engine's arrays.
+
+A request's tensors come either all in ``raw_input_contents`` (one entry per input, in order,
+in the binary tensor data form; what tritonclient sends) or each in its input's typed
+``contents`` field (``fp32_contents`` for FP32, ``int_contents`` for INT8/16/32, ...; FP16
+and BF16 have none). The request becomes the REST form's dict, raw data declared as
+``binary_data_size`` and typed data as ``data``, and goes through the same checks as an HTTP
+request (:func:`..protocol.check_infer_doc`), so both transports refuse the same requests
+with the same messages. The answer is raw when the request was (or when an output's datatype
+has no typed field), typed otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...types import DATATYPES
+from ..errors import ProtocolError
+from ..protocol import InferHeader, InferRequest, check_infer_doc
+from ..responses import binary_values
+from . import kserve_v2_pb2 as pb
+
+__all__ = ["TYPED_FIELD", "encode_response", "request_header"]
+
+#: The typed ``contents`` field of each datatype that has one.
+TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_U32 = struct.Struct("<I")
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+def _params(entries: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """A parameters map as the REST form's JSON object (the set member of each oneof)."""
+    out: dict[str, Any] = {}
+    for key, p in entries.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = None if which is None else getattr(p, which)
+    return out
+
+
+def request_header(msg: pb.ModelInferRequest) -> tuple[InferHeader, bytes | memoryview, bool]:
+    """The request checked as :func:`..protocol.parse_infer_header` checks a REST one, the
+    bytes its binary inputs refer to (for :meth:`InferHeader.tensors`), and whether it sent
+    raw contents. Raises :class:`ProtocolError`."""
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise _bad(
+            f"raw_input_contents has {len(raw)} entries but the request has "
+            f"{len(msg.inputs)} inputs; give one entry per input, in order"
+        )
+    chunks: list[bytes] = []
+    inputs = []
+    for i, t in enumerate(msg.inputs):
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        params = _params(t.parameters)
+        where = f"input {t.name[:80]!r}"
+        if raw:
+            if t.HasField("contents"):
+                raise _bad(f"{where}: give raw_input_contents or typed contents, not both")
+            chunk: bytes | None = raw[i]
+        else:
+            chunk, data = _typed(t, where)
+            if chunk is None:
+                entry["data"] = data
+        if chunk is not None:
+            params["binary_data_size"] = len(chunk)
+            chunks.append(chunk)
+        if params:
+            entry["parameters"] = params
+        inputs.append(entry)
+    doc: dict[str, Any] = {"inputs": inputs}
+    if msg.id:
+        doc["id"] = msg.id
+    if msg.parameters:
+        doc["parameters"] = _params(msg.parameters)
+    if msg.outputs:
+        doc["outputs"] = [
+            {"name": o.name, "parameters": _params(o.parameters)} for o in msg.outputs
+        ]
+    if not chunks:
+        return check_infer_doc(doc, binary_length=None), b"", False
+    tail = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return check_infer_doc(doc, binary_length=len(tail)), tail, bool(raw)
+
+
+def _typed(t: pb.ModelInferRequest.InferInputTensor, where: str) -> tuple[bytes | None, Any]:
+    """A typed input as the REST form gives it: BYTES as binary data (its elements need not
+    be UTF-8), anything else as a flat ``data`` list."""
+    field = TYPED_FIELD.get(t.datatype)
+    given = [f.name for f, _ in t.contents.ListFields()]
+    if field is None:
+        if t.datatype in DATATYPES:  # FP16, BF16
+            raise _bad(
+                f"{where}: {t.datatype} has no typed contents field; send the tensor in "
+                "raw_input_contents"
+            )
+        return None, []  # the checks name the unknown datatype
+    if given and given != [field]:
+        raise _bad(f"{where}: {t.datatype} data goes in contents.{field}, got {', '.join(given)}")
+    values = getattr(t.contents, field)
+    if t.datatype == "BYTES":
+        return b"".join(_U32.pack(len(v)) + v for v in values), None
+    return None, list(values)
+
+
+def encode_response(
+    model_name: str,
+    model_version: int | str,
+    req: InferRequest,
+    outputs: Mapping[str, np.ndarray],
+    datatypes: Mapping[str, str],
+    *,
+    raw: bool,
+) -> pb.ModelInferResponse:
+    """The answer to ``req``: the outputs it asked for (all, in ``outputs`` order, when it
+    named none), raw when ``raw`` or when one of them has no typed field, else typed."""
+    names = list(outputs) if req.outputs is None else [r.name for r in req.outputs]
+    typed = not raw and all(datatypes[n] in TYPED_FIELD for n in names)
+    resp = pb.ModelInferResponse(
+        model_name=model_name, model_version=str(model_version), id=req.id or ""
+    )
+    for name in names:
+        arr = np.asarray(outputs[name])
+        datatype = datatypes[name]
+        tensor = resp.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        if not typed:
+            resp.raw_output_contents.append(binary_values(arr, datatype))
+        elif datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(
+                v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in arr.reshape(-1)
+            )
+        else:
+            getattr(tensor.contents, TYPED_FIELD[datatype]).extend(arr.reshape(-1).tolist())
+    return resp
