@@ -156,6 +156,7 @@ std::size_t py_core::drain() {
     auto* ps = static_cast<py_scheduler*>(owner_sched->config().user);
     const std::string& model = ps ? ps->name() : unknown_model();
     batch_call* call = batch_call_of(r->token);
+    if (r->trace != nullptr) take_stamps(*r, now);  // traced requests only (submit_traced)
     const outcome counted = call != nullptr && ps != nullptr ? answer_row(*call, r, ps, model)
                                                              : answer_single(r, ps, model);
     if (trace_ && !trace_.is_none()) {

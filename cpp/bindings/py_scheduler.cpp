@@ -191,9 +191,38 @@ void py_scheduler::check_finite(py::handle x) const {
   }
 }
 
+void take_stamps(request& r, std::int64_t answered_ns) {
+  auto owned = py::reinterpret_steal<py::object>(static_cast<PyObject*>(r.trace));
+  r.trace = nullptr;
+  auto& s = owned.cast<request_stamps&>();
+  s.t_enqueue = r.t_enqueue;
+  s.t_dispatch = r.t_dispatch;
+  s.t_compute_start = r.t_compute_start;
+  s.t_compute_end = r.t_compute_end;
+  s.t_answer = answered_ns;
+  s.batch_size = r.batch_size;
+  s.instance = r.instance;
+  s.filled = true;
+}
+
 std::optional<std::uint64_t> py_scheduler::submit(py::handle x, std::uint32_t priority,
                                                   std::optional<double> timeout_s,
                                                   py::handle future, bool converted) {
+  return submit_one(x, priority, timeout_s, future, nullptr, converted);
+}
+
+std::optional<std::uint64_t> py_scheduler::submit_traced(py::handle x, std::uint32_t priority,
+                                                         std::optional<double> timeout_s,
+                                                         py::handle future, py::handle stamps,
+                                                         bool converted) {
+  if (!py::isinstance<request_stamps>(stamps)) throw py::type_error("stamps must be a Stamps");
+  return submit_one(x, priority, timeout_s, future, stamps.ptr(), converted);
+}
+
+std::optional<std::uint64_t> py_scheduler::submit_one(py::handle x, std::uint32_t priority,
+                                                      std::optional<double> timeout_s,
+                                                      py::handle future, PyObject* stamps,
+                                                      bool converted) {
   const std::int64_t deadline_ns = deadline_after(timeout_s);
   // Fast path: exact arrays go straight into the slot; anything else is converted by Python.
   bool exact = true;
@@ -226,6 +255,13 @@ std::optional<std::uint64_t> py_scheduler::submit(py::handle x, std::uint32_t pr
     dst += t.item_bytes;
   }
   const std::uint64_t handle = r->handle();
+  if (stamps != nullptr) {
+    // A reused slot keeps its last use's stamps: a stage this request never reaches reads 0.
+    r->t_dispatch = r->t_compute_start = r->t_compute_end = 0;
+    r->batch_size = r->instance = 0;
+    Py_INCREF(stamps);  // owned by the request until the drain fills it (take_stamps)
+    r->trace = stamps;
+  }
   Py_INCREF(future.ptr());  // the request owns a reference until the drain answers it
   sched_->commit(r, future.ptr(), deadline_ns, ++next_id_);
   return handle;

@@ -18,6 +18,26 @@ namespace inferline::bindings {
 class py_core;
 struct batch_call;
 
+/// What the core stamped on one traced request (`_core.Stamps`): steady-clock nanoseconds
+/// (CLOCK_MONOTONIC, as time.monotonic_ns()), 0 for a stage the request did not reach, and the
+/// batch that computed it. Filled by the drain just before the request's future is answered;
+/// untraced requests have none. Loop thread, GIL held.
+struct request_stamps {
+  std::int64_t t_enqueue = 0;        ///< queued (submit)
+  std::int64_t t_dispatch = 0;       ///< taken into a batch
+  std::int64_t t_compute_start = 0;  ///< its batch started computing
+  std::int64_t t_compute_end = 0;    ///< its batch finished computing
+  std::int64_t t_answer = 0;         ///< drained on the loop thread
+  std::uint32_t batch_size = 0;      ///< rows in the batch that computed it
+  std::uint32_t instance = 0;        ///< model instance (worker) that computed it
+  bool filled = false;               ///< the drain has filled these
+};
+
+/// Copies `r`'s stamps into its traced request's `request_stamps` object (`r.trace`, a
+/// PyObject* whose reference submit took), drops that reference and clears `r.trace`. Called by
+/// the drain only for requests with a trace. Loop thread, GIL held.
+void take_stamps(request& r, std::int64_t answered_ns);
+
 /// Owns a model_scheduler and the specs of its inputs and outputs. Every method is called with
 /// the GIL held, from the event-loop thread; the workers it starts never call into it except
 /// through the core's thread-safe methods.
@@ -59,6 +79,14 @@ class py_scheduler {
                                       std::optional<double> timeout_s, pybind11::handle future,
                                       bool converted);
 
+  /// As `submit`, and the drain fills `stamps` (a `_core.Stamps`) with the request's stage
+  /// stamps just before answering `future`. For traced requests only: `submit` stays as it was.
+  /// GIL required.
+  std::optional<std::uint64_t> submit_traced(pybind11::handle x, std::uint32_t priority,
+                                             std::optional<double> timeout_s,
+                                             pybind11::handle future, pybind11::handle stamps,
+                                             bool converted);
+
   /// Queues the N rows of `x` (one array [N, *shape] per input, N >= 1) as N items of one
   /// call, all or none (QueueFullError naming the call when the queue cannot take every row),
   /// answered through `future` once: with the outputs stacked [N, ...] (an array, or a dict for
@@ -99,6 +127,11 @@ class py_scheduler {
                                     double unit) const;
 
  private:
+  // submit, with `stamps` (nullptr: untraced) attached to the request.
+  std::optional<std::uint64_t> submit_one(pybind11::handle x, std::uint32_t priority,
+                                          std::optional<double> timeout_s,
+                                          pybind11::handle future, PyObject* stamps,
+                                          bool converted);
   pybind11::handle input_of(pybind11::handle x, const tensor_spec& t) const;
   [[noreturn]] void raise_mismatch(pybind11::handle x) const;
   // Raises the error for a refused admission (counting it); returns only for admit::ok.

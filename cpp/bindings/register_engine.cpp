@@ -75,6 +75,19 @@ void register_engine(py::module_& m) {
            "Per-request hook fn(model, id, outcome, t_enqueue, t_dispatch, t_compute_start, "
            "t_compute_end, t_answer, batch_size) (ns stamps), or None.");
 
+  py::class_<request_stamps>(m, "Stamps",
+                             "One traced request's stage stamps (steady-clock ns, 0 for a "
+                             "stage not reached), filled by the drain before its answer.")
+      .def(py::init<>())
+      .def_readonly("t_enqueue", &request_stamps::t_enqueue)
+      .def_readonly("t_dispatch", &request_stamps::t_dispatch)
+      .def_readonly("t_compute_start", &request_stamps::t_compute_start)
+      .def_readonly("t_compute_end", &request_stamps::t_compute_end)
+      .def_readonly("t_answer", &request_stamps::t_answer)
+      .def_readonly("batch_size", &request_stamps::batch_size)
+      .def_readonly("instance", &request_stamps::instance)
+      .def_readonly("filled", &request_stamps::filled);
+
   py::class_<py_scheduler, std::shared_ptr<py_scheduler>>(m, "Scheduler",
                                                           "One model version's batcher (private).")
       .def(py::init([](py_core& core, const scheduler_config& config,
@@ -97,6 +110,10 @@ void register_engine(py::module_& m) {
            "core's steady clock (CLOCK_MONOTONIC, as time.monotonic()) inside this call. "
            "Raises InvalidInput for NaN/Inf in a finite input or a bad priority, "
            "QueueFullError, EngineStopped.")
+      .def("submit_traced", &py_scheduler::submit_traced, py::arg("x"), py::arg("priority"),
+           py::arg("timeout").none(true), py::arg("future"), py::arg("stamps"), py::kw_only(),
+           py::arg("converted") = false,
+           "submit(), and the drain fills `stamps` (a Stamps) just before answering `future`.")
       .def("submit_many", &py_scheduler::submit_many, py::arg("x"), py::arg("priority"),
            py::arg("timeout").none(true), py::arg("future"), py::kw_only(),
            py::arg("converted") = false,

@@ -459,6 +459,7 @@ bool model_scheduler::compute(worker& w) {
     r->t_compute_start = start;
     r->t_compute_end = end;
     r->batch_size = static_cast<std::uint32_t>(n);
+    r->instance = static_cast<std::uint32_t>(w.instance);
     if (error) {
       if (shadow.output != nullptr) shadow.output->release();
       if (shadow.result != nullptr) w.model->discard_result(shadow.result);

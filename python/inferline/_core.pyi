@@ -172,6 +172,27 @@ class Core:
     def reap(self) -> None: ...
     def set_trace(self, fn: Callable[..., None] | None) -> None: ...
 
+class Stamps:
+    """One traced request's stage stamps (time.monotonic_ns() clock; 0: stage not reached)."""
+
+    def __init__(self) -> None: ...
+    @property
+    def t_enqueue(self) -> int: ...
+    @property
+    def t_dispatch(self) -> int: ...
+    @property
+    def t_compute_start(self) -> int: ...
+    @property
+    def t_compute_end(self) -> int: ...
+    @property
+    def t_answer(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def instance(self) -> int: ...
+    @property
+    def filled(self) -> bool: ...
+
 class Scheduler:
     def __init__(
         self,
@@ -195,6 +216,28 @@ class Scheduler:
     @overload
     def submit(
         self, x: Any, priority: int, timeout: float | None, future: Any, *, converted: Literal[True]
+    ) -> int: ...
+    @overload
+    def submit_traced(
+        self,
+        x: Any,
+        priority: int,
+        timeout: float | None,
+        future: Any,
+        stamps: Stamps,
+        *,
+        converted: Literal[False] = False,
+    ) -> int | None: ...
+    @overload
+    def submit_traced(
+        self,
+        x: Any,
+        priority: int,
+        timeout: float | None,
+        future: Any,
+        stamps: Stamps,
+        *,
+        converted: Literal[True],
     ) -> int: ...
     def submit_many(
         self, x: Any, priority: int, timeout: float | None, future: Any, *, converted: bool = False

@@ -50,6 +50,8 @@ struct request {
   block* output = nullptr;   ///< native outputs: a retained block; this item is row `row`
   std::uint32_t row = 0;
   std::uint32_t batch_size = 0;  ///< size of the batch that computed it
+  std::uint32_t instance = 0;    ///< the model instance (worker) that computed it
+  void* trace = nullptr;  ///< a traced request's stamps object (owned by the bindings), else null
   // --- plumbing ----------------------------------------------------------------------------
   model_scheduler* owner = nullptr;
   request* next = nullptr;   ///< link in the completion chain
