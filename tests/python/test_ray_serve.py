@@ -21,6 +21,7 @@ import time
 import types
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,14 @@ def running_replicas() -> int:
     return int(d.replica_states.get("RUNNING", 0)) if d.status == "HEALTHY" else 0
 
 
+@dataclass(frozen=True)
+class Cluster:
+    url: str  # Serve's proxy, host:port
+    repository: Path  # the model repository the replicas serve
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
+def cluster() -> Iterator[Cluster]:
     """A local Ray with Serve's proxy on a free 127.0.0.1 port, the deployment on 2
     replicas; yields the proxy's host:port and shuts everything down after."""
     # Unix socket paths must stay short: a temp dir of our own, not pytest's deep tmp_path.
@@ -115,7 +122,7 @@ def cluster() -> Iterator[str]:
             name=APP,
             route_prefix="/",
         )
-        yield f"127.0.0.1:{port}"
+        yield Cluster(f"127.0.0.1:{port}", repo.parent)
     finally:
         try:
             serve.shutdown()
@@ -129,9 +136,9 @@ def x_of(i: int) -> np.ndarray:
 
 
 @pytest.mark.asyncio
-async def test_v2_rest_through_the_proxy(cluster: str) -> None:
+async def test_v2_rest_through_the_proxy(cluster: Cluster) -> None:
     # The asyncio client: the gevent one fails in __del__ when a Ray thread collects it.
-    client = tc_aio.InferenceServerClient(cluster)
+    client = tc_aio.InferenceServerClient(cluster.url)
     try:
         assert await client.is_server_live()
         assert await client.is_server_ready()
@@ -151,7 +158,7 @@ async def test_v2_rest_through_the_proxy(cluster: str) -> None:
         await client.close()
 
 
-def test_deployment_handle(cluster: str) -> None:
+def test_deployment_handle(cluster: Cluster) -> None:
     handle = serve.get_deployment_handle(APP, app_name=APP)
     y = handle.infer.remote(MODEL, np.ones(DIM, dtype=np.float32)).result(timeout_s=30)
     np.testing.assert_allclose(y, np.full(DIM, 3.0))
@@ -196,14 +203,14 @@ async def _load(url: str, stop: asyncio.Event, outcomes: Counter[str], errors: l
 
 
 @pytest.mark.asyncio
-async def test_replica_killed_under_load_loses_no_request(cluster: str) -> None:
+async def test_replica_killed_under_load_loses_no_request(cluster: Cluster) -> None:
     handle = serve.get_deployment_handle(APP, app_name=APP)
     victim_name = await handle.replica_actor_name.remote()
     victim = ray.get_actor(victim_name, namespace="serve")
     stop = asyncio.Event()
     outcomes: Counter[str] = Counter()
     errors: list[str] = []
-    load = asyncio.ensure_future(_load(cluster, stop, outcomes, errors))
+    load = asyncio.ensure_future(_load(cluster.url, stop, outcomes, errors))
 
     async def until(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -305,7 +312,7 @@ def test_importing_inferline_does_not_import_ray() -> None:
 
 
 @pytest.mark.asyncio
-async def test_check_health_follows_the_engines_readiness(cluster: str) -> None:
+async def test_check_health_follows_the_engines_readiness(cluster: Cluster) -> None:
     handle = serve.get_deployment_handle(APP, app_name=APP)
     assert await handle.check_health.remote() is None  # the replicas' engines are ready
     # An engine that has not started (as while a replica loads): check_health raises, saying why.
@@ -313,3 +320,25 @@ async def test_check_health_follows_the_engines_readiness(cluster: str) -> None:
     replica = types.SimpleNamespace(_engine=Engine(), _strict=False)
     with pytest.raises(ModelNotReady, match="inferline engine not ready: the engine is created"):
         await inferline_ray.InferlineReplica.check_health(replica)
+
+
+def test_autoscaling_deployment_serves(cluster: Cluster) -> None:
+    # A second application in the same cluster, scaled by engine_load_policy: Serve accepts
+    # the policy, the replica serves, and the app is removed again.
+    application = inferline_ray.app(
+        cluster.repository,
+        allow_code=True,
+        strict=True,
+        name="scaled",
+        autoscaling=inferline_ray.autoscaling_config(min_replicas=1, max_replicas=2),
+        ray_actor_options={"num_cpus": 0.25},
+    )
+    handle = serve.run(application, name="scaled", route_prefix="/scaled")
+    try:
+        y = handle.infer.remote(MODEL, np.zeros(DIM, dtype=np.float32)).result(timeout_s=60)
+        np.testing.assert_allclose(y, np.ones(DIM))
+        status = serve.status().applications["scaled"]
+        assert status.status == "RUNNING", status
+        assert status.deployments["scaled"].status == "HEALTHY", status
+    finally:
+        serve.delete("scaled")
