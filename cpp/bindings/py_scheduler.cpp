@@ -360,8 +360,10 @@ void py_scheduler::stack_row(request* r, batch_call& call) {
       }
     }
     auto dst = py::reinterpret_borrow<py::array>(call.outputs[k]);
+    // Only a Python model's rows have an array to compare: a default py::array is an empty
+    // float64 array, not null, so testing `from` failed every native non-float64 output.
     if (static_cast<std::size_t>(dst.nbytes()) != bytes * call.handles.size() ||
-        (from && !dst.dtype().equal(from.dtype()))) {
+        (shared != nullptr && !dst.dtype().equal(from.dtype()))) {
       throw std::runtime_error("rows of one call were answered with outputs of different "
                                "dtypes or shapes (declare the model's outputs)");
     }
