@@ -29,6 +29,21 @@ importing this package does.
 
 from __future__ import annotations
 
+import inspect
+
+import ray
+from ray import serve
+
+# Late-bound ingress (the app built on the replica, after the engine) and custom autoscaling
+# metrics are recent Serve features; say so plainly on a Ray that predates them.
+if inspect.signature(serve.ingress).parameters["app"].default is not None or not hasattr(
+    serve.config, "AutoscalingContext"
+):
+    raise ImportError(
+        f"inferline.ray needs a newer Ray Serve than {ray.__version__} (late-bound "
+        "serve.ingress and custom autoscaling metrics; tested with Ray 2.60)"
+    )
+
 from .autoscaling import IN_FLIGHT, QUEUE_DEPTH, autoscaling_config, engine_load, engine_load_policy
 from .builder import app, build, deployment
 from .proxy import ReplicaLossAsUnavailable, proxy_middlewares
