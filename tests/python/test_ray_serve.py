@@ -10,6 +10,7 @@ retryable status), and the deployment gets back to 2 running replicas.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -342,3 +343,40 @@ def test_autoscaling_deployment_serves(cluster: Cluster) -> None:
         assert status.deployments["scaled"].status == "HEALTHY", status
     finally:
         serve.delete("scaled")
+
+
+async def _through_middleware(app: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v2/models/m/infer", "headers": []}
+    await inferline_ray.ReplicaLossAsUnavailable(app)(scope, receive, send)
+    return sent
+
+
+@pytest.mark.asyncio
+async def test_proxy_middleware_answers_a_missing_response_with_503() -> None:
+    async def replica_died(scope: Any, receive: Any, send: Any) -> None:
+        return None  # what Ray's proxy does when the replica died before answering
+
+    start, body = await _through_middleware(replica_died)
+    assert start["status"] == 503
+    assert (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"]) == {
+        "error": "the replica serving /v2/models/m/infer stopped before answering; "
+        "retry the request"
+    }
+
+    async def answered(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    # A response the replica started is forwarded as it is, even an error.
+    sent = await _through_middleware(answered)
+    assert [m.get("status") for m in sent] == [500, None]
+    assert len(inferline_ray.proxy_middlewares()) == 1
