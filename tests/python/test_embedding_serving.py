@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -316,19 +317,25 @@ def test_inferline_serve_serves_minilm_from_the_bundled_repository(tmp_path: Pat
         text=True,
         env=env,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
+    reader.start()
     try:
-        assert proc.stderr is not None
         port = None
         deadline = time.monotonic() + 120
         seen: list[str] = []
         while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "".join(seen)
+                continue
             seen.append(line)
             if "running on http://127.0.0.1:" in line:
                 port = int(line.split("127.0.0.1:")[1].split()[0])
         assert port is not None, "".join(seen)
+        assert not [ln for ln in seen if "minilm" in ln and "ERROR" in ln], "".join(seen)
         body = {
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", LONG]}]
         }

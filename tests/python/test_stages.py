@@ -86,6 +86,16 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def hold_in_pre(engine: inferline.Engine, packer: Packer, *items: Any) -> list[Any]:
+    """Sends ``items`` (one request each) and returns once the pre stage holds the first at
+    its gate (the others queue behind it)."""
+    packer.gate.clear()
+    packer.entered.clear()
+    futures = [asyncio.ensure_future(engine.infer("averager", x)) for x in items]
+    await until(packer.entered.is_set)
+    return futures
+
+
 def make_engine(
     packer: Packer, labeller: Labeller | None = None, **batching: Any
 ) -> inferline.Engine:
@@ -141,10 +151,7 @@ async def test_stage_parameters_reach_the_answer() -> None:
 async def test_concurrent_requests_are_coalesced_into_one_stage_call() -> None:
     packer = Packer()
     async with make_engine(packer) as engine:
-        packer.gate.clear()
-        packer.entered.clear()
-        first = asyncio.ensure_future(engine.infer("averager", [0.0]))
-        await until(packer.entered.is_set)
+        (first,) = await hold_in_pre(engine, packer, [0.0])
         rest = [asyncio.ensure_future(engine.infer("averager", [float(i)])) for i in range(1, 6)]
         pre = engine._router.models["averager"].serving.pipeline.pre  # type: ignore[union-attr]
         await until(lambda: len(pre.queue) == 5)
@@ -174,10 +181,7 @@ async def test_a_slow_post_stage_does_not_block_the_pre_stage() -> None:
 async def test_a_full_pipeline_refuses_before_any_stage_runs() -> None:
     packer = Packer()
     async with make_engine(packer, max_queue_size=2) as engine:
-        packer.gate.clear()
-        packer.entered.clear()
-        held = [asyncio.ensure_future(engine.infer("averager", [float(i)])) for i in range(2)]
-        await until(packer.entered.is_set)
+        held = await hold_in_pre(engine, packer, [0.0], [1.0])
         with pytest.raises(inferline.QueueFullError, match="2 items are in its pipeline"):
             await engine.infer("averager", [99.0])
         with pytest.raises(inferline.QueueFullError, match="bound of 2"):
@@ -191,10 +195,7 @@ async def test_a_full_pipeline_refuses_before_any_stage_runs() -> None:
 async def test_a_failing_item_fails_only_its_own_request() -> None:
     packer = Packer()
     async with make_engine(packer) as engine:
-        packer.gate.clear()
-        packer.entered.clear()
-        first = asyncio.ensure_future(engine.infer("averager", [1.0]))
-        await until(packer.entered.is_set)
+        (first,) = await hold_in_pre(engine, packer, [1.0])
         bad = asyncio.ensure_future(engine.infer("averager", "boom"))
         good = asyncio.ensure_future(engine.infer("averager", [5.0]))
         wrong = asyncio.ensure_future(engine.infer("averager", 3))
@@ -233,10 +234,7 @@ async def test_a_stage_answering_the_wrong_count_is_named() -> None:
 async def test_a_timeout_covers_the_stage_queue_and_the_item_is_never_packed() -> None:
     packer = Packer()
     async with make_engine(packer) as engine:
-        packer.gate.clear()
-        packer.entered.clear()
-        held = asyncio.ensure_future(engine.infer("averager", [1.0]))
-        await until(packer.entered.is_set)
+        (held,) = await hold_in_pre(engine, packer, [1.0])
         with pytest.raises(inferline.DeadlineExceeded, match=r"no answer within the 0\.05s"):
             await engine.infer("averager", [42.0], timeout=0.05)
         packer.gate.set()
@@ -250,10 +248,7 @@ async def test_stop_lets_admitted_requests_finish() -> None:
     packer = Packer()
     engine = make_engine(packer)
     await engine.start()
-    packer.gate.clear()
-    packer.entered.clear()
-    held = asyncio.ensure_future(engine.infer("averager", [4.0]))
-    await until(packer.entered.is_set)
+    (held,) = await hold_in_pre(engine, packer, [4.0])
     stopping = asyncio.ensure_future(engine.stop(drain_timeout=10))
     await until(lambda: engine._state == "draining")
     with pytest.raises(inferline.EngineStopped, match="takes no new requests"):
@@ -283,10 +278,7 @@ def test_register_checks_its_stages() -> None:
 async def test_retiring_a_version_lets_items_in_its_stages_finish() -> None:
     packer = Packer()
     async with make_engine(packer) as engine:
-        packer.gate.clear()
-        packer.entered.clear()
-        held = asyncio.ensure_future(engine.infer("averager", [6.0]))
-        await until(packer.entered.is_set)
+        (held,) = await hold_in_pre(engine, packer, [6.0])
         retiring = asyncio.ensure_future(engine.retire("averager", 1, drain_timeout=10))
         await until(lambda: engine.model_info("averager").state == "draining")
         packer.gate.set()

@@ -97,18 +97,16 @@ def load_text_encoder_version(
             core = load_text_encoder(
                 files, device=te.device, blas_threads=te.blas_threads or 1, max_batch_size=mbs
             )
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, TypeError) as exc:
             raise RepositoryError(config.config_file, "text_encoder", str(exc)) from None
     inputs, outputs = core_specs(files.max_seq_len, files.hidden)
     tokens = te.max_batch_tokens or None
-    extra = token_batching(tokens, max_batch_size=mbs)
+    extra = token_batching(tokens, max_batch_size=mbs)  # checks the cap against the limits
     return LoadedTextEncoder(
         core=core,
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         pre=tokenizer_stage(files, threads=te.tokenizer_threads),
         max_seq_len=files.max_seq_len,
-        batching_extra={
-            k: getattr(extra, k) for k in ("max_batch_tokens", "cost_input") if hasattr(extra, k)
-        },
+        batching_extra={"max_batch_tokens": extra.max_batch_tokens, "cost_input": "length"},
     )

@@ -21,7 +21,6 @@ The weights folder holds ``model.safetensors``, ``config.json``, ``tokenizer.jso
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -191,13 +190,12 @@ def load_text_encoder(
     encoder = getattr(_core.kernels, "TextEncoder", None)
     if encoder is None:
         raise RuntimeError("this build of inferline._core has no TextEncoder")
-    config = _core.kernels.TextEncoderConfig(
-        model_dir=str(files.folder),
-        device=device,
-        blas_threads=blas_threads,
-        max_seq_len=files.max_seq_len,
-        max_batch_size=max_batch_size,
-    )
+    config = _core.kernels.TextEncoderConfig()
+    config.model_dir = str(files.folder)
+    config.device = device
+    config.blas_threads = blas_threads
+    config.max_seq_len = files.max_seq_len
+    config.max_batch_size = max_batch_size
     return encoder(config)
 
 
@@ -215,14 +213,9 @@ def text_warmup_inputs(max_seq_len: int) -> Callable[[int], list[np.ndarray]]:
 
 
 def token_batching(max_batch_tokens: int | None, **batching: Any) -> Batching:
-    """``Batching`` capped in tokens (the ``length`` input is each item's cost) when the core
-    supports it, else capped in sentences only."""
-    names = {f.name for f in dataclasses.fields(Batching)}
-    if max_batch_tokens is not None and "max_batch_tokens" in names:
-        batching["max_batch_tokens"] = max_batch_tokens
-        if "cost_input" in names:
-            batching["cost_input"] = "length"
-    return Batching(**batching)
+    """``Batching`` capped in tokens as well as texts: each item costs its ``length`` (real
+    tokens); ``max_batch_tokens=None`` caps texts only."""
+    return Batching(**batching, max_batch_tokens=max_batch_tokens, cost_input="length")
 
 
 def register_text_encoder(
