@@ -23,6 +23,11 @@ p50 and p99 latency and the server's CPU time per request for each server and co
 and the ratios against each baseline; non-200 answers are counted and reported, never mixed
 into the latencies. On a shared machine, ``--repeat 3`` interleaves the servers and reports
 medians.
+
+The ``inferline-grpc`` row is the same server with ``--grpc-port`` (its own process) driven
+over gRPC: one grpc.aio channel with ``c`` concurrent streams, each sending the same inputs
+as serialized ModelInferRequests with raw contents, as tritonclient.grpc does; the targets
+give its req/s against the HTTP/JSON row at c=64 (``--no-grpc`` leaves it out).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at run
@@ -35,9 +40,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import uvicorn
 from baseline import HandBatcher  # beside this script: sys.path[0] when run as one
@@ -49,6 +56,8 @@ else:  # the package's own dependency below 3.11
 
 import inferline
 from inferline.server import serve
+from inferline.server.grpc import SERVICE_NAME as GRPC_SERVICE
+from inferline.server.grpc import kserve_v2_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("inline", "threadpool", "batched")
@@ -62,13 +71,16 @@ def _load_engine(repo: str, model: str) -> Any:
     return inferline.Engine.from_repository(repo, allow_code=True)
 
 
-def serve_inferline(repo: str, model: str) -> None:
+def serve_inferline(repo: str, model: str, grpc: bool = False) -> None:
+    """``inferline serve``; with ``grpc``, also on a gRPC port, which it prints instead."""
+    say = lambda port: print(port, flush=True)  # noqa: E731
     serve(
         _load_engine(repo, model),
         "127.0.0.1",
         0,
         log_level="warning",
-        on_started=lambda port: print(port, flush=True),
+        on_started=None if grpc else say,
+        **({"grpc_port": 0, "on_grpc_started": say} if grpc else {}),
     )
 
 
@@ -268,14 +280,51 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _load(
-    port: int, pid: int, requests: list[bytes], concurrency: int, warmup: float, duration: float
-) -> dict[str, Any]:
+_Send = Callable[[bytes], Awaitable[int]]
+
+
+async def _http_clients(port: int, concurrency: int) -> tuple[list[_Send], Callable[[], Any]]:
+    """One keep-alive connection per concurrent client; each sends a request's bytes and
+    gives the answer's status."""
     loop = asyncio.get_running_loop()
     conns = []
     for _ in range(concurrency):
         _, proto = await loop.create_connection(_Conn, "127.0.0.1", port)
         conns.append(proto)
+
+    def close() -> None:
+        for c in conns:
+            if c.transport is not None:
+                c.transport.close()
+
+    return [c.request for c in conns], close
+
+
+async def _grpc_clients(port: int, concurrency: int) -> tuple[list[_Send], Callable[[], Any]]:
+    """``concurrency`` concurrent streams on one HTTP/2 channel (grpc.aio, as
+    tritonclient.grpc.aio uses it), each sending a serialized ModelInferRequest; status 200
+    for OK, else the gRPC code's number."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    rpc = channel.unary_unary(f"/{GRPC_SERVICE}/ModelInfer")  # bytes in, bytes out
+
+    async def send(request: bytes) -> int:
+        try:
+            await rpc(request)
+        except grpc.aio.AioRpcError as e:
+            return int(e.code().value[0])
+        return 200
+
+    return [send] * concurrency, channel.close
+
+
+async def _load_with(
+    connect: Awaitable[tuple[list[_Send], Callable[[], Any]]],
+    pid: int,
+    requests: list[bytes],
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    senders, close = await connect
     latencies: list[float] = []
     errors: dict[int, int] = {}
     start = time.perf_counter()
@@ -285,7 +334,7 @@ async def _load(
     n_requests = len(requests)
     cpu = [float("nan")]
 
-    async def worker(conn: _Conn) -> None:
+    async def worker(send: _Send) -> None:
         record = latencies.append
         while True:
             t0 = time.perf_counter()
@@ -293,7 +342,7 @@ async def _load(
                 return
             i = counter[0]
             counter[0] = i + 1
-            status = await conn.request(requests[i % n_requests])
+            status = await send(requests[i % n_requests])
             t1 = time.perf_counter()
             if t0 >= t_measure:
                 if status == 200:
@@ -307,10 +356,10 @@ async def _load(
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu[0] = _cpu_seconds(pid) - before
 
-    await asyncio.gather(cpu_meter(), *(worker(c) for c in conns))
-    for c in conns:
-        if c.transport is not None:
-            c.transport.close()
+    await asyncio.gather(cpu_meter(), *(worker(s) for s in senders))
+    closed = close()
+    if closed is not None:
+        await closed
     lat = np.array(latencies) * 1e3
     done = len(latencies) + sum(errors.values())
     return {
@@ -323,12 +372,27 @@ async def _load(
     }
 
 
+def _inputs(n_features: int, count: int) -> np.ndarray:
+    """``count`` distinct inputs (one item each), so no server can answer from a cache."""
+    return np.random.default_rng(0).standard_normal((count, n_features)).astype(np.float32)
+
+
+def _grpc_requests(model: str, n_features: int, count: int) -> list[bytes]:
+    """The same inputs as serialized ModelInferRequests with raw contents (as tritonclient
+    sends them)."""
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, n_features])
+    return [
+        pb.ModelInferRequest(
+            model_name=model, inputs=[tensor], raw_input_contents=[x.tobytes()]
+        ).SerializeToString()
+        for x in _inputs(n_features, count)
+    ]
+
+
 def _requests(model: str, n_features: int, count: int) -> list[bytes]:
-    """``count`` distinct requests (one item each), so no server can answer from a cache."""
-    rng = np.random.default_rng(0)
-    xs = rng.standard_normal((count, n_features)).astype(np.float32)
+    """The inputs as HTTP requests with KServe v2 JSON bodies."""
     out = []
-    for x in xs:
+    for x in _inputs(n_features, count):
         tensor = {
             "name": "x",
             "shape": [1, n_features],
@@ -342,6 +406,13 @@ def _requests(model: str, n_features: int, count: int) -> list[bytes]:
         ).encode()
         out.append(head + body)
     return out
+
+
+def _check_grpc(port: int, request: bytes) -> None:
+    """One gRPC request: the server answers OK with outputs."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = channel.unary_unary(f"/{GRPC_SERVICE}/ModelInfer")(request, timeout=30)
+    assert pb.ModelInferResponse.FromString(answer).raw_output_contents, answer
 
 
 def _check(port: int, request: bytes) -> None:
@@ -367,6 +438,9 @@ def _targets(results: dict[int, dict[str, dict[str, Any]]], levels: list[int]) -
     if 64 in results:
         row = results[64]
         ours = row["inferline"]["rps"]
+        if "inferline-grpc" in row:
+            got = row["inferline-grpc"]["rps"] / ours
+            lines.append((got >= 1.5, "c=64 gRPC req/s vs HTTP/JSON", f"{got:.2f}x (>= 1.5x)"))
         for name, need in (("fastapi-batched", 2.0), ("fastapi-inline", 5.0)):
             if name in row:
                 got = ours / row[name]["rps"]
@@ -417,8 +491,17 @@ def main() -> None:
         action="store_true",
         help="smoke run: 1 s per point, 0.3 s warm-up, 2,000 distinct bodies, one repetition",
     )
+    ap.add_argument(
+        "--no-grpc",
+        dest="grpc",
+        action="store_false",
+        help="leave out the gRPC row (inferline serve --grpc-port, the same model; a raw "
+        "grpc.aio client, one channel with c concurrent streams)",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    ap.add_argument("--serve", choices=["inferline", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve", choices=["inferline", "inferline-grpc", "baseline"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--baseline-mode", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -427,8 +510,8 @@ def main() -> None:
     if not modes or set(modes) - set(MODES):
         ap.error(f"--baselines takes a comma-separated list of {', '.join(MODES)}")
 
-    if args.serve == "inferline":
-        serve_inferline(args.repo, args.model)
+    if args.serve in ("inferline", "inferline-grpc"):
+        serve_inferline(args.repo, args.model, grpc=args.serve == "inferline-grpc")
         return
     if args.serve == "baseline":
         serve_baseline(args.repo, args.model, args.baseline_mode)
@@ -444,22 +527,31 @@ def main() -> None:
     requests = _requests(args.model, args.features, args.distinct)
     common = ["--repo", args.repo, "--model", args.model]
     servers = {"inferline": Server("--serve", "inferline", *common)}
+    if args.grpc:
+        grpc_requests = _grpc_requests(args.model, args.features, args.distinct)
+        servers["inferline-grpc"] = Server("--serve", "inferline-grpc", *common)
     for mode in modes:
         servers[f"fastapi-{mode}"] = Server("--serve", "baseline", "--baseline-mode", mode, *common)
     samples: dict[int, dict[str, list[dict[str, Any]]]] = {
         c: {name: [] for name in servers} for c in levels
     }
     try:
-        for s in servers.values():
-            _check(s.port, requests[0])
+        for name, s in servers.items():
+            if name == "inferline-grpc":
+                _check_grpc(s.port, grpc_requests[0])
+            else:
+                _check(s.port, requests[0])
         names = list(servers)
         for rep in range(args.repeat):
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for c in levels:
                 for name in order:  # same run, back to back, same client, rotated order
                     s = servers[name]
+                    grpc_row = name == "inferline-grpc"
+                    clients = (_grpc_clients if grpc_row else _http_clients)(s.port, c)
+                    bodies = grpc_requests if grpc_row else requests
                     samples[c][name].append(
-                        run(_load(s.port, s.proc.pid, requests, c, args.warmup, args.duration))
+                        run(_load_with(clients, s.proc.pid, bodies, args.warmup, args.duration))
                     )
     finally:
         for s in servers.values():

@@ -10,7 +10,7 @@ is checked here, as written:
   repository root for setup lines.
 - A block that talks to ``localhost:8000`` or ``127.0.0.1:8000`` runs against
   ``inferline serve`` (the bundled repository), started here on a free 127.0.0.1 port that
-  replaces 8000, and stopped by its PID.
+  replaces 8000, and stopped by its PID; its gRPC port (``--grpc-port``) replaces 8001.
 - A block of ``inferline serve ...`` lines starts each server (``--port`` replaced by a free
   port), waits until ``/v2/health/ready`` answers 200, sends SIGTERM to its PID and expects
   exit status 0, as the README promises.
@@ -67,6 +67,7 @@ SNIPPET_S = 60.0  # bound on one snippet
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*test:\s*(?P<key>[\w-]+)(?:=(?P<value>.*?))?\s*-->\s*$")
 _LOCAL_8000 = re.compile(r"\b(localhost|127\.0\.0\.1):8000\b")
+_LOCAL_8001 = re.compile(r"\b(localhost|127\.0\.0\.1):8001\b")
 _SHELLS = ("bash", "sh", "shell")
 
 
@@ -91,7 +92,7 @@ class Block:
 
     @property
     def needs_server(self) -> bool:
-        return bool(_LOCAL_8000.search(self.code))
+        return bool(_LOCAL_8000.search(self.code) or _LOCAL_8001.search(self.code))
 
     @property
     def starts_servers(self) -> bool:
@@ -199,6 +200,8 @@ class Server:
             command = re.sub(r"--port([ =])\d+", rf"--port\g<1>{self.port}", command)
         else:
             command += f" --port {self.port}"
+        self.grpc_port = free_port()
+        command = re.sub(r"--grpc-port([ =])\d+", rf"--grpc-port\g<1>{self.grpc_port}", command)
         self.command = command
         self.log = cwd / f"server-{self.port}.log"
         with self.log.open("wb") as log:
@@ -247,7 +250,9 @@ class Server:
 def served(bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The README's ``inferline serve`` (the bundled repository) for the client snippets."""
     server = Server(
-        "inferline serve --allow-code", snippet_env(bin_dir), tmp_path_factory.mktemp("served")
+        "inferline serve --allow-code --grpc-port 8001",
+        snippet_env(bin_dir),
+        tmp_path_factory.mktemp("served"),
     )
     server.wait_ready()
     yield server
@@ -268,10 +273,11 @@ def _code(block: Block) -> str:
     return "\n".join([*block.setup, *kept]) + "\n"
 
 
-def run_block(block: Block, cwd: Path, env: dict[str, str], port: int | None) -> str:
+def run_block(block: Block, cwd: Path, env: dict[str, str], server: Server | None) -> str:
     code = _code(block)
-    if port is not None:
-        code = _LOCAL_8000.sub(rf"\g<1>:{port}", code)
+    if server is not None:
+        code = _LOCAL_8000.sub(rf"\g<1>:{server.port}", code)
+        code = _LOCAL_8001.sub(rf"\g<1>:{server.grpc_port}", code)
     if block.lang == "python":
         script = cwd / "snippet.py"
         script.write_text(code)
@@ -321,8 +327,8 @@ def test_snippet_runs(
         for command, code, output in codes:
             assert code == 0, f"{block.id}: {command!r} exited {code} on SIGTERM:\n{output}"
         return
-    port = request.getfixturevalue("served").port if block.needs_server else None
-    run_block(block, tmp_path, env, port)
+    server = request.getfixturevalue("served") if block.needs_server else None
+    run_block(block, tmp_path, env, server)
 
 
 def test_skipped_snippets_say_why() -> None:
