@@ -451,6 +451,21 @@ def test_message_larger_than_the_body_limit_is_refused(client: Any) -> None:
     assert code == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in msg
 
 
+def test_bytes_held_at_once_are_bounded_and_given_back() -> None:
+    with Served(build_engine(), max_body_bytes_in_flight=1000) as s:
+        c = tc.InferenceServerClient(s.url)
+        try:
+            code, msg = status_of(lambda: c.infer("mlp", [f32(np.ones((100, 4), np.float32))]))
+            assert code == "StatusCode.UNAVAILABLE"
+            assert "the limit is 1000 (max_body_bytes_in_flight)" in msg
+            r = c.infer("mlp", [f32(np.ones((10, 4), np.float32))])
+            np.testing.assert_array_equal(r.as_numpy("y"), np.full((10, 4), 3))
+            admission = s.server.config.app.infer_handler.admission
+            assert admission.body_bytes == 0 and admission.in_flight == 0
+        finally:
+            c.close()
+
+
 # ------------------------------------------------------------------------------ slow work
 
 

@@ -92,8 +92,9 @@ class InferenceService:
                 version = version_arg(request.model_version)
                 info = route.lookup(name, version)
                 label = name
-                reserved = request.ByteSize()
-                admission.reserve_body(reserved)
+                size = request.ByteSize()
+                admission.reserve_body(size)  # 503 past max_body_bytes_in_flight
+                reserved = size
                 header, tail, raw = request_header(request)
                 route.check(info, header)
                 req = header.tensors(tail)
