@@ -10,8 +10,9 @@ the other, on the same number of replicas behind Ray's HTTP proxy:
   a ``batch_wait_timeout_s`` equal to inferline's ``max_queue_delay_ms``).
 
 The same closed-loop client (aiohttp, ``concurrency`` connections, one item per request, the
-same request bodies) drives each through the proxy for ``--seconds`` per point. Prints req/s,
-p50/p99 (ms) and refusals per contender and concurrency, and the ratio inferline / serve.batch.
+same request bodies) drives each through the proxy for ``--seconds`` per point, then the same
+items through a ``DeploymentHandle`` (``infer``). Prints req/s, p50/p99 (ms) and refusals per
+contender, path and concurrency, and the ratio inferline / serve.batch.
 
     python bench/python/ray_bench.py --seconds 5 --concurrency 1 16 64 --replicas 2
 """
@@ -89,6 +90,9 @@ entry = "predict"
 """
 
 
+DEPLOYMENT = {"inferline": "inferline", "serve.batch": "ServeBatchV2"}
+
+
 class Refused(Exception):
     """A 503 (or 429) answer: counted apart from the latencies."""
 
@@ -108,6 +112,10 @@ class ServeBatchV2:
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=DELAY_MS / 1e3)
     async def run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.predict(np.stack(rows)))
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        """The DeploymentHandle path: one item in, one row out."""
+        return await self.run(x)
 
     async def __call__(self, request: Request) -> Any:
         body = orjson.loads(await request.body())
@@ -161,6 +169,26 @@ async def _measure(
         return await drive(infer, bodies, concurrency, seconds, refusals=(Refused,))
 
 
+async def _measure_handle(
+    contender: str, rows: np.ndarray, concurrency: int, seconds: float, check: np.ndarray
+) -> dict[str, float]:
+    """The same closed loop through a DeploymentHandle: ``infer(model, x)`` on inferline's
+    replicas, ``infer(x)`` on the baseline's."""
+    handle = serve.get_deployment_handle(DEPLOYMENT[contender], app_name="bench")
+    if contender == "inferline":
+
+        async def infer(x: np.ndarray) -> Any:
+            return await handle.infer.remote(MODEL, x)
+    else:
+
+        async def infer(x: np.ndarray) -> Any:
+            return await handle.infer.remote(x)
+
+    np.testing.assert_allclose((await infer(rows[0])).reshape(check.shape), check, rtol=1e-4)
+    await drive(infer, list(rows), concurrency, min(1.0, seconds / 2))
+    return await drive(infer, list(rows), concurrency, seconds)
+
+
 def _wait_ready(url: str, timeout: float = 120.0) -> None:
     async def probe() -> bool:
         try:
@@ -196,6 +224,7 @@ def main() -> None:
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
     bodies = _bodies(256)
+    rows = np.stack([np.asarray(orjson.loads(b)["inputs"][0]["data"], np.float32) for b in bodies])
     first = np.asarray(orjson.loads(bodies[0])["inputs"][0]["data"], np.float32).reshape(1, DIM)
     check = reference.predict(first)
 
@@ -234,15 +263,19 @@ def main() -> None:
             if name == "inferline":
                 _wait_ready(base + "/v2/health/ready")
             url = f"{base}/v2/models/{MODEL}/infer"
-            results[name] = {}
-            for c in args.concurrency:
-                r = asyncio.run(_measure(url, bodies, c, args.seconds, check))
-                results[name][c] = r
-                print(
-                    f"{name:<12} c={c:<4} {r['rps']:>9,.0f} req/s  p50 {r['p50']:7.2f} ms  "
-                    f"p99 {r['p99']:7.2f} ms  refused {r['refused']:.0f}",
-                    flush=True,
-                )
+            for path in ("proxy", "handle"):
+                results[f"{name} {path}"] = {}
+                for c in args.concurrency:
+                    if path == "proxy":
+                        r = asyncio.run(_measure(url, bodies, c, args.seconds, check))
+                    else:
+                        r = asyncio.run(_measure_handle(name, rows, c, args.seconds, check))
+                    results[f"{name} {path}"][c] = r
+                    print(
+                        f"{name:<12} {path:<6} c={c:<4} {r['rps']:>9,.0f} req/s  p50 "
+                        f"{r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  refused {r['refused']:.0f}",
+                        flush=True,
+                    )
             serve.delete("bench")
     finally:
         serve.shutdown()
@@ -253,15 +286,23 @@ def main() -> None:
         f"\n{args.replicas} replicas, model {DIM}x{DIM} MLP, max_batch_size {MAX_BATCH}, "
         f"window {DELAY_MS:g} ms, {args.seconds:g} s per point, {args.num_cpus} CPUs for Ray\n"
     )
-    print("| conc | inferline req/s | p50 / p99 ms | serve.batch req/s | p50 / p99 ms | ratio |")
-    print("|-----:|----------------:|--------------|------------------:|--------------|------:|")
-    for c in args.concurrency:
-        a, b = results["inferline"][c], results["serve.batch"][c]
-        print(
-            f"| {c:>4} | {a['rps']:>15,.0f} | {a['p50']:.2f} / {a['p99']:.2f} "
-            f"| {b['rps']:>17,.0f} | {b['p50']:.2f} / {b['p99']:.2f} "
-            f"| {a['rps'] / b['rps']:.2f}x |"
-        )
+    print(
+        "| path   | conc | inferline req/s | p50 / p99 ms    "
+        "| serve.batch req/s | p50 / p99 ms    | ratio |"
+    )
+    print(
+        "|--------|-----:|----------------:|-----------------"
+        "|------------------:|-----------------|------:|"
+    )
+    for path in ("proxy", "handle"):
+        for c in args.concurrency:
+            a, b = results[f"inferline {path}"][c], results[f"serve.batch {path}"][c]
+            la = f"{a['p50']:.1f} / {a['p99']:.1f}"
+            lb = f"{b['p50']:.1f} / {b['p99']:.1f}"
+            print(
+                f"| {path:<6} | {c:>4} | {a['rps']:>15,.0f} | {la:<15} "
+                f"| {b['rps']:>17,.0f} | {lb:<15} | {a['rps'] / b['rps']:.2f}x |"
+            )
 
 
 if __name__ == "__main__":
