@@ -45,7 +45,7 @@ def deployment(
 
     ``autoscaling`` (see :func:`inferline.ray.autoscaling_config`) replaces ``num_replicas``.
     Stopping replicas get ``drain_timeout`` plus a margin before Serve kills them; pass the
-    same ``drain_timeout`` to ``bind``. ``options`` go to Serve's ``Deployment.options``.
+    same ``drain_timeout`` to ``bind``. ``options`` go to ``serve.deployment`` as they are.
     """
     if not isinstance(max_ongoing_requests, int) or max_ongoing_requests < 1:
         raise ValueError(
