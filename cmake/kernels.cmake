@@ -67,7 +67,9 @@ endif()
 
 # ---- CUDA kernels -------------------------------------------------------------------------
 if(INFERLINE_HAVE_CUDA)
-  file(GLOB INFERLINE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cuda/*.cu)
+  # *.cpp: host-only parts (cublaslt.cpp dlopens cuBLASLt, so nothing links it).
+  file(GLOB INFERLINE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cuda/*.cu
+                                                     ${PROJECT_SOURCE_DIR}/cuda/*.cpp)
   add_library(inferline_cuda STATIC ${INFERLINE_CUDA_SOURCES})
   target_include_directories(inferline_cuda PUBLIC ${PROJECT_SOURCE_DIR}/cpp/include
                                                    ${PROJECT_SOURCE_DIR}/cuda)
@@ -80,7 +82,8 @@ if(INFERLINE_HAVE_CUDA)
   target_compile_options(inferline_cuda PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra --Werror=all-warnings>)
   # cudart is linked statically so the wheel needs no CUDA runtime; no driver means CPU only.
-  target_link_libraries(inferline_cuda PUBLIC CUDA::cudart_static)
+  target_link_libraries(inferline_cuda PUBLIC CUDA::cudart_static
+                                       PRIVATE ${CMAKE_DL_LIBS} inferline_options)
   target_compile_definitions(inferline_cuda PUBLIC INFERLINE_HAVE_CUDA=1)
   target_link_libraries(inferline_kernels PUBLIC inferline_cuda)
 endif()

@@ -1,13 +1,18 @@
-// CUDA linear layer: 64x64 output tiles staged through shared memory in 16-deep k slices, each
-// thread accumulating a 4x4 register tile, with bias + activation applied before the only store.
+// CUDA linear layer: cuBLASLt (dlopen'd, cublaslt.cpp) when it loaded, else the own SGEMM:
+// register-blocked tiles staged through shared memory, float4 global and shared loads where the
+// shape allows, split-K with a reduction pass for serving-size batches; bias + activation are
+// applied before the only store of y.
 #include "linear.cuh"
 
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
+#include "cublaslt.hpp"
 #include "cuda_check.cuh"
+#include "detail/gemm_plan.hpp"
 #include "launch_limits.cuh"
+#include "memory.cuh"
 
 namespace inferline::cuda {
 namespace {
@@ -15,105 +20,156 @@ namespace {
 using kernels::activation;
 using kernels::weight_layout;
 
-constexpr int tile_m = 64;
-constexpr int tile_n = 64;
-constexpr int tile_k = 16;
-constexpr int micro = 4;                                     // each thread: micro x micro outputs
-constexpr int threads_x = tile_n / micro;                    // 16
-constexpr int threads = (tile_m / micro) * (tile_n / micro);  // 256
-static_assert(tile_m * tile_k % threads == 0 && tile_n * tile_k % threads == 0,
-              "each thread must load the same number of tile elements");
+constexpr std::size_t cublaslt_workspace_bytes = std::size_t{4} << 20;
 
-// Thread (ty, tx) owns rows ty + 16·i and columns tx + 16·j of the tile: a warp's shared-memory
-// reads hit distinct banks or broadcast, and its global stores cover consecutive columns.
-template <activation act, weight_layout layout>
-__global__ void __launch_bounds__(threads)
-    linear_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                  const float* __restrict__ bias, float* __restrict__ y, int m, int n, int k) {
-  // +1 padding: the transposed store xs[kk][r] from 16 consecutive k would otherwise hit
-  // 16 addresses 64 words apart, all in the same bank.
-  __shared__ float xs[tile_k][tile_m + 1];
-  __shared__ float ws[tile_k][tile_n + 1];
+// Stages the k0 .. k0 + BK slice of a row-major matrix into tile[BK][EXT + 4], zeros outside
+// the matrix or past the slice end `ke`. ALONG_K: the matrix is [limit, ld = k] (x, or W [n, k])
+// and its rows origin .. origin + EXT are transposed on the way in (consecutive threads read
+// consecutive k of a row); else it is [k, ld = limit] (W [k, n]) and its columns origin ..
+// origin + EXT are copied as they are. `vec`: float4 loads, for a 16-byte aligned matrix whose
+// contiguous extent is a multiple of 4 (every bound is then a multiple of 4 too, so a float4
+// starting inside lies wholly inside).
+template <int EXT, int BK, int NT, bool ALONG_K>
+__device__ __forceinline__ void stage_tile(const float* __restrict__ src, int ld, int limit,
+                                           int origin, int k0, int ke, bool vec,
+                                           float (*tile)[EXT + 4], int tid) {
+  constexpr int run = ALONG_K ? BK : EXT;  // contiguous floats per line in memory
+  constexpr int lines = ALONG_K ? EXT : BK;
+  static_assert((lines * run) % (4 * NT) == 0, "every thread loads the same number of float4s");
+  const auto inside = [&](int line, int at) {
+    return ALONG_K ? (origin + line < limit && k0 + at < ke)
+                   : (k0 + line < ke && origin + at < limit);
+  };
+  const auto offset = [&](int line, int at) {
+    return ALONG_K ? static_cast<long long>(origin + line) * ld + k0 + at
+                   : static_cast<long long>(k0 + line) * ld + origin + at;
+  };
+  const auto put = [&](int line, int at, float v) {
+    if constexpr (ALONG_K) {
+      tile[at][line] = v;
+    } else {
+      tile[line][at] = v;
+    }
+  };
+  if (vec) {
+#pragma unroll
+    for (int i = 0; i < lines * run / 4 / NT; ++i) {
+      const int e = tid + i * NT;
+      const int line = e / (run / 4);
+      const int at = (e % (run / 4)) * 4;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (inside(line, at)) v = *reinterpret_cast<const float4*>(src + offset(line, at));
+      put(line, at, v.x);
+      put(line, at + 1, v.y);
+      put(line, at + 2, v.z);
+      put(line, at + 3, v.w);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < lines * run / NT; ++i) {
+      const int e = tid + i * NT;
+      const int line = e / run;
+      const int at = e % run;
+      put(line, at, inside(line, at) ? src[offset(line, at)] : 0.0f);
+    }
+  }
+}
+
+// A thread's N values of one shared-memory tile row: N / 4 float4 runs, GROUP apart, starting
+// at 4·lane.
+template <int N, int GROUP>
+__device__ __forceinline__ void read_fragment(const float* row, int lane, float (&out)[N]) {
+#pragma unroll
+  for (int g = 0; g < N / 4; ++g) {
+    const float4 v = *reinterpret_cast<const float4*>(row + g * GROUP + 4 * lane);
+    out[4 * g] = v.x;
+    out[4 * g + 1] = v.y;
+    out[4 * g + 2] = v.z;
+    out[4 * g + 3] = v.w;
+  }
+}
+
+// Thread (ty, tx) owns rows {g·4·TY + 4·ty + i} and columns {g·4·TX + 4·tx + j} (i, j < 4): its
+// fragments are float4-aligned runs in shared memory, and a quarter-warp reading them touches
+// 8 consecutive float4s (no bank conflict). `partial` null: write act(acc + bias) to y; else
+// write the raw sum of this block's k slice to partial[blockIdx.z].
+template <int BM, int BN, int BK, int TM, int TN, activation act, weight_layout layout>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    gemm_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                const float* __restrict__ bias, float* __restrict__ y,
+                float* __restrict__ partial, int m, int n, int k, int k_chunk, bool vec_x,
+                bool vec_w) {
+  constexpr int TX = BN / TN;
+  constexpr int TY = BM / TM;
+  constexpr int NT = TX * TY;
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "fragments are float4 runs");
+  static_assert(BK % 4 == 0, "k slices start on float4 boundaries");
+  // +4: the transposed stores xs[c][r] spread over banks, and rows stay 16-byte aligned.
+  __shared__ __align__(16) float xs[BK][BM + 4];
+  __shared__ __align__(16) float ws[BK][BN + 4];
   const int tid = static_cast<int>(threadIdx.x);
-  const int tx = tid % threads_x;
-  const int ty = tid / threads_x;
-  const int row0 = static_cast<int>(blockIdx.y) * tile_m;
-  const int col0 = static_cast<int>(blockIdx.x) * tile_n;
-  float acc[micro][micro] = {};
+  const int tx = tid % TX;
+  const int ty = tid / TX;
+  const int row0 = static_cast<int>(blockIdx.y) * BM;
+  const int col0 = static_cast<int>(blockIdx.x) * BN;
+  const int kb = static_cast<int>(blockIdx.z) * k_chunk;
+  const int ke = min(k, kb + k_chunk);  // fits: launch_limits checked k rounded up to BK
+  float acc[TM][TN] = {};
 
-  for (int k0 = 0; k0 < k; k0 += tile_k) {
-#pragma unroll
-    for (int i = 0; i < tile_m * tile_k / threads; ++i) {
-      const int e = tid + i * threads;
-      const int r = e / tile_k;  // 16 consecutive threads read 16 consecutive k of one row
-      const int c = e % tile_k;
-      const int gr = row0 + r;
-      const int gc = k0 + c;
-      xs[c][r] = (gr < m && gc < k) ? x[static_cast<long long>(gr) * k + gc] : 0.0f;
-    }
-#pragma unroll
-    for (int i = 0; i < tile_n * tile_k / threads; ++i) {
-      const int e = tid + i * threads;
-      if constexpr (layout == weight_layout::out_in) {
-        const int col = e / tile_k;  // W is [n, k]: read along k
-        const int kk = e % tile_k;
-        const int gn = col0 + col;
-        const int gk = k0 + kk;
-        ws[kk][col] = (gn < n && gk < k) ? w[static_cast<long long>(gn) * k + gk] : 0.0f;
-      } else {
-        const int kk = e / tile_n;  // W is [k, n]: read along n
-        const int col = e % tile_n;
-        const int gn = col0 + col;
-        const int gk = k0 + kk;
-        ws[kk][col] = (gn < n && gk < k) ? w[static_cast<long long>(gk) * n + gn] : 0.0f;
-      }
-    }
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    constexpr bool w_along_k = layout == weight_layout::out_in;  // W [n, k], else [k, n]
+    stage_tile<BM, BK, NT, true>(x, k, m, row0, k0, ke, vec_x, xs, tid);
+    stage_tile<BN, BK, NT, w_along_k>(w, w_along_k ? k : n, n, col0, k0, ke, vec_w, ws, tid);
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < tile_k; ++kk) {
-      float a[micro];
-      float b[micro];
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM];
+      float b[TN];
+      read_fragment<TM, 4 * TY>(xs[kk], ty, a);
+      read_fragment<TN, 4 * TX>(ws[kk], tx, b);
 #pragma unroll
-      for (int i = 0; i < micro; ++i) a[i] = xs[kk][ty + i * (tile_m / micro)];
+      for (int i = 0; i < TM; ++i) {
 #pragma unroll
-      for (int j = 0; j < micro; ++j) b[j] = ws[kk][tx + j * threads_x];
-#pragma unroll
-      for (int i = 0; i < micro; ++i) {
-#pragma unroll
-        for (int j = 0; j < micro; ++j) acc[i][j] += a[i] * b[j];
+        for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
       }
     }
     __syncthreads();
   }
 
+  const std::size_t plane = static_cast<std::size_t>(m) * static_cast<std::size_t>(n);
 #pragma unroll
-  for (int j = 0; j < micro; ++j) {
-    const int col = col0 + tx + j * threads_x;
-    if (col >= n) continue;
-    const float b = bias != nullptr ? bias[col] : 0.0f;
+  for (int i = 0; i < TM; ++i) {
+    const int row = row0 + (i / 4) * 4 * TY + 4 * ty + (i % 4);
+    if (row >= m) continue;
 #pragma unroll
-    for (int i = 0; i < micro; ++i) {
-      const int row = row0 + ty + i * (tile_m / micro);
-      if (row < m) {
-        y[static_cast<long long>(row) * n + col] =
-            kernels::math::apply_activation<act>(acc[i][j] + b);
+    for (int j = 0; j < TN; ++j) {
+      const int col = col0 + (j / 4) * 4 * TX + 4 * tx + (j % 4);
+      if (col >= n) continue;
+      const std::size_t at = static_cast<std::size_t>(row) * static_cast<std::size_t>(n) +
+                             static_cast<std::size_t>(col);
+      if (partial != nullptr) {
+        partial[static_cast<std::size_t>(blockIdx.z) * plane + at] = acc[i][j];
+      } else {
+        const float b = bias != nullptr ? bias[col] : 0.0f;
+        y[at] = kernels::math::apply_activation<act>(acc[i][j] + b);
       }
     }
   }
 }
 
+// Sums the k slices in slice order (deterministic), then bias + activation.
 template <activation act>
-void launch(const float* x, const float* w, const float* bias, float* y, int m, int n, int k,
-            weight_layout layout, cudaStream_t stream) {
-  // Tile counts in size_t: `n + tile_n - 1` in int would overflow near INT_MAX.
-  const dim3 grid(static_cast<unsigned>(limits::blocks_for(static_cast<std::size_t>(n), tile_n)),
-                  static_cast<unsigned>(limits::blocks_for(static_cast<std::size_t>(m), tile_m)));
-  if (layout == weight_layout::out_in) {
-    linear_kernel<act, weight_layout::out_in><<<grid, threads, 0, stream>>>(x, w, bias, y, m, n, k);
-  } else {
-    linear_kernel<act, weight_layout::in_out><<<grid, threads, 0, stream>>>(x, w, bias, y, m, n, k);
+__global__ void splitk_reduce_kernel(const float* __restrict__ partial,
+                                     const float* __restrict__ bias, float* __restrict__ y,
+                                     std::size_t count, std::size_t n, int splits) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    float s = 0.0f;
+    for (int z = 0; z < splits; ++z) s += partial[static_cast<std::size_t>(z) * count + i];
+    const float b = bias != nullptr ? bias[i % n] : 0.0f;
+    y[i] = kernels::math::apply_activation<act>(s + b);
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 template <activation act>
@@ -130,17 +186,164 @@ __global__ void bias_activation_kernel(float* __restrict__ y, std::size_t count,
 constexpr unsigned epilogue_threads = 256;
 constexpr std::size_t epilogue_max_blocks = 4096;  // grid-stride beyond this
 
+unsigned epilogue_blocks(std::size_t count) {
+  return static_cast<unsigned>(
+      std::min(epilogue_max_blocks, limits::blocks_for(count, epilogue_threads)));
+}
+
 template <activation act>
 void launch_epilogue(float* y, std::size_t count, std::size_t n, const float* bias,
                      cudaStream_t stream) {
-  constexpr unsigned block = epilogue_threads;
-  const auto blocks = static_cast<unsigned>(
-      std::min(epilogue_max_blocks, limits::blocks_for(count, block)));
-  bias_activation_kernel<act><<<blocks, block, 0, stream>>>(y, count, n, bias);
+  bias_activation_kernel<act>
+      <<<epilogue_blocks(count), epilogue_threads, 0, stream>>>(y, count, n, bias);
   CUDA_CHECK_LAUNCH();
 }
 
+bool aligned16(const void* p) noexcept { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+/// Device scratch for one call: the caller's workspace, else a stream-ordered allocation freed
+/// (stream-ordered) when the call returns. Not thread-safe.
+class scratch {
+ public:
+  scratch(gemm_workspace* ws, cudaStream_t s) : ws_(ws), stream_(s) {}
+  scratch(const scratch&) = delete;
+  scratch& operator=(const scratch&) = delete;
+  ~scratch() {
+    if (temp_ != nullptr && cudaFreeAsync(temp_, stream_) != cudaSuccess) {
+      (void)cudaGetLastError();
+    }
+  }
+  void* get(std::size_t bytes) {
+    if (ws_ != nullptr) return ws_->reserve(bytes);
+    CUDA_CHECK(cudaMallocAsync(&temp_, bytes, stream_));
+    return temp_;
+  }
+
+ private:
+  gemm_workspace* ws_;
+  cudaStream_t stream_;
+  void* temp_ = nullptr;
+};
+
+int sm_count() {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  int sms = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+template <const detail::gemm_tile& T, activation act>
+void launch_tiles(const float* x, const float* w, const float* bias, float* y, float* partial,
+                  int m, int n, int k, int k_chunk, int splits, weight_layout layout,
+                  cudaStream_t stream) {
+  const bool vec_x = k % 4 == 0 && aligned16(x);
+  const bool vec_w = (layout == weight_layout::out_in ? k % 4 == 0 : n % 4 == 0) && aligned16(w);
+  const dim3 grid(static_cast<unsigned>(limits::blocks_for(static_cast<std::size_t>(n),
+                                                           static_cast<std::size_t>(T.tile_n))),
+                  static_cast<unsigned>(limits::blocks_for(static_cast<std::size_t>(m),
+                                                           static_cast<std::size_t>(T.tile_m))),
+                  static_cast<unsigned>(splits));
+  const auto threads = static_cast<unsigned>(T.threads());
+  if (layout == weight_layout::out_in) {
+    gemm_kernel<T.tile_m, T.tile_n, T.tile_k, T.micro_m, T.micro_n, act, weight_layout::out_in>
+        <<<grid, threads, 0, stream>>>(x, w, bias, y, partial, m, n, k, k_chunk, vec_x, vec_w);
+  } else {
+    gemm_kernel<T.tile_m, T.tile_n, T.tile_k, T.micro_m, T.micro_n, act, weight_layout::in_out>
+        <<<grid, threads, 0, stream>>>(x, w, bias, y, partial, m, n, k, k_chunk, vec_x, vec_w);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+template <activation act>
+void own_gemm(const detail::gemm_plan& plan, const float* x, const float* w, const float* bias,
+              float* y, std::size_t m, std::size_t n, std::size_t k, weight_layout layout,
+              cudaStream_t stream, gemm_workspace* workspace) {
+  // linear_with() checked that both tilings' int indices fit.
+  const auto mi = static_cast<int>(m);
+  const auto ni = static_cast<int>(n);
+  const auto ki = static_cast<int>(k);
+  const auto chunk = static_cast<int>(plan.k_chunk);  // ≤ k rounded up to tile_k: fits int
+  if (plan.splits <= 1) {
+    if (plan.wide) {
+      launch_tiles<detail::wide_tile, act>(x, w, bias, y, nullptr, mi, ni, ki, chunk, 1, layout,
+                                           stream);
+    } else {
+      launch_tiles<detail::narrow_tile, act>(x, w, bias, y, nullptr, mi, ni, ki, chunk, 1,
+                                             layout, stream);
+    }
+    return;
+  }
+  const std::size_t count = limits::checked_product(m, n, "linear");
+  const std::size_t bytes = limits::checked_product(
+      limits::checked_product(count, static_cast<std::size_t>(plan.splits), "linear"),
+      sizeof(float), "linear");
+  limits::require_fits(
+      limits::strided_fits(count, epilogue_max_blocks * epilogue_threads, SIZE_MAX), "linear");
+  scratch s(workspace, stream);
+  auto* partial = static_cast<float*>(s.get(bytes));
+  // Split-K only ever runs narrow tiles (wide tiles are chosen when they fill the device).
+  launch_tiles<detail::narrow_tile, act>(x, w, nullptr, y, partial, mi, ni, ki, chunk,
+                                         plan.splits, layout, stream);
+  splitk_reduce_kernel<act><<<epilogue_blocks(count), epilogue_threads, 0, stream>>>(
+      partial, bias, y, count, n, plan.splits);
+  CUDA_CHECK_LAUNCH();
+}
+
+void own_linear(const detail::gemm_plan& plan, const float* x, const float* w, const float* bias,
+                float* y, std::size_t m, std::size_t n, std::size_t k, weight_layout layout,
+                activation act, cudaStream_t s, gemm_workspace* ws) {
+  switch (act) {
+    case activation::none:
+      return own_gemm<activation::none>(plan, x, w, bias, y, m, n, k, layout, s, ws);
+    case activation::relu:
+      return own_gemm<activation::relu>(plan, x, w, bias, y, m, n, k, layout, s, ws);
+    case activation::gelu:
+      return own_gemm<activation::gelu>(plan, x, w, bias, y, m, n, k, layout, s, ws);
+    case activation::gelu_tanh:
+      return own_gemm<activation::gelu_tanh>(plan, x, w, bias, y, m, n, k, layout, s, ws);
+  }
+  throw std::invalid_argument("inferline::cuda::linear: unknown activation");
+}
+
+// cuBLASLt with its bias (and ReLU) epilogue; GELU, which cuBLASLt offers only in the tanh
+// form, follows as our own pass. False when cuBLASLt cannot run the shape (nothing queued).
+bool cublaslt_linear(const float* x, const float* w, const float* bias, float* y, std::size_t m,
+                     std::size_t n, std::size_t k, weight_layout layout, activation act,
+                     cudaStream_t s, gemm_workspace* ws) {
+  if (!cublaslt::available() || k == 0) return false;
+  scratch sc(ws, s);
+  void* space = sc.get(cublaslt_workspace_bytes);
+  const auto ep = act == activation::relu ? cublaslt::epilogue::relu : cublaslt::epilogue::none;
+  if (!cublaslt::matmul(x, w, bias, y, m, n, k, layout, ep, space, cublaslt_workspace_bytes, s)) {
+    return false;
+  }
+  if (act == activation::gelu || act == activation::gelu_tanh) {
+    bias_activation(y, m, n, nullptr, act, s);
+  }
+  return true;
+}
+
 }  // namespace
+
+gemm_workspace::~gemm_workspace() { device_free(data_); }
+
+void* gemm_workspace::reserve(std::size_t bytes) {
+  if (bytes > bytes_) {
+    // Work queued on the stream may still read the old block: wait before freeing it.
+    CUDA_CHECK(cudaDeviceSynchronize());
+    device_free(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+    data_ = device_malloc(bytes);
+    bytes_ = bytes;
+  }
+  return data_;
+}
+
+bool cublaslt_available() noexcept { return cublaslt::available(); }
+
+std::string cublaslt_status() { return cublaslt::status(); }
 
 void bias_activation(float* y, std::size_t m, std::size_t n, const float* bias, activation act,
                      void* stream) {
@@ -163,22 +366,47 @@ void bias_activation(float* y, std::size_t m, std::size_t n, const float* bias, 
   throw std::invalid_argument("inferline::cuda::bias_activation: unknown activation");
 }
 
-void linear(const float* x, const float* w, const float* bias, float* y, std::size_t m,
-            std::size_t n, std::size_t k, weight_layout layout, activation act, void* stream) {
+void linear_with(gemm_path path, const float* x, const float* w, const float* bias, float* y,
+                 std::size_t m, std::size_t n, std::size_t k, weight_layout layout,
+                 activation act, void* stream, gemm_workspace* workspace) {
   if (m == 0 || n == 0) return;
-  limits::require_fits(limits::linear_fits(m, n, k, tile_m, tile_n, tile_k), "linear");
-  const auto mi = static_cast<int>(m);
-  const auto ni = static_cast<int>(n);
-  const auto ki = static_cast<int>(k);
+  // Before any CUDA call: sizes either tiling of the own kernel cannot index are refused on
+  // every path (the automatic one may fall back to it).
+  auto fits = [&](const detail::gemm_tile& t) {
+    return limits::linear_fits(m, n, k, static_cast<std::size_t>(t.tile_m),
+                               static_cast<std::size_t>(t.tile_n),
+                               static_cast<std::size_t>(t.tile_k));
+  };
+  limits::require_fits(fits(detail::wide_tile) && fits(detail::narrow_tile), "linear");
   const cudaStream_t s = detail::as_stream(stream);
-  switch (act) {
-    case activation::none: return launch<activation::none>(x, w, bias, y, mi, ni, ki, layout, s);
-    case activation::relu: return launch<activation::relu>(x, w, bias, y, mi, ni, ki, layout, s);
-    case activation::gelu: return launch<activation::gelu>(x, w, bias, y, mi, ni, ki, layout, s);
-    case activation::gelu_tanh:
-      return launch<activation::gelu_tanh>(x, w, bias, y, mi, ni, ki, layout, s);
+  switch (path) {
+    case gemm_path::automatic:
+      if (cublaslt_linear(x, w, bias, y, m, n, k, layout, act, s, workspace)) return;
+      return own_linear(detail::plan_gemm(m, n, k, sm_count()), x, w, bias, y, m, n, k, layout,
+                        act, s, workspace);
+    case gemm_path::cublaslt:
+      if (cublaslt_linear(x, w, bias, y, m, n, k, layout, act, s, workspace)) return;
+      throw std::runtime_error("inferline::cuda::linear: cuBLASLt unavailable (" +
+                               cublaslt::status() + ", or no algorithm for this shape)");
+    case gemm_path::own:
+      return own_linear(detail::plan_gemm(m, n, k, sm_count()), x, w, bias, y, m, n, k, layout,
+                        act, s, workspace);
+    case gemm_path::own_wide: {
+      detail::gemm_plan plan;
+      plan.k_chunk = k;
+      return own_linear(plan, x, w, bias, y, m, n, k, layout, act, s, workspace);
+    }
+    case gemm_path::own_narrow:
+      return own_linear(detail::plan_gemm(m, n, k, sm_count(), true), x, w, bias, y, m, n, k,
+                        layout, act, s, workspace);
   }
-  throw std::invalid_argument("inferline::cuda::linear: unknown activation");
+  throw std::invalid_argument("inferline::cuda::linear: unknown gemm_path");
+}
+
+void linear(const float* x, const float* w, const float* bias, float* y, std::size_t m,
+            std::size_t n, std::size_t k, weight_layout layout, activation act, void* stream,
+            gemm_workspace* workspace) {
+  linear_with(gemm_path::automatic, x, w, bias, y, m, n, k, layout, act, stream, workspace);
 }
 
 }  // namespace inferline::cuda
