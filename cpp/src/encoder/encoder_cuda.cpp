@@ -170,6 +170,27 @@ class cuda_encoder final : public encoder_exec {
   void run(const std::int32_t* ids, const std::int32_t* offsets, int n, float* out) override {
     check_packed_batch(c_, ids, offsets, n);
     cuda::set_device(device_);
+    const float* staged_out = nullptr;
+    try {
+      staged_out = enqueue(ids, offsets, n);
+      cuda::stream_synchronize(stream_.get());
+    } catch (...) {
+      // Work queued before the failure may still read the pinned buffers the next run
+      // refills: wait for it (its own errors are already being reported).
+      try {
+        cuda::stream_synchronize(stream_.get());
+      } catch (...) {
+      }
+      throw;
+    }
+    std::memcpy(out, staged_out,
+                static_cast<std::size_t>(n) * static_cast<std::size_t>(c_.hidden) * sizeof(float));
+  }
+
+ private:
+  // Queues one packed batch on the stream, up to the copy of its embeddings into the pinned
+  // output staging, which it returns (valid once the stream has finished).
+  const float* enqueue(const std::int32_t* ids, const std::int32_t* offsets, int n) {
     const int tokens = offsets[n];
     int max_len = 0;
     for (int i = 0; i < n; ++i) max_len = std::max(max_len, offsets[i + 1] - offsets[i]);
@@ -212,11 +233,9 @@ class cuda_encoder final : public encoder_exec {
     const std::size_t out_count = static_cast<std::size_t>(n) * h;
     float* staged_out = out_.reserve(out_count);
     cuda::copy_to_host(staged_out, d_out_.data(), out_count * sizeof(float), st);
-    cuda::stream_synchronize(st);
-    std::memcpy(out, staged_out, out_count * sizeof(float));
+    return staged_out;
   }
 
- private:
   // Grows the device activations to `tokens` packed tokens and `n` sequences, rounded up so
   // that slowly growing batches do not reallocate every time. Called between runs, after the
   // previous run's synchronize, so no queued work reads what is freed.
