@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, build_info
+from . import __version__, build_info, observability
 from .engine import Batching, Engine
 from .models.importer import import_embedding
 from .server import serve
@@ -140,6 +140,13 @@ async def _models(repository: str, allow_code: bool) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.list:
         return asyncio.run(_models(args.repository, args.allow_code))
+    if args.otel:
+        try:
+            print(observability.configure_sdk(), file=sys.stderr)
+        except (ImportError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        observability.enable()
     engine = Engine.from_repository(
         args.repository,
         watch=args.watch,
@@ -293,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         dest="repository_api",
         action="store_false",
         help="turn off the repository load/unload routes (they answer 403)",
+    )
+    serve_cmd.add_argument(
+        "--otel",
+        action="store_true",
+        help="OpenTelemetry traces (needs inferline[otel]): one span per request with queue, "
+        "compute and serialise children, parented by the caller's traceparent; exported by "
+        "the process's TracerProvider, else an SDK one per OTEL_TRACES_EXPORTER (otlp, "
+        "console or none); INFERLINE_OTEL=1 does the same for engines made in code",
     )
     serve_cmd.add_argument(
         "--drain-timeout",

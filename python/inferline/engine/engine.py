@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import _core
+from .. import _core, observability
 from ..backends.process import RepositoryTarget
 from ..cache import ResultCache
 from ..errors import (
@@ -81,19 +81,24 @@ class Engine(ModelCatalog):
     and is unloaded (``load``/``unload``, or repository polling with ``watch=True``).
     """
 
-    def __init__(self, *, blas_threads: int | None = None, strict: bool = False) -> None:
+    def __init__(
+        self, *, blas_threads: int | None = None, strict: bool = False, tracing: bool | None = None
+    ) -> None:
         """``blas_threads``: when set, limits the BLAS/OpenMP thread pools of the process to
         that many threads while the engine runs (through threadpoolctl). Batching already
         gives BLAS large matrices; a BLAS pool that spins on the same cores as the event loop
         and the workers costs far more than it gives on small machines. ``strict=True``: a
         model that fails to load or warm up fails ``start`` (``ModelNotReady`` with the
-        reasons, the engine stopped); by default it is logged and the others serve."""
+        reasons, the engine stopped); by default it is logged and the others serve.
+        ``tracing``: OpenTelemetry request spans (:mod:`inferline.observability`); None
+        follows ``INFERLINE_OTEL=1`` / ``inferline serve --otel``."""
         if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
             raise ValueError(f"blas_threads must be a positive int or None, got {blas_threads!r}")
         self._blas_threads = blas_threads
         self._blas_limit: Any = None
         super().__init__(strict=strict)
         self._runtime = Runtime(self._router)
+        self._tracing = observability.load(tracing)  # None unless tracing is switched on
         _live_engines.add(self)
 
     # -- registration -------------------------------------------------------------------------
@@ -347,6 +352,8 @@ class Engine(ModelCatalog):
             check_priority_range(v, priority)
             return await infer_cached(self.infer, v, x, priority, timeout)
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
+        if self._tracing is not None:  # the untraced path's only cost of tracing
+            return await self._tracing.infer(loop, v, x, priority, timeout)
         fut = loop.create_future()
         # The core turns the timeout into a deadline on its own clock (time.monotonic's), checks
         # NaN/Inf, and answers None only when the item needs converting first (a list, another

@@ -107,8 +107,22 @@ class InferRoute:
         self.retry_after = retry_after
         self.disconnect_check_delay = float(disconnect_check_delay_s)
         self.last_inference: dict[tuple[str, int], int] = {}
+        # OpenTelemetry (inferline.observability): a SERVER span per request and a serialise
+        # span around the encoding when the engine traces, else nothing at all.
+        self._tracing: Any = getattr(engine, "_tracing", None)
+        self._encode = (
+            encode_infer_response
+            if self._tracing is None
+            else self._tracing.encoder(encode_infer_response)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._tracing is not None:
+            await self._tracing.http(self._serve, scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: _Headers = scope["headers"]
         rid = self.request_id(headers)
         params = scope["path_params"]
@@ -272,7 +286,7 @@ class InferRoute:
         self, name: str, version: int | str | None, info: Any, req: InferRequest, receive: Receive
     ) -> EncodedResponse:
         outputs, datatypes = await self.compute(name, version, info, req, receive)
-        return encode_infer_response(
+        return self._encode(
             model_name=name,
             model_version=info.version,
             request_id=req.id,

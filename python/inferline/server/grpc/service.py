@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from ...observability import traced_rpc
 from ..admin import AdminRoutes, model_config_doc, model_metadata_doc
 from ..errors import HTTPError, ProtocolError
 from ..infer import InferRoute
@@ -201,7 +202,11 @@ class InferenceService:
             "ModelReady": (self.model_ready, pb.ModelReadyRequest),
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+            # OpenTelemetry: the RPC's server span when the engine traces, else model_infer.
+            "ModelInfer": (
+                traced_rpc(self.route.engine, f"{SERVICE_NAME}/ModelInfer", self.model_infer),
+                pb.ModelInferRequest,
+            ),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
