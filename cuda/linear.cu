@@ -54,9 +54,7 @@ __device__ __forceinline__ void stage_tile(const float* __restrict__ src, int ld
   if (vec) {
 #pragma unroll
     for (int i = 0; i < lines * run / 4 / NT; ++i) {
-      const int e = tid + i * NT;
-      const int line = e / (run / 4);
-      const int at = (e % (run / 4)) * 4;
+      const auto [line, at] = detail::stage_element(tid + i * NT, run, 4);
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (inside(line, at)) v = *reinterpret_cast<const float4*>(src + offset(line, at));
       put(line, at, v.x);
@@ -67,21 +65,20 @@ __device__ __forceinline__ void stage_tile(const float* __restrict__ src, int ld
   } else {
 #pragma unroll
     for (int i = 0; i < lines * run / NT; ++i) {
-      const int e = tid + i * NT;
-      const int line = e / run;
-      const int at = e % run;
+      const auto [line, at] = detail::stage_element(tid + i * NT, run, 1);
       put(line, at, inside(line, at) ? src[offset(line, at)] : 0.0f);
     }
   }
 }
 
-// A thread's N values of one shared-memory tile row: N / 4 float4 runs, GROUP apart, starting
-// at 4·lane.
-template <int N, int GROUP>
+// A thread's N values of one shared-memory tile row, at detail::fragment_index(0 .. N - 1):
+// N / 4 float4 runs.
+template <int N, int LANES>
 __device__ __forceinline__ void read_fragment(const float* row, int lane, float (&out)[N]) {
 #pragma unroll
   for (int g = 0; g < N / 4; ++g) {
-    const float4 v = *reinterpret_cast<const float4*>(row + g * GROUP + 4 * lane);
+    const float4 v =
+        *reinterpret_cast<const float4*>(row + detail::fragment_index(4 * g, lane, LANES));
     out[4 * g] = v.x;
     out[4 * g + 1] = v.y;
     out[4 * g + 2] = v.z;
@@ -89,9 +86,9 @@ __device__ __forceinline__ void read_fragment(const float* row, int lane, float 
   }
 }
 
-// Thread (ty, tx) owns rows {g·4·TY + 4·ty + i} and columns {g·4·TX + 4·tx + j} (i, j < 4): its
-// fragments are float4-aligned runs in shared memory, and a quarter-warp reading them touches
-// 8 consecutive float4s (no bank conflict). `partial` null: write act(acc + bias) to y; else
+// Thread (ty, tx) owns tile rows fragment_index(i, ty, TY) and columns fragment_index(j, tx, TX):
+// float4-aligned runs in shared memory, a quarter-warp's reads touching 8 consecutive float4s
+// (no bank conflict). `partial` null: write act(acc + bias) to y; else
 // write the raw sum of this block's k slice to partial[blockIdx.z].
 template <int BM, int BN, int BK, int TM, int TN, activation act, weight_layout layout>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
@@ -125,8 +122,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM];
       float b[TN];
-      read_fragment<TM, 4 * TY>(xs[kk], ty, a);
-      read_fragment<TN, 4 * TX>(ws[kk], tx, b);
+      read_fragment<TM, TY>(xs[kk], ty, a);
+      read_fragment<TN, TX>(ws[kk], tx, b);
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
@@ -139,11 +136,11 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
   const std::size_t plane = static_cast<std::size_t>(m) * static_cast<std::size_t>(n);
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    const int row = row0 + (i / 4) * 4 * TY + 4 * ty + (i % 4);
+    const int row = row0 + detail::fragment_index(i, ty, TY);
     if (row >= m) continue;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int col = col0 + (j / 4) * 4 * TX + 4 * tx + (j % 4);
+      const int col = col0 + detail::fragment_index(j, tx, TX);
       if (col >= n) continue;
       const std::size_t at = static_cast<std::size_t>(row) * static_cast<std::size_t>(n) +
                              static_cast<std::size_t>(col);

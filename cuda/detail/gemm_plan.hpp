@@ -1,10 +1,13 @@
-// How the own CUDA SGEMM covers y[m, n] = x[m, k]·W: which tile shape, and how many k slices
-// (split-K) so that serving-size batches still launch enough blocks. Plain host C++ (no CUDA
-// header) so the host tests check the very plan the launcher uses.
+// How the own CUDA SGEMM covers y[m, n] = x[m, k]·W: which tile shape, how many k slices
+// (split-K) so that serving-size batches still launch enough blocks, and which tile elements
+// each thread stages and computes. No CUDA header (the index maths is INFERLINE_HD) so the host
+// tests check the very plan and mapping the kernel uses.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
+
+#include "inferline/kernels/math.hpp"
 
 namespace inferline::cuda::detail {
 
@@ -71,6 +74,25 @@ constexpr gemm_plan plan_gemm(std::size_t m, std::size_t n, std::size_t k, int s
   p.k_chunk = k == 0 ? 0 : chunk_tiles * depth;
   p.splits = k == 0 ? 1 : static_cast<int>(ceil_div(k_tiles, chunk_tiles));
   return p;
+}
+
+/// Tile row (or column) of a thread's i-th output along an axis shared by `lanes` threads, the
+/// thread being lane `lane`: float4 runs of 4 consecutive indices, 4·lanes apart, so that a
+/// quarter-warp's shared-memory reads hit 8 consecutive float4s. Pure; thread-safe.
+INFERLINE_HD constexpr int fragment_index(int i, int lane, int lanes) {
+  return (i / 4) * 4 * lanes + 4 * lane + i % 4;
+}
+
+/// Where load `e` of a tile stage lands: line (a row of the source matrix) and the first of
+/// `width` (4 for float4 loads, else 1) consecutive elements along a line of `run` elements.
+struct staged_element {
+  int line;  ///< source line within the tile
+  int at;    ///< first element along the line
+};
+
+/// The element(s) load `e` stages. Pure; thread-safe.
+INFERLINE_HD constexpr staged_element stage_element(int e, int run, int width) {
+  return staged_element{e / (run / width), (e % (run / width)) * width};
 }
 
 }  // namespace inferline::cuda::detail

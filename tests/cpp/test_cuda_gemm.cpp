@@ -85,6 +85,48 @@ TEST(CudaGemmPlan, ServingBatchesFillTheDevice) {
   EXPECT_EQ(big.splits, 1);
 }
 
+// Every output of a tile belongs to exactly one (thread, register) of the kernel's mapping.
+void expect_fragments_cover(int extent, int micro) {
+  const int lanes = extent / micro;
+  std::vector<int> owners(static_cast<std::size_t>(extent), 0);
+  for (int lane = 0; lane < lanes; ++lane) {
+    for (int i = 0; i < micro; ++i) {
+      const int at = d::fragment_index(i, lane, lanes);
+      ASSERT_GE(at, 0);
+      ASSERT_LT(at, extent);
+      ++owners[static_cast<std::size_t>(at)];
+      if (i % 4 == 0) {
+        EXPECT_EQ(at % 4, 0) << "float4 runs start 16-byte aligned";
+      }
+    }
+  }
+  for (int at = 0; at < extent; ++at) EXPECT_EQ(owners[static_cast<std::size_t>(at)], 1) << at;
+}
+
+// Every element of a staged tile is loaded exactly once, by scalar or float4 loads.
+void expect_stage_covers(int lines, int run, int width) {
+  std::vector<int> loads(static_cast<std::size_t>(lines * run), 0);
+  for (int e = 0; e < lines * run / width; ++e) {
+    const d::staged_element s = d::stage_element(e, run, width);
+    ASSERT_LT(s.line, lines);
+    ASSERT_LE(s.at + width, run);
+    for (int q = 0; q < width; ++q) ++loads[static_cast<std::size_t>(s.line * run + s.at + q)];
+  }
+  for (std::size_t i = 0; i < loads.size(); ++i) EXPECT_EQ(loads[i], 1) << i;
+}
+
+TEST(CudaGemmPlan, ThreadFragmentsCoverEachTileOnce) {
+  for (const auto& t : {d::wide_tile, d::narrow_tile}) {
+    expect_fragments_cover(t.tile_m, t.micro_m);
+    expect_fragments_cover(t.tile_n, t.micro_n);
+    for (const int width : {1, 4}) {
+      expect_stage_covers(t.tile_m, t.tile_k, width);  // x: lines along k
+      expect_stage_covers(t.tile_n, t.tile_k, width);  // W [n, k]: lines along k
+      expect_stage_covers(t.tile_k, t.tile_n, width);  // W [k, n]: lines along n
+    }
+  }
+}
+
 TEST(CudaGemmPlan, TileShapesMatchTheirThreadCounts) {
   EXPECT_EQ(d::wide_tile.threads(), 256);
   EXPECT_EQ(d::narrow_tile.threads(), 128);
