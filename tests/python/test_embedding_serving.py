@@ -347,3 +347,5 @@ def test_inferline_serve_serves_minilm_from_the_bundled_repository(tmp_path: Pat
     finally:
         proc.terminate()
         proc.wait(60)
+        reader.join(10)
+        proc.stderr.close()
