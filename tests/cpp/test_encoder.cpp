@@ -201,7 +201,8 @@ TEST(Encoder, BatchMatchesFloat64ReferenceWithUnitNorm) {
       err = std::max(err, std::abs(v - ref[static_cast<std::size_t>(j)]));
     }
     EXPECT_NEAR(norm, 1.0, 1e-5) << "sequence " << i;
-    EXPECT_GE(dot, 0.99999) << "sequence " << i << " of length " << mixed_lengths[static_cast<std::size_t>(i)];
+    EXPECT_GE(dot, 0.99999) << "sequence " << i << " of length "
+                            << mixed_lengths[static_cast<std::size_t>(i)];
     EXPECT_LT(err, 2e-4) << "sequence " << i;
   }
 }
@@ -274,10 +275,12 @@ TEST(Encoder, ConfigIsValidated) {
 // ---- the files: safetensors + config.json written here, loaded by the backend ---------------
 void write_safetensors(const std::string& path, const encoder_config& c, const encoder_weights& w,
                        const std::string& prefix, bool drop_last = false) {
-  std::vector<std::pair<std::string, std::pair<std::vector<std::size_t>, const std::vector<float>*>>> t;
+  using shaped = std::pair<std::vector<std::size_t>, const std::vector<float>*>;
+  std::vector<std::pair<std::string, shaped>> t;
   const auto h = static_cast<std::size_t>(c.hidden);
   const auto in = static_cast<std::size_t>(c.intermediate);
-  t.push_back({"embeddings.word_embeddings.weight", {{static_cast<std::size_t>(c.vocab), h}, &w.word_emb}});
+  t.push_back({"embeddings.word_embeddings.weight",
+               {{static_cast<std::size_t>(c.vocab), h}, &w.word_emb}});
   t.push_back({"embeddings.position_embeddings.weight",
                {{static_cast<std::size_t>(c.max_position), h}, &w.pos_emb}});
   t.push_back({"embeddings.token_type_embeddings.weight",
@@ -381,7 +384,8 @@ TEST_F(EncoderFiles, BackendEncodesLikeTheExecutorAndIgnoresPadding) {
   const std::size_t n = p.seqs.size();
   std::vector<std::int32_t> rows(n * 100, 0), noisy(n * 100, 0), lengths(n);
   for (std::size_t i = 0; i < n; ++i) {
-    std::copy(p.seqs[i].begin(), p.seqs[i].end(), rows.begin() + static_cast<std::ptrdiff_t>(i * 100));
+    std::copy(p.seqs[i].begin(), p.seqs[i].end(),
+              rows.begin() + static_cast<std::ptrdiff_t>(i * 100));
     for (std::size_t t = 0; t < 100; ++t) {
       noisy[i * 100 + t] = t < p.seqs[i].size() ? p.seqs[i][t] : static_cast<std::int32_t>(t % 50);
     }

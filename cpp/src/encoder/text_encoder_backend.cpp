@@ -18,8 +18,8 @@ int parse_device(const std::string& device) {
       std::all_of(device.begin() + 5, device.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return std::stoi(device.substr(5));
   }
-  throw std::invalid_argument("text encoder: device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"" +
-                              device + "\"");
+  throw std::invalid_argument(
+      "text encoder: device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"" + device + "\"");
 }
 
 }  // namespace

@@ -100,13 +100,24 @@ encoder_config read_bert_config(const std::string& path, encoder_config base) {
   base.layer_norm_eps = e;
   const std::string act = raw_value(text, "hidden_act", path);
   if (act != "\"gelu\"") {
-    throw std::runtime_error(path + ": field \"hidden_act\" must be \"gelu\" (exact erf GELU), got " +
+    throw std::runtime_error(path +
+                             ": field \"hidden_act\" must be \"gelu\" (exact erf GELU), got " +
                              act);
   }
   return base;
 }
 
 namespace {
+
+// Appends "[a, b]" (built by append: GCC 12 warns falsely on "[" + std::string).
+void append_shape(std::string& out, const std::vector<std::size_t>& shape) {
+  out += '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  out += ']';
+}
 
 class loader {
  public:
@@ -127,17 +138,14 @@ class loader {
                               : (t->shape.size() == 2 && t->shape[0] == rows &&
                                  t->shape[1] == cols);
     if (!ok) {
-      std::string got = "[";
-      for (std::size_t i = 0; i < t->shape.size(); ++i) {
-        if (i > 0) got += ", ";
-        got += std::to_string(t->shape[i]);
-      }
-      got += "]";
-      const std::string want = cols == 0 ? "[" + std::to_string(rows) + "]"
-                                         : "[" + std::to_string(rows) + ", " +
-                                               std::to_string(cols) + "]";
-      throw std::runtime_error(file_.path() + ": tensor " + prefix_ + name + " has shape " +
-                               got + ", expected " + want);
+      std::vector<std::size_t> want{rows};
+      if (cols != 0) want.push_back(cols);
+      std::string msg = file_.path();
+      msg.append(": tensor ").append(prefix_).append(name).append(" has shape ");
+      append_shape(msg, t->shape);
+      msg.append(", expected ");
+      append_shape(msg, want);
+      throw std::runtime_error(msg);
     }
     std::vector<float> out;
     native::tensor_to_f32(*t, out);
