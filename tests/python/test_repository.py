@@ -472,7 +472,9 @@ def test_missing_backend(tmp_path: Path) -> None:
 def test_unknown_backend(tmp_path: Path) -> None:
     e = config_error(tmp_path, 'backend = "tensorflow"\n')
     assert e.field == "backend"
-    assert e.message == "expected one of 'onnx', 'python', 'native', 'text_encoder', got 'tensorflow'"
+    assert e.message == (
+        "expected one of 'onnx', 'python', 'native', 'text_encoder', got 'tensorflow'"
+    )
 
 
 def test_invalid_toml(tmp_path: Path) -> None:

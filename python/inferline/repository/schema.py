@@ -468,7 +468,7 @@ class ModelToml(Table):
     )
     text_encoder: TextEncoderTable | None = Field(
         default=None,
-        description='a sentence-embedding model (tokenizer + native BERT encoder), only with '
+        description="a sentence-embedding model (tokenizer + native BERT encoder), only with "
         'backend = "text_encoder"; its signature is fixed: text (BYTES) -> embedding (FP32)',
     )
     cache: CacheTable | None = Field(
