@@ -198,36 +198,20 @@ void launch_epilogue(float* y, std::size_t count, std::size_t n, const float* bi
 
 bool aligned16(const void* p) noexcept { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-/// Device scratch for one call: the caller's workspace, else a stream-ordered allocation freed
-/// (stream-ordered) when the call returns. Not thread-safe.
-class scratch {
- public:
-  scratch(gemm_workspace* ws, cudaStream_t s) : ws_(ws), stream_(s) {}
-  scratch(const scratch&) = delete;
-  scratch& operator=(const scratch&) = delete;
-  ~scratch() {
-    if (temp_ != nullptr && cudaFreeAsync(temp_, stream_) != cudaSuccess) {
-      (void)cudaGetLastError();
-    }
-  }
-  void* get(std::size_t bytes) {
-    if (ws_ != nullptr) return ws_->reserve(bytes);
-    CUDA_CHECK(cudaMallocAsync(&temp_, bytes, stream_));
-    return temp_;
-  }
-
- private:
-  gemm_workspace* ws_;
-  cudaStream_t stream_;
-  void* temp_ = nullptr;
-};
-
 int sm_count() {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   int sms = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   return sms;
+}
+
+// The own kernel's plan on the current device; one k slice when there is no workspace to hold
+// split-K sums (linear() then allocates nothing).
+detail::gemm_plan plan(std::size_t m, std::size_t n, std::size_t k, bool force_narrow,
+                       const gemm_workspace* workspace) {
+  const detail::gemm_plan p = detail::plan_gemm(m, n, k, sm_count(), force_narrow);
+  return workspace != nullptr ? p : detail::single_slice(p, k);
 }
 
 template <const detail::gemm_tile& T, activation act>
@@ -277,8 +261,8 @@ void own_gemm(const detail::gemm_plan& plan, const float* x, const float* w, con
       sizeof(float), "linear");
   limits::require_fits(
       limits::strided_fits(count, epilogue_max_blocks * epilogue_threads, SIZE_MAX), "linear");
-  scratch s(workspace, stream);
-  auto* partial = static_cast<float*>(s.get(bytes));
+  // linear_with() plans a single slice when the caller gave no workspace.
+  auto* partial = static_cast<float*>(workspace->reserve(bytes));
   // Split-K only ever runs narrow tiles (wide tiles are chosen when they fill the device).
   launch_tiles<detail::narrow_tile, act>(x, w, nullptr, y, partial, mi, ni, ki, chunk,
                                          plan.splits, layout, stream);
@@ -309,10 +293,11 @@ bool cublaslt_linear(const float* x, const float* w, const float* bias, float* y
                      std::size_t n, std::size_t k, weight_layout layout, activation act,
                      cudaStream_t s, gemm_workspace* ws) {
   if (!cublaslt::available() || k == 0) return false;
-  scratch sc(ws, s);
-  void* space = sc.get(cublaslt_workspace_bytes);
+  // Without a workspace cuBLASLt picks among the algorithms that need none.
+  const std::size_t bytes = ws != nullptr ? cublaslt_workspace_bytes : 0;
+  void* space = ws != nullptr ? ws->reserve(bytes) : nullptr;
   const auto ep = act == activation::relu ? cublaslt::epilogue::relu : cublaslt::epilogue::none;
-  if (!cublaslt::matmul(x, w, bias, y, m, n, k, layout, ep, space, cublaslt_workspace_bytes, s)) {
+  if (!cublaslt::matmul(x, w, bias, y, m, n, k, layout, ep, space, bytes, s)) {
     return false;
   }
   if (act == activation::gelu || act == activation::gelu_tanh) {
@@ -379,23 +364,23 @@ void linear_with(gemm_path path, const float* x, const float* w, const float* bi
   switch (path) {
     case gemm_path::automatic:
       if (cublaslt_linear(x, w, bias, y, m, n, k, layout, act, s, workspace)) return;
-      return own_linear(detail::plan_gemm(m, n, k, sm_count()), x, w, bias, y, m, n, k, layout,
-                        act, s, workspace);
+      return own_linear(plan(m, n, k, false, workspace), x, w, bias, y, m, n, k, layout, act, s,
+                        workspace);
     case gemm_path::cublaslt:
       if (cublaslt_linear(x, w, bias, y, m, n, k, layout, act, s, workspace)) return;
       throw std::runtime_error("inferline::cuda::linear: cuBLASLt unavailable (" +
                                cublaslt::status() + ", or no algorithm for this shape)");
     case gemm_path::own:
-      return own_linear(detail::plan_gemm(m, n, k, sm_count()), x, w, bias, y, m, n, k, layout,
-                        act, s, workspace);
+      return own_linear(plan(m, n, k, false, workspace), x, w, bias, y, m, n, k, layout, act, s,
+                        workspace);
     case gemm_path::own_wide: {
       detail::gemm_plan plan;
       plan.k_chunk = k;
       return own_linear(plan, x, w, bias, y, m, n, k, layout, act, s, workspace);
     }
     case gemm_path::own_narrow:
-      return own_linear(detail::plan_gemm(m, n, k, sm_count(), true), x, w, bias, y, m, n, k,
-                        layout, act, s, workspace);
+      return own_linear(plan(m, n, k, true, workspace), x, w, bias, y, m, n, k, layout, act, s,
+                        workspace);
   }
   throw std::invalid_argument("inferline::cuda::linear: unknown gemm_path");
 }

@@ -39,7 +39,8 @@ class gemm_workspace {
 /// y[m, n] = act(x[m, k] · W + bias[n]) on device pointers, same contract as
 /// kernels::linear (weight layout, null bias, k == 0, erf GELU for activation::gelu). Queued on
 /// `stream` (a cudaStream_t; null: the default stream); returns without waiting. `workspace`
-/// (null: stream-ordered allocations per call) holds cuBLASLt's workspace and split-K sums.
+/// holds cuBLASLt's workspace and split-K sums; without one nothing is allocated: cuBLASLt
+/// picks among algorithms that need no workspace and the own kernel does not split k.
 /// Throws std::runtime_error on a launch failure, std::length_error for dimensions beyond int
 /// range. Thread-safe for distinct workspaces.
 void linear(const float* x, const float* w, const float* bias, float* y, std::size_t m,

@@ -76,6 +76,15 @@ constexpr gemm_plan plan_gemm(std::size_t m, std::size_t n, std::size_t k, int s
   return p;
 }
 
+/// `p` with k in one slice (no split-K, so no scratch memory for partial sums). Pure;
+/// thread-safe.
+constexpr gemm_plan single_slice(gemm_plan p, std::size_t k) noexcept {
+  const auto depth = static_cast<std::size_t>(p.wide ? wide_tile.tile_k : narrow_tile.tile_k);
+  p.splits = 1;
+  p.k_chunk = ceil_div(k, depth) * depth;
+  return p;
+}
+
 /// Tile row (or column) of a thread's i-th output along an axis shared by `lanes` threads, the
 /// thread being lane `lane`: float4 runs of 4 consecutive indices, 4·lanes apart, so that a
 /// quarter-warp's shared-memory reads hit 8 consecutive float4s. Pure; thread-safe.

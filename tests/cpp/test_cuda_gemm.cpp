@@ -127,6 +127,17 @@ TEST(CudaGemmPlan, ThreadFragmentsCoverEachTileOnce) {
   }
 }
 
+TEST(CudaGemmPlan, SingleSliceCoversKWithoutSplitting) {
+  const d::gemm_plan split = d::plan_gemm(64, 384, 1536, 132);
+  ASSERT_GT(split.splits, 1);
+  const d::gemm_plan one = d::single_slice(split, 1536);
+  EXPECT_EQ(one.splits, 1);
+  EXPECT_EQ(one.wide, split.wide);
+  EXPECT_EQ(one.k_chunk, 1536u);
+  EXPECT_EQ(d::single_slice(split, 17).k_chunk, 32u) << "whole tile depths";
+  EXPECT_EQ(d::single_slice(split, 0).k_chunk, 0u);
+}
+
 TEST(CudaGemmPlan, TileShapesMatchTheirThreadCounts) {
   EXPECT_EQ(d::wide_tile.threads(), 256);
   EXPECT_EQ(d::narrow_tile.threads(), 128);
@@ -187,7 +198,7 @@ gemm_data random_data(const gemm_case& c, std::uint32_t seed) {
 
 // Runs `path` on every case, layout, activation and bias choice against the CPU.
 void expect_path_matches_cpu(cu::gemm_path path, const std::vector<gemm_case>& cases,
-                             std::size_t x_offset = 0) {
+                             std::size_t x_offset = 0, bool use_workspace = true) {
   std::uint32_t seed = 7;
   cu::gemm_workspace ws;
   void* stream = cu::stream_create();
@@ -205,7 +216,8 @@ void expect_path_matches_cpu(cu::gemm_path path, const std::vector<gemm_case>& c
           k::linear(x.data(), w.data(), with_bias ? b.data() : nullptr, ref.data(), c.m, c.n,
                     c.k, layout, act);
           cu::linear_with(path, dx.data() + x_offset, dw.data(), with_bias ? db.data() : nullptr,
-                          dy.data(), c.m, c.n, c.k, layout, act, stream, &ws);
+                          dy.data(), c.m, c.n, c.k, layout, act, stream,
+                          use_workspace ? &ws : nullptr);
           cu::stream_synchronize(stream);
           std::vector<float> got(c.m * c.n);
           dy.download(got.data());
@@ -278,23 +290,12 @@ TEST(CudaGemm, ForcedCublasltWithoutItSaysWhy) {
   }
 }
 
-TEST(CudaGemm, LinearWithoutWorkspaceMatchesWithOne) {
-  // No workspace: split-K sums and cuBLASLt's workspace come from stream-ordered allocations.
+TEST(CudaGemm, WithoutWorkspaceEveryPathStillMatchesCpu) {
+  // No workspace: no split-K and cuBLASLt without workspace; nothing is allocated.
   INFERLINE_SKIP_WITHOUT_GPU();
-  const gemm_case c{48, 384, 1536};
-  const gemm_data data = random_data(c, 1);
-  cu::device_buffer<float> dx(data.x.data(), data.x.size()), dw(data.w.data(), data.w.size()),
-      a(c.m * c.n), b(c.m * c.n);
-  cu::gemm_workspace ws;
-  cu::linear_with(cu::gemm_path::own_narrow, dx.data(), dw.data(), nullptr, a.data(), c.m, c.n,
-                  c.k, k::weight_layout::out_in, k::activation::gelu, nullptr, &ws);
-  cu::linear_with(cu::gemm_path::own_narrow, dx.data(), dw.data(), nullptr, b.data(), c.m, c.n,
-                  c.k, k::weight_layout::out_in, k::activation::gelu, nullptr, nullptr);
-  cu::stream_synchronize(nullptr);
-  std::vector<float> ga(a.size()), gb(b.size());
-  a.download(ga.data());
-  b.download(gb.data());
-  EXPECT_EQ(ga, gb) << "same plan, same summation order: bit-identical";
+  const std::vector<gemm_case> serving = {{48, 384, 1536}, {17, 1152, 384}};
+  expect_path_matches_cpu(cu::gemm_path::own_narrow, serving, 0, false);
+  expect_path_matches_cpu(cu::gemm_path::automatic, serving, 0, false);
 }
 #endif  // INFERLINE_HAVE_CUDA
 
