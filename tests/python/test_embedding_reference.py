@@ -145,9 +145,12 @@ def encode_native(encoder: object, ids: list[list[int]], chunk: int = 64) -> np.
 def test_native_encoder_matches_sentence_transformers(
     reference: Reference, model_dir: Path
 ) -> None:
-    config = _core.kernels.TextEncoderConfig(  # type: ignore[attr-defined]
-        model_dir=str(model_dir), device="cpu", blas_threads=2, max_seq_len=256, max_batch_size=64
-    )
+    config = _core.kernels.TextEncoderConfig()
+    config.model_dir = str(model_dir)
+    config.device = "cpu"
+    config.blas_threads = 2
+    config.max_seq_len = 256
+    config.max_batch_size = 64
     encoder = _core.kernels.TextEncoder(config)  # type: ignore[attr-defined]
     assert encoder.hidden == HIDDEN
     assert encoder.max_seq_len == 256
