@@ -285,7 +285,8 @@ class InferRoute:
     async def _infer(
         self, name: str, version: int | str | None, info: Any, req: InferRequest, receive: Receive
     ) -> EncodedResponse:
-        outputs, datatypes = await self.compute(name, version, info, req, receive)
+        parameters: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
+        outputs, datatypes = await self.compute(name, version, info, req, receive, parameters)
         return self._encode(
             model_name=name,
             model_version=info.version,
@@ -294,6 +295,7 @@ class InferRoute:
             datatypes=datatypes,
             requested=req.outputs,
             binary_data_output=req.binary_data_output,
+            parameters=parameters,
         )
 
     async def compute(
@@ -303,11 +305,14 @@ class InferRoute:
         info: Any,
         req: InferRequest,
         receive: Receive | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """A checked request through the engine: the outputs and their protocol datatypes.
 
         With ``receive`` (HTTP), a client that disconnects cancels the call (``ClientGone``);
-        without it (gRPC), cancelling the caller's task does. Raises :class:`HTTPError`."""
+        without it (gRPC), cancelling the caller's task does. ``parameters``, when given,
+        receives the parameters a model's stages reported (e.g. ``{"truncated": True}``).
+        Raises :class:`HTTPError`."""
         engine = self.engine
         inputs = req.inputs
         out_types = {s.name: s.datatype for s in info.outputs}
@@ -317,7 +322,7 @@ class InferRoute:
         timeout = req.timeout_s
         # Pin the version metadata named, so a swap between the two calls cannot mix them.
         pinned = version if version is not None else info.version
-        call = _call_engine(engine, info, inputs, pinned, priority, timeout)
+        call = _call_engine(engine, info, inputs, pinned, priority, timeout, parameters)
         try:
             if receive is None:
                 outputs = await call
@@ -492,24 +497,35 @@ async def _call_engine(
     version: int | str,
     priority: int,
     timeout: float | None,
+    parameters: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The whole request in one engine call (so its rows are admitted together), its
     answer as a dict by output name with the leading batch dimension.
 
     One row goes through ``engine.infer`` (the same answer for less work, with the leading
     dimension of 1 put back); more through ``engine.infer_batch``, which answers an array
-    for a one-output model, or a dict."""
-    kw = {"version": version, "priority": priority, "timeout": timeout}
+    for a one-output model, or a dict. For a model with stages (a text model takes its BYTES
+    input as the stage's items), the stages' merged parameters go into ``parameters``."""
+    kw: dict[str, Any] = {"version": version, "priority": priority, "timeout": timeout}
+    staged = parameters is not None and bool(getattr(info, "stages", None))
+    if staged:
+        kw["with_parameters"] = True
     if next(iter(inputs.values())).shape[0] == 1:
         if len(inputs) == 1:
             item: Any = next(iter(inputs.values()))[0]
         else:
             item = {k: a[0] for k, a in inputs.items()}
         one = await engine.infer(info.name, item, **kw)
+        if staged:
+            parameters.update(one.parameters)  # type: ignore[union-attr]
+            one = one.output
         if isinstance(one, dict):
             return {k: np.asarray(v)[None] for k, v in one.items()}
         return {_first_output(info): np.asarray(one)[None]}
     out = await engine.infer_batch(info.name, inputs, **kw)
+    if staged:
+        parameters.update(out.parameters)  # type: ignore[union-attr]
+        out = out.output
     if isinstance(out, dict):
         return out
     return {_first_output(info): np.asarray(out)}
