@@ -89,9 +89,11 @@ class Tracing:
         """``engine.infer`` with tracing on (priority and timeout already checked): queue and
         compute spans under the request's server span, or under an INTERNAL span of its own
         when a span is current; no span and no stamps when no trace is active."""
-        parent = request_span()
+        ctx = otel_context.get_current()  # read once: this runs for every request
+        # Only _serving sets the key, always to a Span (no isinstance on the hot path).
+        parent: Span | None = ctx.get(_REQUEST_SPAN)  # type: ignore[assignment]
         own: Span | None = None
-        if parent is None and trace.get_current_span().get_span_context().is_valid:
+        if parent is None and trace.get_current_span(ctx).get_span_context().is_valid:
             own = self.tracer.start_span(
                 f"inferline.infer {v.name}",
                 kind=SpanKind.INTERNAL,
