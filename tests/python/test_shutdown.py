@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -158,6 +159,22 @@ def test_second_sigterm_during_the_drain_exits_at_once_non_zero(repo: Path) -> N
         server.stop()
 
 
+def read_response(sock: socket.socket) -> str:
+    """One HTTP response (head and a Content-Length body) from ``sock``, however it arrives."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed mid-head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed mid-body: {data!r}"
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode("latin-1")
+
+
 def test_requests_during_the_drain_are_refused_before_their_body_is_read(repo: Path) -> None:
     server = Server(repo, "--drain-timeout", "120")
     try:
@@ -172,7 +189,7 @@ def test_requests_during_the_drain_are_refused_before_their_body_is_read(repo: P
                 b"POST /v2/models/hang/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
             )
-            head = sock.recv(65536).decode("latin-1")
+            head = read_response(sock)
         status_line, _, rest = head.partition("\r\n")
         assert status_line.startswith("HTTP/1.1 503"), head
         assert "retry-after:" in rest.lower(), head
