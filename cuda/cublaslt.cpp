@@ -201,7 +201,7 @@ std::uint32_t alignment(const void* p) noexcept {
 }
 
 std::mutex cache_mutex;  // guards handles and algos
-std::map<int, handle_t> handles;  // one per device, never destroyed (process lifetime)
+std::map<int, handle_t> handles;  // per device (null: creation failed); never destroyed
 std::map<shape_key, cached_algo> algos;
 
 }  // namespace
@@ -262,11 +262,14 @@ bool matmul(const float* x, const float* w, const float* bias, float* y, std::si
     const std::lock_guard<std::mutex> lock(cache_mutex);
     auto h = handles.find(device);
     if (h == handles.end()) {
+      // A library this driver cannot run (say cuBLASLt 13 on an older driver) fails here: the
+      // device is remembered without a handle and callers fall back to their own kernel.
       handle_t created = nullptr;
-      check(f.create(&created), "cublasLtCreate");
+      if (f.create(&created) != 0) created = nullptr;
       h = handles.emplace(device, created).first;
     }
     handle = h->second;
+    if (handle == nullptr) return false;
     if (auto it = algos.find(key); it != algos.end()) {
       chosen = it->second;
     } else {

@@ -32,8 +32,9 @@ enum class epilogue : unsigned char {
 /// pointers, with the row-major layouts of kernels::linear; `bias` may be null; k ≥ 1.
 /// `workspace` (device memory, may be null when `workspace_bytes` is 0) must not be used by
 /// other work until this call's work on `stream` has finished. Queued on `stream` on the
-/// current device. Returns false, with nothing queued, when cuBLASLt is not available or offers
-/// no algorithm for the shape (the caller falls back to its own kernel); throws
+/// current device. Returns false, with nothing queued, when cuBLASLt is not available, cannot
+/// create a handle on this device, or offers no algorithm for the shape (the caller falls back
+/// to its own kernel); throws
 /// std::runtime_error naming the call when cuBLASLt reports an error. The heuristic's choice
 /// is cached per device and shape. Thread-safe.
 bool matmul(const float* x, const float* w, const float* bias, float* y, std::size_t m,

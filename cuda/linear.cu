@@ -369,7 +369,9 @@ void linear_with(gemm_path path, const float* x, const float* w, const float* bi
     case gemm_path::cublaslt:
       if (cublaslt_linear(x, w, bias, y, m, n, k, layout, act, s, workspace)) return;
       throw std::runtime_error("inferline::cuda::linear: cuBLASLt unavailable (" +
-                               cublaslt::status() + ", or no algorithm for this shape)");
+                               cublaslt::status() +
+                               "; when loaded: no handle on this device or no algorithm for "
+                               "this shape)");
     case gemm_path::own:
       return own_linear(plan(m, n, k, false, workspace), x, w, bias, y, m, n, k, layout, act, s,
                         workspace);
