@@ -58,6 +58,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -394,13 +395,15 @@ class Soak:
         print(f"{t:>6.0f} {tl.sent:>8}{cols} {bad:>9} {rss:>7.1f} {fds:>5}", flush=True)
 
 
-async def _wait_ready(port: int, proc: subprocess.Popen[bytes], bound: float) -> None:
+async def _wait_ready(
+    port: int, proc: subprocess.Popen[bytes], bound: float, models: Iterable[str] = _MODELS
+) -> None:
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
         try:
-            ready = [(await _http(port, "GET", f"/v2/models/{m}/ready"))[0] == 200 for m in _MODELS]
+            ready = [(await _http(port, "GET", f"/v2/models/{m}/ready"))[0] == 200 for m in models]
             if all(ready):
                 return
         except OSError:
