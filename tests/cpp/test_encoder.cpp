@@ -183,11 +183,12 @@ packed make_batch(const std::vector<int>& lengths, int vocab, unsigned seed) {
 // Lengths on both attention paths (short loops below 64 tokens, sgemm from 64), one token too.
 const std::vector<int> mixed_lengths = {1, 5, 17, 70, 3, 100, 64, 33};
 
-TEST(Encoder, BatchMatchesFloat64ReferenceWithUnitNorm) {
-  const encoder_config c = small_config();
-  const auto w = random_weights(c, 7);
+// Runs one packed batch of `lengths` and checks every vector against the float64 reference.
+void expect_matches_reference(const encoder_config& c, const std::vector<int>& lengths,
+                              unsigned seed) {
+  const auto w = random_weights(c, seed);
   auto exec = make_cpu_encoder(w, c, 1);
-  const packed p = make_batch(mixed_lengths, c.vocab, 11);
+  const packed p = make_batch(lengths, c.vocab, seed + 4);
   const auto n = static_cast<int>(p.seqs.size());
   std::vector<float> out(static_cast<std::size_t>(n * c.hidden));
   exec->run(p.ids.data(), p.offsets.data(), n, out.data());
@@ -202,9 +203,26 @@ TEST(Encoder, BatchMatchesFloat64ReferenceWithUnitNorm) {
     }
     EXPECT_NEAR(norm, 1.0, 1e-5) << "sequence " << i;
     EXPECT_GE(dot, 0.99999) << "sequence " << i << " of length "
-                            << mixed_lengths[static_cast<std::size_t>(i)];
+                            << lengths[static_cast<std::size_t>(i)];
     EXPECT_LT(err, 2e-4) << "sequence " << i;
   }
+}
+
+TEST(Encoder, BatchMatchesFloat64ReferenceWithUnitNorm) {
+  expect_matches_reference(small_config(), mixed_lengths, 7);
+}
+
+// Fewer than 64 tokens in all: the projections take the single-threaded small-batch product
+// instead of OpenBLAS. Widths that are not multiples of the kernel's blocks (k % 8, n % 4 and
+// rows % 3 all non-zero) cover its tails.
+TEST(Encoder, SmallBatchMatchesFloat64Reference) {
+  expect_matches_reference(small_config(), {1, 5, 17, 3, 33}, 7);
+  encoder_config odd = small_config();
+  odd.hidden = 36;
+  odd.heads = 4;
+  odd.intermediate = 74;
+  expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9);
+  expect_matches_reference(odd, {63}, 13);
 }
 
 TEST(Encoder, BatchGivesTheSameVectorsAsEachSequenceAlone) {
