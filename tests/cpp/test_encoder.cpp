@@ -14,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "inferline/encoder/encoder.hpp"
@@ -185,9 +186,9 @@ const std::vector<int> mixed_lengths = {1, 5, 17, 70, 3, 100, 64, 33};
 
 // Runs one packed batch of `lengths` and checks every vector against the float64 reference.
 void expect_matches_reference(const encoder_config& c, const std::vector<int>& lengths,
-                              unsigned seed) {
+                              unsigned seed, int blas_threads = 1) {
   const auto w = random_weights(c, seed);
-  auto exec = make_cpu_encoder(w, c, 1);
+  auto exec = make_cpu_encoder(w, c, blas_threads);
   const packed p = make_batch(lengths, c.vocab, seed + 4);
   const auto n = static_cast<int>(p.seqs.size());
   std::vector<float> out(static_cast<std::size_t>(n * c.hidden));
@@ -212,17 +213,48 @@ TEST(Encoder, BatchMatchesFloat64ReferenceWithUnitNorm) {
   expect_matches_reference(small_config(), mixed_lengths, 7);
 }
 
-// Fewer than 64 tokens in all: the projections take the single-threaded small-batch product
-// instead of OpenBLAS. Widths that are not multiples of the kernel's blocks (k % 8, n % 4 and
-// rows % 3 all non-zero) cover its tails.
+// Each small-batch kernel this CPU has against a float64 product, over shapes that exercise
+// every tail: rows not a multiple of the row block (3 or 4), W rows not a multiple of 4 or 6, k
+// not a multiple of 8 or 16, and k shorter than one register.
+TEST(Encoder, SmallProductKernelsMatchFloat64) {
+  std::mt19937 rng(21);
+  int ran = 0;
+  for (const std::string isa : {"avx2", "avx512"}) {
+    for (const std::size_t m : {1U, 2U, 3U, 4U, 5U, 7U, 9U, 31U}) {
+      for (const auto& [n, k] : {std::pair<std::size_t, std::size_t>{13, 37}, {24, 64}, {5, 3}}) {
+        const std::vector<float> x = random_vec(rng, m * k, 1.0f), w = random_vec(rng, n * k, 1.0f);
+        std::vector<float> y(m * n, -7.0f);
+        if (!detail::small_product(isa, x.data(), w.data(), y.data(), m, n, k)) continue;
+        ++ran;
+        for (std::size_t r = 0; r < m; ++r) {
+          for (std::size_t c = 0; c < n; ++c) {
+            double ref = 0;
+            for (std::size_t e = 0; e < k; ++e) ref += double{x[r * k + e]} * w[c * k + e];
+            ASSERT_NEAR(y[r * n + c], ref, 1e-5 * static_cast<double>(k))
+                << isa << " m " << m << " n " << n << " k " << k << " at " << r << "," << c;
+          }
+        }
+      }
+    }
+  }
+  if (ran == 0) GTEST_SKIP() << "no AVX2/FMA small-batch kernel in this build or CPU";
+  EXPECT_FALSE(detail::small_product("sse", nullptr, nullptr, nullptr, 1, 1, 1));
+}
+
+// Fewer than 32 tokens in all with 2 OpenBLAS threads: the projections take the single-threaded
+// small-batch product (on CPUs with AVX2/FMA; with AVX-512 also with 1 thread) instead of
+// OpenBLAS. Widths that are not multiples of the kernels' blocks cover their tails; 40 tokens
+// go through OpenBLAS, as do small batches with 1 thread on AVX2-only CPUs.
 TEST(Encoder, SmallBatchMatchesFloat64Reference) {
-  expect_matches_reference(small_config(), {1, 5, 17, 3, 33}, 7);
+  expect_matches_reference(small_config(), {1, 5, 17, 3}, 7, 2);
   encoder_config odd = small_config();
   odd.hidden = 36;
   odd.heads = 4;
   odd.intermediate = 74;
-  expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9);
-  expect_matches_reference(odd, {63}, 13);
+  expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9, 2);
+  expect_matches_reference(odd, {31}, 13, 2);
+  expect_matches_reference(odd, {40}, 13, 2);
+  expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9, 1);
 }
 
 TEST(Encoder, BatchGivesTheSameVectorsAsEachSequenceAlone) {

@@ -6,7 +6,7 @@
 #include <memory>
 #include <stdexcept>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define INFERLINE_SMALL_GEMM 1
 #endif
@@ -28,79 +28,87 @@ using kernels::weight_layout;
 // the per-call cost of two sgemm calls; above it sgemm's blocking (and its threads) win.
 constexpr int small_attention = 64;
 
-// Below this many tokens in a batch every projection runs in small_linear below, on the caller's
+// Batches below this many tokens run every projection in small_product below, on the caller's
 // thread: a one-sentence batch is a few rows against 7 MB of weights per layer, where OpenBLAS's
-// per-call packing and (with more than one thread) waking its workers cost more than the product.
-constexpr std::size_t small_batch = 64;
+// per-call packing and, with more than one thread, waking its workers cost more than the product
+// (2-vCPU AMD EPYC VM shared with other jobs, all-MiniLM-L6-v2, one encode call: 8 tokens took
+// ~200 ms with 2 OpenBLAS threads under load, ~8 ms here). One thread, quiet machine, OpenBLAS
+// vs AVX-512 here: 8 tokens 8.3-8.7 vs 6.0-7.1 ms, 16: 10.6 vs 8.2, 32: 13.8 vs 13.3-15.0, 63:
+// 24.7 vs 25.9-27.8; the AVX2 kernel only matched OpenBLAS's (AVX-512) with one thread, so on
+// AVX2-only CPUs it is taken only when OpenBLAS has more than one.
+constexpr std::size_t small_batch = 32;
 
 #ifdef INFERLINE_SMALL_GEMM
-// R rows of x against C rows of W ([n, k], out_in) into R x C dot products, 8 lanes at a time.
-// 3 x 4 keeps 12 accumulators plus 3 x and 1 W vectors in the 16 AVX2 registers.
-template <int R, int C>
-__attribute__((target("avx2,fma"))) inline void dot_block(const float* x, const float* w,
-                                                          float* y, std::size_t k,
-                                                          std::size_t n) {
-  __m256 acc[R][C];
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  }
-  std::size_t e = 0;
-  for (; e + 8 <= k; e += 8) {
-    __m256 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + static_cast<std::size_t>(r) * k + e);
-    for (int c = 0; c < C; ++c) {
-      const __m256 wv = _mm256_loadu_ps(w + static_cast<std::size_t>(c) * k + e);
-      for (int r = 0; r < R; ++r) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < C; ++c) {
-      const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][c]),
-                                  _mm256_extractf128_ps(acc[r][c], 1));
-      const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-      float sum = _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
-      for (std::size_t t = e; t < k; ++t) {
-        sum += x[static_cast<std::size_t>(r) * k + t] * w[static_cast<std::size_t>(c) * k + t];
-      }
-      y[static_cast<std::size_t>(r) * n + static_cast<std::size_t>(c)] = sum;
-    }
-  }
+// The small-batch product twice: AVX2/FMA (16 registers: 3 x 4 blocks) and AVX-512 (32: 4 x 6).
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define SP_NS avx2
+#define SP_VEC __m256
+#define SP_LANES 8
+#define SP_LOAD(p) _mm256_loadu_ps(p)
+#define SP_ZERO() _mm256_setzero_ps()
+#define SP_FMA(a, b, acc) _mm256_fmadd_ps(a, b, acc)
+#define SP_HSUM(v) hsum256(v)
+#define SP_ROWS 3
+#define SP_COLS 4
+inline float hsum256(__m256 v) {
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
 }
+#include "small_product.inc"
+#pragma GCC pop_options
 
-// Rows [0, m) of x against every W row: blocks of 4 W rows (kept in L1/L2 while all the rows of
-// x pass over them), 3 rows of x at a time.
-template <int C>
-__attribute__((target("avx2,fma"))) void dot_rows(const float* x, const float* w, float* y,
-                                                  std::size_t m, std::size_t k, std::size_t n,
-                                                  std::size_t o) {
-  std::size_t r = 0;
-  for (; r + 3 <= m; r += 3) dot_block<3, C>(x + r * k, w + o * k, y + r * n + o, k, n);
-  if (m - r == 2) dot_block<2, C>(x + r * k, w + o * k, y + r * n + o, k, n);
-  if (m - r == 1) dot_block<1, C>(x + r * k, w + o * k, y + r * n + o, k, n);
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps() and warn about it (GCC PR 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define SP_NS avx512
+#define SP_VEC __m512
+#define SP_LANES 16
+#define SP_LOAD(p) _mm512_loadu_ps(p)
+#define SP_ZERO() _mm512_set1_ps(0.0f)
+#define SP_FMA(a, b, acc) _mm512_fmadd_ps(a, b, acc)
+#define SP_HSUM(v) hsum512(v)
+inline float hsum512(__m512 v) {
+  const __m512 hi = _mm512_shuffle_f32x4(v, v, 0xEE);
+  return hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(hi)));
 }
+#define SP_ROWS 4
+#define SP_COLS 6
+#include "small_product.inc"
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
 
-__attribute__((target("avx2,fma"))) void small_product(const float* x, const float* w, float* y,
-                                                       std::size_t m, std::size_t n,
-                                                       std::size_t k) {
-  std::size_t o = 0;
-  for (; o + 4 <= n; o += 4) dot_rows<4>(x, w, y, m, k, n, o);
-  for (; o < n; ++o) dot_rows<1>(x, w, y, m, k, n, o);
-}
+using product_fn = void (*)(const float*, const float*, float*, std::size_t, std::size_t,
+                            std::size_t);
+struct small_path {
+  product_fn product = nullptr;  // null: no AVX2/FMA, OpenBLAS only
+  bool with_one_thread = false;  // also taken when OpenBLAS has one thread (AVX-512 only)
+};
 
-bool has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+// The widest small_product this CPU runs and when to take it.
+small_path small_path_for_cpu() {
+  if (__builtin_cpu_supports("avx512f")) return {avx512::small_product, true};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return {avx2::small_product, false};
+  }
+  return {};
 }
 #endif
 
 // y[m, n] = act(x[m, k] · Wᵀ + bias), W [n, k]: kernels::linear's contract. Batches of fewer
-// than small_batch rows run on this thread with the AVX2 dot products above (no OpenBLAS call);
-// larger ones, and CPUs without AVX2/FMA, go to OpenBLAS.
+// than small_batch rows run on this thread with the dot products above (no OpenBLAS call) when
+// small_path_for_cpu says so; otherwise OpenBLAS runs the product.
 void project(const float* x, const float* w, const float* bias, float* y, std::size_t m,
              std::size_t n, std::size_t k, activation act) {
 #ifdef INFERLINE_SMALL_GEMM
-  if (m < small_batch && k > 0 && has_avx2_fma()) {
-    small_product(x, w, y, m, n, k);
+  static const small_path small = small_path_for_cpu();
+  if (m < small_batch && k > 0 && small.product != nullptr &&
+      (small.with_one_thread || kernels::blas_threads() > 1)) {
+    small.product(x, w, y, m, n, k);
     kernels::bias_activation(y, m, n, bias, act);
     return;
   }
@@ -264,6 +272,29 @@ class cpu_encoder final : public encoder_exec {
 };
 
 }  // namespace
+
+bool detail::small_product(const std::string& isa, const float* x, const float* w, float* y,
+                           std::size_t m, std::size_t n, std::size_t k) {
+#ifdef INFERLINE_SMALL_GEMM
+  if (isa == "avx512" && __builtin_cpu_supports("avx512f")) {
+    avx512::small_product(x, w, y, m, n, k);
+    return true;
+  }
+  if (isa == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    avx2::small_product(x, w, y, m, n, k);
+    return true;
+  }
+#else
+  static_cast<void>(isa);
+  static_cast<void>(x);
+  static_cast<void>(w);
+  static_cast<void>(y);
+  static_cast<void>(m);
+  static_cast<void>(n);
+  static_cast<void>(k);
+#endif
+  return false;
+}
 
 std::unique_ptr<encoder_exec> make_cpu_encoder(std::shared_ptr<const encoder_weights> weights,
                                                const encoder_config& config, int blas_threads) {

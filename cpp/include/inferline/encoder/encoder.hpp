@@ -97,4 +97,13 @@ std::unique_ptr<encoder_exec> make_cpu_encoder(std::shared_ptr<const encoder_wei
 std::unique_ptr<encoder_exec> make_cuda_encoder(std::shared_ptr<const encoder_weights> weights,
                                                 const encoder_config& config, int device);
 
+namespace detail {
+/// y[m, n] = x[m, k] · Wᵀ (W [n, k], row-major) with the CPU encoder's small-batch kernel for
+/// `isa` ("avx2" or "avx512"), which make_cpu_encoder's executor picks by itself for batches of
+/// fewer than 32 tokens. Returns false, y untouched, where this build or CPU lacks that kernel.
+/// For tests.
+bool small_product(const std::string& isa, const float* x, const float* w, float* y,
+                   std::size_t m, std::size_t n, std::size_t k);
+}  // namespace detail
+
 }  // namespace inferline::encoder
