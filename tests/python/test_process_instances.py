@@ -223,6 +223,8 @@ def test_a_callable_a_child_cannot_import_is_refused() -> None:
 REPO_TOML = python_model_toml(top='instances = 2\nisolation = "process"')
 
 REPO_CODE = """import os
+# Each process that imports this file leaves its pid in the model's folder.
+open(os.path.join(os.path.dirname(__file__), f"imported-by-{os.getpid()}"), "w").close()
 def predict(x):
     return x * 2 + os.getpid() * 0
 """
@@ -244,6 +246,10 @@ async def test_a_repository_model_runs_in_process_instances(tmp_path: Path) -> N
         children = pids(engine, "doubler")
         assert len(children) == 2 and all(alive(p) for p in children)
         assert os.getpid() not in children
+        # Only the children imported model.py: the server process never ran its code.
+        importers = {int(f.name.rsplit("-", 1)[1]) for f in repo.glob("doubler/1/imported-by-*")}
+        assert importers and os.getpid() not in importers
+        assert set(children) <= importers
     await wait_for(lambda: all(reaped(p) for p in children), "children reaped")
 
 

@@ -97,8 +97,25 @@ class LoadedModel:
         )
 
 
+def _runs_in_children(config: ModelConfig, version: int) -> Callable[..., Any]:
+    """Stands in the parent for a model.py that only its child processes import."""
+
+    def in_children(*_: Any) -> Any:
+        raise RuntimeError(
+            f"model {config.name!r} version {version} runs in its child processes "
+            '(isolation = "process"); the server process never imports its model.py'
+        )
+
+    return in_children
+
+
 def load_version(
-    config: ModelConfig, version: int, *, verify: bool = True, allow_code: bool = False
+    config: ModelConfig,
+    version: int,
+    *,
+    verify: bool = True,
+    allow_code: bool = False,
+    in_child: bool = False,
 ) -> LoadedModel:
     """Load one version of a model from its repository folder (onnx, python or native).
 
@@ -106,7 +123,8 @@ def load_version(
     files present, sha256, no escaping symlinks); the main file's digest is checked again on
     the bytes actually loaded either way. ``allow_code`` is the operator's key to run a
     ``model.py``; the repository's ``[python] allow_code`` is the other, and both are needed.
-    Raises RepositoryError.
+    A python model with ``isolation = "process"`` is imported only where ``in_child`` is true
+    (its child processes): elsewhere ``fn`` raises if called. Raises RepositoryError.
     """
     va = verify_version(config, version) if verify else config.version(version)
     notes: list[str] = []
@@ -143,16 +161,27 @@ def load_version(
                 "python.allow_code",
                 f"refusing to run model.py: {CODE_KEYS}; the operator's opt-in was not given",
             )
-        fn = load_python_model(
-            va.artifact,
-            allow_code=config.python.allow_code,
-            entry=config.python.entry,
-            root=config.root,
-            source=read_artifact(config, version),
-            module_name=f"{config.name}_v{version}",
-        )
+        if config.isolation == "process" and not in_child:
+            # Its child processes import it by path (RepositoryTarget); the server process
+            # checks both keys and the file's digest, and never runs the code itself.
+            if config.python.allow_code is not True:
+                raise RepositoryError(
+                    va.artifact, "python.allow_code", f"refusing to run model.py: {CODE_KEYS}"
+                )
+            read_artifact(config, version)
+            fn = _runs_in_children(config, version)
+            backend = None
+        else:
+            fn = load_python_model(
+                va.artifact,
+                allow_code=config.python.allow_code,
+                entry=config.python.entry,
+                root=config.root,
+                source=read_artifact(config, version),
+                module_name=f"{config.name}_v{version}",
+            )
+            backend = fn
         inputs, outputs = config.inputs, config.outputs
-        backend = fn
     elif config.backend == "native":
         assert config.native is not None
         if config.output_checks.probabilities:

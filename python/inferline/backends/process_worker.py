@@ -53,7 +53,9 @@ def load_model(spec: dict[str, Any]) -> Callable[..., Any]:
     from . import load_version
 
     config = load_model_config(repo["path"], root=repo["root"])
-    loaded = load_version(config, int(repo["version"]), allow_code=bool(repo["allow_code"]))
+    loaded = load_version(
+        config, int(repo["version"]), allow_code=bool(repo["allow_code"]), in_child=True
+    )
     return loaded.fn
 
 
