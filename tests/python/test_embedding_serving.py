@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from serve_process import served_repository
 
 import inferline
 from inferline import _core
@@ -308,33 +308,8 @@ def test_text_encoder_schema_errors_name_the_field(tmp_path: Path) -> None:
 def test_inferline_serve_serves_minilm_from_the_bundled_repository(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "examples" / "repository", repo)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferline.cli", "serve", str(repo), "--port", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
-    reader.start()
-    try:
-        port = None
-        deadline = time.monotonic() + 120
-        seen: list[str] = []
-        while port is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, "".join(seen)
-                continue
-            seen.append(line)
-            if "running on http://127.0.0.1:" in line:
-                port = int(line.split("127.0.0.1:")[1].split()[0])
-        assert port is not None, "".join(seen)
+    with served_repository(repo) as server:
+        port, seen = server.port, server.log
         assert not [ln for ln in seen if "minilm" in ln and "ERROR" in ln], "".join(seen)
         body = {
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", LONG]}]
@@ -344,8 +319,3 @@ def test_inferline_serve_serves_minilm_from_the_bundled_repository(tmp_path: Pat
         out = r.json()
         assert out["outputs"][0]["name"] == "embedding" and out["outputs"][0]["shape"] == [2, 384]
         assert out["parameters"] == {"truncated": True}
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        reader.join(10)
-        proc.stderr.close()

@@ -28,6 +28,7 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from serve_process import served_repository
 
 import inferline
 from inferline import Batching, TensorSpec
@@ -920,7 +921,6 @@ def test_sigterm_turns_readiness_false_drains_and_exits_zero(tmp_path: Any) -> N
 def test_inferline_serve_example_repository(tmp_path: Any) -> None:
     """``inferline serve REPO`` end to end: the repository extension, versions and aliases,
     load/unload, then SIGTERM and exit 0. Runs on a private copy of the example repository."""
-    import queue
     import shutil
 
     repo = tmp_path / "repo"
@@ -928,33 +928,8 @@ def test_inferline_serve_example_repository(tmp_path: Any) -> None:
     if not os.path.isdir(examples):
         pytest.skip("the example repository is not in this checkout")
     shutil.copytree(examples, repo)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferline.cli", "serve", str(repo), "--port", "0", "--allow-code"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
-    reader.start()
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        seen = []
-        while port is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, "".join(seen)
-                continue
-            seen.append(line)
-            if "running on http://127.0.0.1:" in line:
-                port = int(line.split("127.0.0.1:")[1].split()[0])
-        assert port is not None, "".join(seen)
+    with served_repository(repo, "--allow-code", ready_within=60) as server:
+        proc, port = server.proc, server.port
         c = tc.InferenceServerClient(f"127.0.0.1:{port}")
         try:
             assert c.is_server_ready()
@@ -989,9 +964,3 @@ def test_inferline_serve_example_repository(tmp_path: Any) -> None:
             c.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        reader.join(10)
-        proc.stderr.close()
