@@ -4,7 +4,8 @@
 send to a Python model whose queue holds ``--queue`` rows (default 1,024) and which computes a
 batch of up to 32 rows in ``--batch-ms`` (a sleep: the model is slower than the HTTP layer, so
 the queue, not the sockets, is what fills). A client answered 503 waits a short random backoff
-(at most ``--backoff-ms``) before its next request, as a client honouring Retry-After would;
+(at most ``--backoff-ms``) before its next request, or, with ``--retry-after``, what the
+answer's Retry-After header asks (jittered to 50-100% of it), as a well-behaved client does;
 every request has a ``--client-timeout`` (20 s) after which it counts as a client timeout.
 
 Checked, as the fault-containment targets ask:
@@ -78,6 +79,7 @@ class Client:
         ).encode() + body
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.retry_after = 0.0  # seconds, from the last answer's Retry-After header
 
     async def send(self) -> int:
         if self.writer is None or self.reader is None:
@@ -93,6 +95,8 @@ class Client:
                 length = int(v)
             elif k.lower() == "connection" and v.strip().lower() == "close":
                 close = True
+            elif k.lower() == "retry-after":
+                self.retry_after = float(v)
         await self.reader.readexactly(length)
         if close:
             self.close()
@@ -135,14 +139,18 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> int:
                 if status == 200 and start >= measure_from:
                     ok_latencies.append(time.monotonic() - start)
                 elif status == 503:
-                    await asyncio.sleep(rng.uniform(0, args.backoff_ms / 1000))
+                    if args.retry_after:
+                        await asyncio.sleep(c.retry_after * rng.uniform(0.5, 1.0))
+                    else:
+                        await asyncio.sleep(rng.uniform(0, args.backoff_ms / 1000))
         finally:
             c.close()
 
     print(
         f"overload: inferline serve (PID {pid}) on 127.0.0.1:{port}, {args.minutes:g} min, "
         f"{args.connections} connections, queue {args.queue}, a batch of <= 32 in "
-        f"{args.batch_ms:g} ms"
+        f"{args.batch_ms:g} ms; after a 503 a client waits "
+        + ("50-100% of Retry-After" if args.retry_after else f"0-{args.backoff_ms:g} ms")
     )
     print(f"{'t s':>6}{'200':>10}{'503':>10}{'other':>8}{'RSS MB':>9}")
     tasks = [asyncio.ensure_future(client()) for _ in range(args.connections)]
@@ -197,6 +205,9 @@ def main() -> int:
     p.add_argument("--queue", type=int, default=1024, help="the model's max_queue_size")
     p.add_argument("--batch-ms", type=float, default=20.0, help="compute time of one batch")
     p.add_argument("--backoff-ms", type=float, default=200.0, help="most a 503'd client waits")
+    p.add_argument(
+        "--retry-after", action="store_true", help="a 503'd client waits what Retry-After says"
+    )
     p.add_argument("--client-timeout", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
