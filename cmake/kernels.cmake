@@ -105,9 +105,9 @@ target_link_libraries(inferline_native PUBLIC inferline_kernels inferline_core
 
 # ---- native text encoder ------------------------------------------------------------------
 # BERT-style sentence encoder (cpp/src/encoder): CPU executor always; the CUDA executor
-# encoder_cuda.cpp in CUDA builds (when present), else the stub encoder_no_cuda.cpp.
+# encoder_cuda.cpp in CUDA builds, else the stub encoder_no_cuda.cpp that says so.
 file(GLOB INFERLINE_ENCODER_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/encoder/*.cpp)
-if(INFERLINE_HAVE_CUDA AND EXISTS ${PROJECT_SOURCE_DIR}/cpp/src/encoder/encoder_cuda.cpp)
+if(INFERLINE_HAVE_CUDA)
   list(FILTER INFERLINE_ENCODER_SOURCES EXCLUDE REGEX "/encoder_no_cuda\\.cpp$")
 else()
   list(FILTER INFERLINE_ENCODER_SOURCES EXCLUDE REGEX "/encoder_cuda\\.cpp$")
