@@ -21,18 +21,19 @@ what was wrong and what was expected. No other exception escapes :func:`parse_in
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..types import DATATYPES, FLOAT_DATATYPES, LIMITS
-from .codec import WIRE_DTYPES, deserialize_bytes_tensor, float_to_bf16_bits, loads
+from ..types import DATATYPES, LIMITS
+from .codec import WIRE_DTYPES, loads
 from .errors import ProtocolError
+from .tensor_data import bad as _bad
+from .tensor_data import binary_tensor, json_tensor
+from .tensor_data import jtype as _jtype
 
 __all__ = [
     "INFERENCE_HEADER",
@@ -61,13 +62,6 @@ _MAX_DIM = (1 << 63) - 1
 #: Largest ``timeout`` parameter (microseconds): one day. Larger values are refused with 400
 #: rather than passed on as deadlines no clock arithmetic should have to carry.
 MAX_TIMEOUT_US = 86_400 * 1_000_000
-
-_INT_TYPES = frozenset(("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"))
-_FLOAT_MAX = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32")}
-
-
-def _bad(message: str) -> ProtocolError:
-    return ProtocolError(400, message)
 
 
 @dataclass(frozen=True)
@@ -143,22 +137,6 @@ def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _jtype(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
-
-
 def _bool_param(params: Mapping[str, Any], key: str, where: str) -> bool | None:
     if key not in params:
         return None
@@ -207,144 +185,6 @@ def _shape(raw: Any, where: str) -> tuple[tuple[int, ...], int]:
             if nonzero > _MAX_NONZERO_PRODUCT:
                 raise _bad(f"{where}: shape {json_repr(raw)} is too large")
     return tuple(raw), count
-
-
-def _flatten(data: list[Any], shape: tuple[int, ...], count: int, where: str) -> list[Any]:
-    """Row-major leaves of JSON ``data`` given flat, nested (natural form) or nested with
-    the trailing dimensions flattened. Nesting must be regular and match the shape."""
-    level: list[Any] = data
-    dims = [len(data)]
-    ndim = max(len(shape), 1)
-    while level:
-        first = level[0]
-        if not isinstance(first, list):
-            break
-        if len(dims) >= ndim:
-            raise _bad(f"{where}: 'data' is nested deeper than the shape {list(shape)} allows")
-        if not all(type(v) is list for v in level):
-            raise _bad(f"{where}: 'data' mixes arrays and values at the same depth")
-        lengths = set(map(len, level))
-        if len(lengths) != 1:
-            raise _bad(f"{where}: nested 'data' is ragged (rows of lengths {sorted(lengths)[:5]})")
-        dims.append(lengths.pop())
-        level = list(itertools.chain.from_iterable(level))
-    if len(level) != count:
-        raise _bad(
-            f"{where}: 'data' has {len(level)} elements but shape {list(shape)} needs {count}"
-        )
-    if len(dims) > 1 and tuple(dims[:-1]) != shape[: len(dims) - 1]:
-        raise _bad(
-            f"{where}: nested 'data' has dimensions {dims}, which do not match shape {list(shape)}"
-        )
-    return level
-
-
-def _json_tensor(
-    data: Any, datatype: str, shape: tuple[int, ...], count: int, where: str
-) -> np.ndarray:
-    if not isinstance(data, list):
-        raise _bad(f"{where}: 'data' must be an array, got {_jtype(data)}")
-    flat = _flatten(data, shape, count, where)
-    kinds = set(map(type, flat))
-    if datatype == "BYTES":
-        if kinds - {str}:
-            raise _bad(f"{where}: BYTES data must be strings, found {_kinds(kinds - {str})}")
-        arr = np.empty(count, dtype=object)
-        try:
-            arr[:] = [s.encode("utf-8") for s in flat]
-        except UnicodeEncodeError:
-            raise _bad(f"{where}: BYTES data holds a string that is not valid UTF-8") from None
-        return arr.reshape(shape)
-    if datatype == "BOOL":
-        if kinds - {bool}:
-            raise _bad(f"{where}: BOOL data must be true/false, found {_kinds(kinds - {bool})}")
-        return np.array(flat, dtype=np.bool_).reshape(shape)
-    if datatype in _INT_TYPES:
-        if kinds - {int}:
-            extra = kinds - {int}
-            floats = [v for v in flat if type(v) is float]
-            if extra == {float} and all(v.is_integer() and abs(v) >= 2**63 for v in floats):
-                # orjson reads integers beyond 64 bits as floats: still an integer out of range
-                raise _bad(
-                    f"{where}: value {int(floats[0])} is out of range for {datatype} "
-                    f"[{np.iinfo(DATATYPES[datatype]).min}, {np.iinfo(DATATYPES[datatype]).max}]"
-                )
-            nan = any(math.isnan(v) for v in floats)
-            found = "NaN" if nan else _kinds(extra)
-            raise _bad(f"{where}: {datatype} data must be integers, found {found}")
-        target = DATATYPES[datatype]
-        info = np.iinfo(target)
-        if not flat:
-            return np.empty(shape, dtype=target)
-        # Python ints: the exact range check needs no numpy overflow semantics.
-        lo, hi = min(flat), max(flat)
-        if lo < info.min or hi > info.max:
-            bad = lo if lo < info.min else hi
-            raise _bad(
-                f"{where}: value {bad} is out of range for {datatype} [{info.min}, {info.max}]"
-            )
-        return np.array(flat, dtype=target).reshape(shape)
-    if datatype in FLOAT_DATATYPES:
-        if kinds - {int, float}:
-            raise _bad(
-                f"{where}: {datatype} data must be numbers, found {_kinds(kinds - {int, float})}"
-            )
-        try:
-            values = np.array(flat, dtype=np.float64)
-        except OverflowError:
-            raise _bad(f"{where}: an integer in {datatype} data is too large for a float") from None
-        if datatype == "BF16":
-            return float_to_bf16_bits(values).reshape(shape)
-        if datatype == "FP64":
-            return values.reshape(shape)
-        # Finite values beyond the datatype's range round to +-inf, as IEEE casts do. The
-        # errstate that silences numpy's overflow warning costs more than parsing a small
-        # tensor, so it is entered only when a value may overflow. (Python's max() ends on
-        # NaN only when the first value is NaN; NaN fails the test and takes the safe path.)
-        target = DATATYPES[datatype]
-        fmax = _FLOAT_MAX[datatype]
-        if flat and -fmax <= min(flat) and max(flat) <= fmax:
-            return values.astype(target).reshape(shape)
-        with np.errstate(over="ignore"):
-            return values.astype(target).reshape(shape)
-    raise _bad(f"{where}: unknown datatype {datatype!r}")  # unreachable: checked by caller
-
-
-def _kinds(kinds: set[type]) -> str:
-    names = {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        dict: "object",
-        list: "array",
-        type(None): "null",
-    }
-    return ", ".join(sorted(names.get(k, k.__name__) for k in kinds))
-
-
-def _binary_tensor(
-    chunk: memoryview, datatype: str, shape: tuple[int, ...], count: int, where: str
-) -> np.ndarray:
-    if datatype == "BYTES":
-        return deserialize_bytes_tensor(chunk, count).reshape(shape)
-    wire = WIRE_DTYPES[datatype]
-    expected = count * wire.itemsize
-    if len(chunk) != expected:
-        raise _bad(
-            f"{where}: binary_data_size is {len(chunk)} bytes but shape {list(shape)} of "
-            f"{datatype} needs {expected}"
-        )
-    arr = np.frombuffer(chunk, dtype=wire, count=count)
-    if datatype == "BOOL":
-        raw = arr.view(np.uint8)
-        if count and int(raw.max()) > 1:
-            raise _bad(f"{where}: BOOL binary data must hold bytes 0 or 1")
-    native = DATATYPES[datatype]
-    if arr.dtype != native or not arr.flags.aligned:
-        # Big-endian host, or an element offset that is not a multiple of its size.
-        arr = arr.astype(native)
-    return arr.reshape(shape)
 
 
 _UNSUPPORTED_TENSOR_PARAMS = (
@@ -407,9 +247,9 @@ class InferHeader:
         for d in self.inputs:
             if d.binary is not None:
                 off, size = d.binary
-                arr = _binary_tensor(mv[off : off + size], d.datatype, d.shape, d.count, d.where)
+                arr = binary_tensor(mv[off : off + size], d.datatype, d.shape, d.count, d.where)
             else:
-                arr = _json_tensor(d.data, d.datatype, d.shape, d.count, d.where)
+                arr = json_tensor(d.data, d.datatype, d.shape, d.count, d.where)
             inputs[d.name] = arr
             datatypes[d.name] = d.datatype
         return InferRequest(
