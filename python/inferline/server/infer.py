@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Awaitable
 from typing import Any
 
@@ -40,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import InferlineError
 from ..types import datatype_of
 from .admission import Admission
+from .body import RequestBody, decompress
 from .errors import (
     ClientGone,
     HTTPError,
@@ -66,10 +66,6 @@ __all__ = ["InferRoute"]
 log = logging.getLogger("inferline.server")
 
 _Headers = list[tuple[bytes, bytes]]
-
-# First bytes of a zlib stream (CMF: deflate with a window of 2**8..2**15); anything else
-# sent as "deflate" is taken as a raw deflate stream, as browsers and curl may send.
-_ZLIB_HEADERS = (b"\x08", b"\x18", b"\x28", b"\x38", b"\x48", b"\x58", b"\x68", b"\x78")
 
 
 class InferRoute:
@@ -129,7 +125,7 @@ class InferRoute:
         name: str = params["model"]
         version = version_arg(params.get("version"))
         admission = self.admission
-        body = _Body(receive, self.max_body_bytes, admission)
+        body = RequestBody(receive, self.max_body_bytes, admission)
         label = ""  # the model's name once the engine has said it serves it
         entered = False
         try:
@@ -206,7 +202,7 @@ class InferRoute:
 
     # -- 3.-5. the body, read no further than the checks allow ------------------------------
     async def _read(
-        self, headers: _Headers, body: _Body, info: Any
+        self, headers: _Headers, body: RequestBody, info: Any
     ) -> tuple[InferHeader, bytes | bytearray | memoryview]:
         """The request's checked header and the binary data after it."""
         limit = self.max_body_bytes
@@ -233,7 +229,7 @@ class InferRoute:
                 check_json_length(length, self.max_json_bytes)
             data = await body.read_all()
             if encoding:
-                data = _decompress(data, encoding, limit)
+                data = decompress(data, encoding, limit)
                 body.hold(len(data))
             mv = memoryview(data).cast("B")
             hl = parse_header_length(raw_header_length, len(mv))
@@ -342,111 +338,6 @@ class InferRoute:
             if missing:
                 raise HTTPError(400, f"model {name!r} did not produce outputs {missing}")
         return outputs, datatypes
-
-
-class _Body:
-    """A request body read in pieces, no further than asked, within ``limit`` bytes.
-
-    A declared size (``Content-Length``) is reserved against the server's bound on body
-    bytes before anything is read; without one, each piece is reserved as it arrives.
-    :meth:`release` gives back what was reserved. A body of declared size is gathered into
-    one buffer of that size (no second copy when it comes in many pieces).
-    """
-
-    __slots__ = ("admission", "chunks", "declared", "done", "limit", "receive", "reserved", "size")
-
-    def __init__(self, receive: Receive, limit: int, admission: Admission) -> None:
-        self.receive = receive
-        self.limit = limit
-        self.admission = admission
-        self.declared: int | None = None
-        self.reserved = 0
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.done = False
-
-    def declare(self, length: int) -> None:
-        self.hold(length)
-        self.declared = length
-
-    def hold(self, nbytes: int) -> None:
-        """Reserves ``nbytes`` more (503 past the server's bound)."""
-        self.admission.reserve_body(nbytes)
-        self.reserved += nbytes
-
-    def release(self) -> None:
-        self.admission.release_body(self.reserved)
-        self.reserved = 0
-
-    async def _next(self) -> bytes:
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk: bytes = message.get("body", b"")
-        self.done = not message.get("more_body", False)
-        if chunk:
-            self.size += len(chunk)
-            if self.size > self.limit:
-                raise HTTPError(413, f"request body is larger than the limit of {self.limit} bytes")
-            if self.declared is None:
-                self.hold(len(chunk))
-        return chunk
-
-    async def read_prefix(self, n: int) -> bytes:
-        """The first ``n`` bytes (400 when the body is shorter)."""
-        while self.size < n and not self.done:
-            self.chunks.append(await self._next())
-        if self.size < n:
-            raise HTTPError(400, f"the body ends after {self.size} bytes, inside its JSON header")
-        if len(self.chunks) > 1:
-            self.chunks = [b"".join(self.chunks)]
-        return self.chunks[0][:n]
-
-    async def read_all(self) -> bytes | bytearray:
-        """The whole body."""
-        if self.declared is not None and not self.done:
-            buf = bytearray(self.declared)
-            pos = 0
-            for c in self.chunks:
-                buf[pos : pos + len(c)] = c
-                pos += len(c)
-            self.chunks = []
-            while not self.done:
-                c = await self._next()
-                if pos + len(c) > self.declared:
-                    raise HTTPError(400, "the body is longer than its Content-Length")
-                buf[pos : pos + len(c)] = c
-                pos += len(c)
-            if pos != self.declared:
-                raise HTTPError(400, "the body is shorter than its Content-Length")
-            return buf
-        while not self.done:
-            self.chunks.append(await self._next())
-        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-
-
-def _decompress(body: bytes | bytearray, encoding: bytes, limit: int) -> bytes:
-    """``body`` inflated (gzip or deflate), at most ``limit`` bytes of it."""
-    if encoding == b"gzip":
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == b"deflate":
-        wbits = zlib.MAX_WBITS if body[:1] in _ZLIB_HEADERS else -zlib.MAX_WBITS
-    else:
-        raise HTTPError(
-            415,
-            f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not supported; "
-            "use gzip, deflate or none",
-        )
-    d = zlib.decompressobj(wbits)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise HTTPError(400, f"request body is not valid {encoding.decode()} data: {e}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise HTTPError(413, f"decompressed request body exceeds the limit of {limit} bytes")
-    if not d.eof:
-        raise HTTPError(400, f"request body is truncated {encoding.decode()} data")
-    return out
 
 
 def check_declared(info: Any, header: InferHeader) -> int:
