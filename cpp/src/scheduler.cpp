@@ -488,10 +488,7 @@ void model_scheduler::run_direct(std::size_t batch_size,
     throw std::invalid_argument("warm-up needs one input pointer per model input");
   }
   block* blk = blocks_->acquire();
-  struct releaser {
-    block* b;
-    ~releaser() { b->release(); }
-  } guard{blk};
+  const block_hold hold(blk);
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     const std::size_t n = config_.input_bytes[k] * batch_size;
     if (inputs[k] == nullptr) std::memset(blk->region(k), 0, n);

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <span>
+#include <stdexcept>
 #include <string>
 
 #include "inferline/block_pool.hpp"
@@ -24,6 +25,20 @@ struct batch {
   /// True for a warm-up batch, whose outputs are checked and dropped.
   bool warmup() const noexcept { return requests.empty(); }
 };
+
+/// Throws std::runtime_error, prefixed with `who` ("native model", "text encoder"), unless
+/// `b` fits a backend built for `max_batch_size` items and `slots` per-instance slots, the
+/// last of which the backend keeps for calls outside the scheduler.
+inline void check_batch_fits(const batch& b, std::size_t max_batch_size, std::size_t slots,
+                             const char* who) {
+  if (b.size > max_batch_size) {
+    throw std::runtime_error(std::string(who) + ": batch of " + std::to_string(b.size) +
+                             " exceeds its max_batch_size " + std::to_string(max_batch_size));
+  }
+  if (b.instance < 0 || static_cast<std::size_t>(b.instance) + 1 >= slots) {
+    throw std::runtime_error(std::string(who) + ": instance index out of range");
+  }
+}
 
 /// A model implementation. `run` is called on a worker thread, concurrently from up to
 /// `instances` workers (each with its own `batch::instance`), never with the GIL held by the

@@ -44,6 +44,19 @@ class block {
   std::vector<std::size_t> sizes_;
 };
 
+/// Holds one reference to a block for a scope: drops it (`release`) when the scope ends,
+/// however it ends. Not copyable.
+class block_hold {
+ public:
+  explicit block_hold(block* blk) noexcept : blk_(blk) {}
+  ~block_hold() { blk_->release(); }
+  block_hold(const block_hold&) = delete;
+  block_hold& operator=(const block_hold&) = delete;
+
+ private:
+  block* blk_;
+};
+
 /// A pool of equally shaped blocks that grows on demand and never shrinks, so steady state
 /// allocates nothing. The pool may be closed while blocks are still out (for example held by a
 /// numpy view after the model is unloaded): it then frees itself when the last one returns.

@@ -94,19 +94,9 @@ void text_encoder_backend::compute(slot& s, const std::int32_t* ids, std::size_t
 
 void text_encoder_backend::run(batch& b) {
   if (b.size == 0) return;
-  if (b.size > static_cast<std::size_t>(config_.max_batch_size)) {
-    throw std::runtime_error("text encoder: batch of " + std::to_string(b.size) +
-                             " exceeds its max_batch_size " +
-                             std::to_string(config_.max_batch_size));
-  }
-  if (b.instance < 0 || static_cast<std::size_t>(b.instance) + 1 >= max_instances) {
-    throw std::runtime_error("text encoder: instance index out of range");
-  }
+  check_batch_fits(b, static_cast<std::size_t>(config_.max_batch_size), max_instances, "text encoder");
   block* out = outputs_->acquire();  // our reference; each answered request adds one
-  struct releaser {
-    block* blk;
-    ~releaser() { blk->release(); }
-  } hold{out};
+  const block_hold hold(out);
   auto* values = reinterpret_cast<float*>(out->region(0));
   const auto* ids = reinterpret_cast<const std::int32_t*>(b.input(0));
   const auto* lengths = reinterpret_cast<const std::int32_t*>(b.input(1));

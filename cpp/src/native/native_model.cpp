@@ -105,19 +105,9 @@ void native_model::compute(workspace& ws, const std::byte* in, const std::byte* 
 
 void native_model::run(batch& b) {
   if (b.size == 0) return;
-  if (b.size > config_.max_batch_size) {
-    throw std::runtime_error("native model: batch of " + std::to_string(b.size) +
-                             " exceeds its max_batch_size " +
-                             std::to_string(config_.max_batch_size));
-  }
-  if (b.instance < 0 || static_cast<std::size_t>(b.instance) + 1 >= max_instances) {
-    throw std::runtime_error("native model: instance index out of range");
-  }
+  check_batch_fits(b, config_.max_batch_size, max_instances, "native model");
   block* out = outputs_->acquire();  // our reference; each answered request adds one
-  struct releaser {
-    block* blk;
-    ~releaser() { blk->release(); }
-  } hold{out};
+  const block_hold hold(out);
   const std::byte* mask = config_.inputs.size() > 1 ? b.input(1) : nullptr;
   auto* values = reinterpret_cast<float*>(out->region(0));
   auto* indices = out_count_ > 1 ? reinterpret_cast<std::int64_t*>(out->region(1)) : nullptr;
