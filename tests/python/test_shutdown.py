@@ -143,14 +143,21 @@ def test_sigterm_with_a_hung_model_exits_within_its_deadline(server: Server) -> 
     assert answers and answers[0] == 503, answers
 
 
+def draining_with_a_hung_request(server: Server) -> threading.Thread:
+    """Sends a request that hangs in the model, then SIGTERM; returns once the drain has
+    started (readiness false: no grace period is configured). The drain lasts as long as the
+    server's --drain-timeout; the returned thread ends when the hung request is answered."""
+    t, _ = send_in_background(server, -1.0)
+    wait_for(lambda: server.in_flight() == 1, "the request to hang in the model")
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: server.ready_status() == 400, "readiness to turn false")
+    return t
+
+
 def test_second_sigterm_during_the_drain_exits_at_once_non_zero(repo: Path) -> None:
     server = Server(repo, "--drain-timeout", "120")
     try:
-        t, _ = send_in_background(server, -1.0)
-        wait_for(lambda: server.in_flight() == 1, "the request to hang in the model")
-        server.proc.send_signal(signal.SIGTERM)
-        # Readiness turns false when the drain starts (no grace period is configured).
-        wait_for(lambda: server.ready_status() == 400, "readiness to turn false")
+        t = draining_with_a_hung_request(server)
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(30)  # without the second signal: 120 s of drain
         assert code == 128 + signal.SIGTERM
@@ -178,10 +185,7 @@ def read_response(sock: socket.socket) -> str:
 def test_requests_during_the_drain_are_refused_before_their_body_is_read(repo: Path) -> None:
     server = Server(repo, "--drain-timeout", "120")
     try:
-        t, _ = send_in_background(server, -1.0)
-        wait_for(lambda: server.in_flight() == 1, "the request to hang in the model")
-        server.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: server.ready_status() == 400, "readiness to turn false")
+        t = draining_with_a_hung_request(server)
         # The headers promise a body that never comes: only a refusal made before reading it
         # can answer (a server reading the body would wait for the client's timeout).
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
