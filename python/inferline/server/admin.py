@@ -10,7 +10,8 @@ and metrics.
 * ``POST /v2/repository/index``, ``/v2/repository/models/{m}/load``, ``.../unload`` (load
   and unload answer 403 when the server was started with ``repository_api=False``; a load
   runs a repository ``model.py`` only with both keys, see ``Engine.from_repository``)
-* ``GET  /metrics``: Prometheus text format: the engine's families and the HTTP outcomes
+* ``GET  /metrics``: Prometheus text format: the engine's families and the HTTP (and, with a
+  gRPC server, gRPC) outcomes
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class AdminRoutes:
         self.server_version = _server_version()
         self.last_inference = last_inference
         self.outcomes = outcomes
+        self.grpc_outcomes: Outcomes | None = None  # the gRPC server's, once one serves the app
         self.repository_api = repository_api
 
     # -- responses ---------------------------------------------------------------------------
@@ -290,7 +292,12 @@ class AdminRoutes:
 
     # -- metrics ---------------------------------------------------------------------------------
     async def metrics(self, request: Request) -> Response:
-        body = render(self.engine, http_counts=self.outcomes.snapshot())
+        grpc = self.grpc_outcomes
+        body = render(
+            self.engine,
+            http_counts=self.outcomes.snapshot(),
+            grpc_counts=None if grpc is None else grpc.snapshot(),
+        )
         return Response(body, 200, headers={"content-type": CONTENT_TYPE_LATEST})
 
 

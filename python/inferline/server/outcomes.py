@@ -2,9 +2,9 @@
 
 Under overload every refusal is cheap, and one log line each would turn it into a log flood.
 So each answer is counted under ``(model, outcome)`` (exported as
-``inferline_http_requests_total{model,outcome}``; ``model`` is empty for names the engine
-does not serve, so a client cannot grow the label set), and the log gets at most one summary
-line per interval::
+``inferline_http_requests_total{model,outcome}``, and by the gRPC server's own instance as
+``inferline_grpc_requests_total``; ``model`` is empty for names the engine does not serve, so
+a client cannot grow the label set), and the log gets at most one summary line per interval::
 
     http: 1,234 requests refused in the last 10s: 1,200 x 503 queue_full, 34 x 400 bad_request;
     3 client disconnects
@@ -36,10 +36,11 @@ ERRORS_LOGGED_PER_INTERVAL = 5
 class Outcomes:
     """Counts of answers by ``(model, outcome)`` and the summary of the current interval."""
 
-    def __init__(self, interval_s: float = 10.0) -> None:
+    def __init__(self, interval_s: float = 10.0, transport: str = "http") -> None:
         if not interval_s > 0:
             raise ValueError(f"log_interval_s must be positive, got {interval_s!r}")
         self.interval_s = float(interval_s)
+        self.transport = transport  # the summary line's prefix
         self.counts: Counter[tuple[str, str]] = Counter()
         self._window: Counter[tuple[int, str]] = Counter()
         self._disconnects = 0
@@ -110,7 +111,7 @@ class Outcomes:
                 + ("" if refused else f" in the last {seconds:.0f}s")
             )
         level = logging.WARNING if any(s >= 500 for s, _ in window) else logging.INFO
-        log.log(level, "http: %s", "; ".join(parts))
+        log.log(level, "%s: %s", self.transport, "; ".join(parts))
 
     async def run(self) -> None:
         """Writes a summary every interval, until cancelled (then writes the last one)."""

@@ -16,10 +16,19 @@ HTTP                                   gRPC
 500 the model failed (or a bug)        INTERNAL
 =====================================  =========================================================
 
-An RPC that the client cancels (or whose gRPC deadline passes) has its handler cancelled,
-which cancels the engine call: queued work is dropped. Messages are bounded by the server's
-body limit (``max_body_bytes``) both ways; a larger one is refused by gRPC itself
-(RESOURCE_EXHAUSTED).
+A call's gRPC deadline is its request's timeout: the engine call is submitted with the
+smaller of the time the deadline leaves and the ``timeout`` parameter, so the core drops an
+item still queued when the client gives up, and the RPC ends DEADLINE_EXCEEDED. An RPC that
+the client cancels has its handler cancelled, which cancels the engine call: queued work is
+dropped. Messages are bounded by the server's body limit (``max_body_bytes``) both ways; a
+larger one is refused by gRPC itself (RESOURCE_EXHAUSTED).
+
+The parameters a model's stages report (``{"truncated": true}``) go in the response's
+``parameters`` map, as over HTTP. Answers are counted under
+``inferline_grpc_requests_total{model,outcome}`` with the HTTP counter's outcome names
+(``timeout``: the ``timeout`` parameter or the call's deadline passed; ``disconnected``:
+the client cancelled), apart from ``inferline_http_requests_total``; the
+in-flight bound is the HTTP app's, shared.
 
 The service is registered by hand under the protocol's name with generic handlers: our
 generated messages live in the ``inferline.v2`` proto package so that they never collide with
@@ -29,6 +38,7 @@ tritonclient's ``inference`` package in one process, and method paths are all th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,11 +49,13 @@ from ...observability import traced_rpc
 from ..admin import AdminRoutes, model_config_doc, model_metadata_doc
 from ..errors import HTTPError, ProtocolError
 from ..infer import InferRoute
+from ..outcomes import Outcomes
+from ..protocol import InferRequest
 from ..requests import version_arg
 from . import kserve_v2_pb2 as pb
 from .tensors import encode_response, request_header
 
-__all__ = ["SERVICE_NAME", "InferenceService", "start_grpc_server"]
+__all__ = ["SERVICE_NAME", "InferenceService", "deadline_timeout", "start_grpc_server"]
 
 log = logging.getLogger("inferline.server")
 
@@ -62,13 +74,32 @@ _CODE = {
 _Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
-class InferenceService:
-    """The RPCs, over the HTTP app's infer route and admin routes."""
+def deadline_timeout(req: InferRequest, remaining: float | None) -> None:
+    """Sets ``req``'s timeout to the smaller of its ``timeout`` parameter and ``remaining``,
+    the seconds the call's gRPC deadline leaves (``None``: no deadline). Raises a 504
+    :class:`HTTPError` when the deadline has passed already."""
+    if remaining is None:
+        return
+    us = int(remaining * 1_000_000)
+    if us < 1:
+        raise HTTPError(504, "the call's deadline passed before the request reached the model")
+    if not req.timeout_us or us < req.timeout_us:
+        req.timeout_us = us
 
-    def __init__(self, route: InferRoute, admin: AdminRoutes) -> None:
+
+class InferenceService:
+    """The RPCs, over the HTTP app's infer route and admin routes; ``outcomes`` counts the
+    inference answers (a new :class:`~..outcomes.Outcomes` with the HTTP one's log interval
+    when not given)."""
+
+    def __init__(
+        self, route: InferRoute, admin: AdminRoutes, outcomes: Outcomes | None = None
+    ) -> None:
         self.route = route
         self.admin = admin
+        self.outcomes = outcomes or Outcomes(route.outcomes.interval_s, transport="grpc")
         self.retry_after = route.retry_after.decode()
+        self.summary: asyncio.Task[None] | None = None  # set by start_grpc_server
 
     async def _abort(self, context: Any, err: HTTPError) -> None:
         """Ends the RPC with the error's code and message (raises)."""
@@ -80,6 +111,7 @@ class InferenceService:
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> Any:
         """One inference request, checked, admitted and computed as over HTTP."""
         route = self.route
+        outcomes = self.outcomes
         admission = route.admission
         name = request.model_name
         rid = route.request_id([(b"x-request-id", request.id.encode())] if request.id else [])
@@ -99,22 +131,32 @@ class InferenceService:
                 header, tail, raw = request_header(request)
                 route.check(info, header)
                 req = header.tensors(tail)
-                outputs, datatypes = await route.compute(name, version, info, req)
-                response = encode_response(name, info.version, req, outputs, datatypes, raw=raw)
-                route.outcomes.success(name)
+                deadline_timeout(req, context.time_remaining())
+                params: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
+                outputs, datatypes = await route.compute(
+                    name, version, info, req, parameters=params
+                )
+                response = encode_response(
+                    name, info.version, req, outputs, datatypes, raw=raw, parameters=params
+                )
+                outcomes.success(name)
                 return response
             except ProtocolError as e:
                 raise HTTPError(e.status, e.message) from None
         except HTTPError as e:
-            route.outcomes.refused(label or route.label(name), e, rid)
+            outcomes.refused(label or route.label(name), e, rid)
             await self._abort(context, e)
-        except asyncio.CancelledError:  # the client cancelled: the engine dropped the work
-            route.outcomes.disconnected(label, rid)
+        except asyncio.CancelledError:  # the client gave up: the engine dropped the work
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:  # at its deadline: counted as a 504
+                outcomes.refused(label, HTTPError(504, "the call's deadline passed"), rid)
+            else:
+                outcomes.disconnected(label, rid)
             raise
         except Exception as e:  # a bug: answer INTERNAL and keep serving
             log.exception("request %s: unhandled error in gRPC ModelInfer", rid)
             err = HTTPError(500, f"internal error: {type(e).__name__}")
-            route.outcomes.refused(label, err, rid)
+            outcomes.refused(label, err, rid)
             await self._abort(context, err)
         finally:
             if entered:
@@ -238,7 +280,9 @@ async def start_grpc_server(app: Any, host: str, port: int) -> tuple[Any, int]:
     """Starts a ``grpc.aio`` server for ``app`` (from :func:`..app.create_app`) on the
     running loop, bound to ``host:port`` (0: any free port); returns it and its port.
 
-    Messages are bounded by the app's ``max_body_bytes`` both ways. Stop it with
+    Messages are bounded by the app's ``max_body_bytes`` both ways. The answers are counted
+    apart from HTTP's and exported on the app's ``/metrics`` (``admin.grpc_outcomes``), with
+    a log summary per interval until the server stops. Stop it with
     ``await server.stop(grace)``.
     """
     route = app.infer_handler
@@ -254,7 +298,8 @@ async def start_grpc_server(app: Any, host: str, port: int) -> tuple[Any, int]:
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((InferenceService(route, admin).handler(),))
+    service = InferenceService(route, admin)
+    server.add_generic_rpc_handlers((service.handler(),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -263,4 +308,18 @@ async def start_grpc_server(app: Any, host: str, port: int) -> tuple[Any, int]:
     if not bound:
         raise OSError(f"gRPC could not bind {address}")
     await server.start()
+    admin.grpc_outcomes = service.outcomes
+    # Held by the service, which the server holds: a task nobody references may be collected.
+    service.summary = asyncio.get_running_loop().create_task(_summarise(server, service.outcomes))
     return server, int(bound)
+
+
+async def _summarise(server: Any, outcomes: Outcomes) -> None:
+    """The outcomes' log summary every interval while ``server`` runs, and a last one."""
+    summary = asyncio.ensure_future(outcomes.run())
+    try:
+        await server.wait_for_termination()
+    finally:
+        summary.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await summary

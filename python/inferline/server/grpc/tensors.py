@@ -8,11 +8,14 @@ and BF16 have none). The request becomes the REST form's dict, raw data declared
 ``binary_data_size`` and typed data as ``data``, and goes through the same checks as an HTTP
 request (:func:`..protocol.check_infer_doc`), so both transports refuse the same requests
 with the same messages. The answer is raw when the request was (or when an output's datatype
-has no typed field), typed otherwise.
+has no typed field), typed otherwise; the parameters a model's stages report (the text
+encoder's ``{"truncated": true}``) go in the response's ``parameters`` map, where the REST
+answer has them (:func:`set_parameters`).
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +28,7 @@ from ..protocol import InferHeader, InferRequest, check_infer_doc
 from ..responses import binary_values
 from . import kserve_v2_pb2 as pb
 
-__all__ = ["TYPED_FIELD", "encode_response", "request_header"]
+__all__ = ["TYPED_FIELD", "encode_response", "request_header", "set_parameters"]
 
 #: The typed ``contents`` field of each datatype that has one.
 TYPED_FIELD = {
@@ -57,6 +60,28 @@ def _params(entries: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
         which = p.WhichOneof("parameter_choice")
         out[key] = None if which is None else getattr(p, which)
     return out
+
+
+def set_parameters(target: Any, values: Mapping[str, Any]) -> None:
+    """Writes ``values`` (the REST form's JSON object) into a message's ``parameters`` map:
+    bool as ``bool_param``, int as ``int64_param`` (``uint64_param`` past int64), float as
+    ``double_param``, str as ``string_param``, anything else as its JSON text in
+    ``string_param`` (the REST answer's value, which gRPC has no field for)."""
+    for key, value in values.items():
+        p = target[key]
+        if isinstance(value, bool):  # before int: bool is an int
+            p.bool_param = value
+        elif isinstance(value, int):
+            if value >= 1 << 63:
+                p.uint64_param = value
+            else:
+                p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        elif isinstance(value, str):
+            p.string_param = value
+        else:
+            p.string_param = json.dumps(value, default=str)
 
 
 def request_header(msg: pb.ModelInferRequest) -> tuple[InferHeader, bytes | memoryview, bool]:
@@ -132,14 +157,20 @@ def encode_response(
     datatypes: Mapping[str, str],
     *,
     raw: bool,
+    parameters: Mapping[str, Any] | None = None,
 ) -> pb.ModelInferResponse:
     """The answer to ``req``: the outputs it asked for (all, in ``outputs`` order, when it
-    named none), raw when ``raw`` or when one of them has no typed field, else typed."""
+    named none), raw when ``raw`` or when one of them has no typed field, else typed.
+    ``parameters`` (what the model's stages reported) go in the response's map, as the REST
+    answer carries them in its ``parameters`` object; the REST answer has none per output
+    but ``binary_data_size``, which gRPC does not need, so no output carries any."""
     names = list(outputs) if req.outputs is None else [r.name for r in req.outputs]
     typed = not raw and all(datatypes[n] in TYPED_FIELD for n in names)
     resp = pb.ModelInferResponse(
         model_name=model_name, model_version=str(model_version), id=req.id or ""
     )
+    if parameters:
+        set_parameters(resp.parameters, parameters)
     for name in names:
         arr = np.asarray(outputs[name])
         datatype = datatypes[name]
