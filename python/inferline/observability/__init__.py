@@ -21,6 +21,13 @@ is current, with child spans ``queue`` (enqueued until taken into a batch), ``co
 batch's model call; attributes ``inferline.batch_size`` and ``inferline.instance``) and, over
 HTTP, ``serialise`` (encoding the response). The first two are made afterwards from the stamps
 the native core took, converted from its monotonic clock to the epoch.
+
+The engine's other paths take their request span from ``Tracing.request`` (``infer_batch``, a
+model with stages, a cached answer: one span ``inferline.{op} {model}``, or the server's span,
+with ``inferline.rows`` and ``inferline.cache_hit``; ``Tracing.on_miss`` wraps what a cache
+sends to the model). A cache miss gets ``queue`` and ``compute`` children through ``infer``'s
+path; rows sent to the core together (``infer_batch``, a pipeline) carry no stamps, so their
+span has no children.
 """
 
 from __future__ import annotations

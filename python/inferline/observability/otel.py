@@ -116,6 +116,60 @@ class Tracing:
                 own.end()
         return result
 
+    async def request(
+        self,
+        op: str,
+        v: ServedVersion,
+        call: Awaitable[T],
+        *,
+        items: Any = None,
+        cached: bool = False,
+    ) -> T:
+        """``await call`` (an engine request that takes no stamps of its own: ``infer_batch``
+        (``op="infer_batch"``), a model with stages, a cached answer) as one request span.
+
+        Under a server span (HTTP, gRPC) or an enclosing request span, that span is the
+        request's and nothing is added. Otherwise, when a span is current, an INTERNAL span
+        ``inferline.{op} {model}`` is started and made the request span while ``call`` runs, so
+        the ``queue`` and ``compute`` spans of what it sends through ``infer``'s path (a cache
+        miss, a model without stages asked ``with_parameters``) hang under it; a call with no
+        such path (the rows of ``infer_batch`` and of a pipeline go to the core without
+        stamps) has the span alone. ``items``: the request's items, counted into
+        ``inferline.rows``. ``cached``: the version answers from its result cache, and the
+        request span says ``inferline.cache_hit`` (true until :meth:`on_miss`'s wrapper runs).
+        No trace active: ``call`` alone."""
+        ctx = otel_context.get_current()
+        parent: Span | None = ctx.get(_REQUEST_SPAN)  # type: ignore[assignment]
+        if parent is not None:
+            if cached and parent.is_recording():
+                parent.set_attribute("inferline.cache_hit", True)
+            return await call
+        if not trace.get_current_span(ctx).get_span_context().is_valid:
+            return await call
+        attributes: dict[str, Any] = {"inferline.model": v.name, "inferline.version": v.version}
+        if items is not None:
+            attributes["inferline.rows"] = _count(items)
+        if cached:
+            attributes["inferline.cache_hit"] = True
+        span = self.tracer.start_span(
+            f"inferline.{op} {v.name}", kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        with _serving(span):
+            return await call
+
+    def on_miss(self, send: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """``send`` (what a result cache calls for what it does not hold: ``engine.infer`` or
+        the rows' submit) marking the current request span ``inferline.cache_hit = false``
+        when it runs."""
+
+        async def missed(*args: Any, **kwargs: Any) -> T:
+            span = request_span()
+            if span is not None and span.is_recording():
+                span.set_attribute("inferline.cache_hit", False)
+            return await send(*args, **kwargs)
+
+        return missed
+
     def stage_spans(self, parent: Span, stamps: _core.Stamps) -> None:
         """``queue`` and ``compute`` under ``parent``, as far as the request got."""
         offset = time.time_ns() - time.monotonic_ns()
@@ -232,6 +286,20 @@ class Tracing:
             )
 
         return traced
+
+
+def _count(items: Any) -> int:
+    """Items in a request: the leading dimension of an array (or of a dict's first array),
+    or the length of a list."""
+    if isinstance(items, dict):
+        items = next(iter(items.values()), ())
+    shape = getattr(items, "shape", None)
+    if shape:
+        return int(shape[0])
+    try:
+        return len(items)
+    except TypeError:
+        return 1
 
 
 @contextmanager
