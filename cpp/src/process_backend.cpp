@@ -360,6 +360,9 @@ void process_backend::run(batch& b) {
                              " exceeds max_batch_size " + std::to_string(config_.max_batch_size));
   }
   instance& in = *instances_[static_cast<std::size_t>(b.instance)];
+  // Readying the instance (waiting for a predecessor's restart, the backoff, a fresh child's
+  // load) is not this batch's execution: its clock starts once the child can take it.
+  b.hold_clock();
   std::lock_guard hold(in.run_mutex);
   if (stopping_.load(std::memory_order_acquire)) {
     throw std::runtime_error("model '" + config_.model + "' is shutting down");
@@ -372,7 +375,7 @@ void process_backend::run(batch& b) {
     restarts_.fetch_add(1, std::memory_order_relaxed);
   }
   if (!in.ready.load(std::memory_order_relaxed)) wait_ready(in);
-  const std::int64_t started = now_ns();
+  const std::int64_t started = b.start_clock();  // the scheduler's watchdog and ours agree
   for (std::size_t k = 0; k < in_offsets_.size(); ++k) {
     std::memcpy(in.base + in_offsets_[k], b.input(k), b.size * config_.input_bytes[k]);
   }

@@ -406,6 +406,10 @@ bool model_scheduler::compute(worker& w) {
     b.requests = std::span<request* const>(w.shadow_ptrs.data(), n);
     b.inputs = inputs;
     b.instance = w.instance;
+    if (config_.execution_timeout_ns > 0) {  // a backend may restart the clock (hold_clock)
+      b.deadline = &w.deadline;
+      b.execution_timeout_ns = config_.execution_timeout_ns;
+    }
     w.deadline.store(config_.execution_timeout_ns > 0
                          ? add_saturating(start, config_.execution_timeout_ns)
                          : no_deadline,

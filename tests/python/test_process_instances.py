@@ -230,11 +230,11 @@ def predict(x):
 """
 
 
-def make_repo(root: Path, toml: str) -> Path:
+def make_repo(root: Path, toml: str, code: str = REPO_CODE) -> Path:
     d = root / "repo" / "doubler"
     (d / "1").mkdir(parents=True)
     (d / "model.toml").write_text(toml)
-    (d / "1" / "model.py").write_text(REPO_CODE)
+    (d / "1" / "model.py").write_text(code)
     return root / "repo"
 
 
@@ -261,3 +261,63 @@ def test_an_unknown_isolation_in_model_toml_names_the_field(tmp_path: Path) -> N
         f"{repo / 'doubler' / 'model.toml'}: isolation: expected one of 'thread', 'process', "
         "got 'fork'"
     )
+
+
+GATED_TIMEOUT_MS = 500
+GATED_TOML = python_model_toml(
+    top='isolation = "process"',
+    batching=f"max_batch_size = 1\nexecution_timeout_ms = {GATED_TIMEOUT_MS}",
+)
+GATED_CODE = """import os, time
+# Loading waits (up to a minute) until the test opens the gate: a start as slow as it likes.
+gate = os.path.join(os.path.dirname(__file__), "gate")
+until = time.monotonic() + 60
+while not os.path.exists(gate) and time.monotonic() < until:
+    time.sleep(0.005)
+def predict(x):
+    if (x[:, 0] == -1).any():
+        time.sleep(60)
+    return x * 2
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_restart_is_not_charged_to_the_execution_timeout_of_the_batch_it_holds(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path, GATED_TOML, GATED_CODE)
+    gate = repo / "doubler" / "1" / "gate"
+    gate.touch()
+    async with inferline.Engine.from_repository(repo, allow_code=True) as engine:
+        (view,) = engine.live_versions()
+
+        async def held_through_a_restart(first: int) -> None:
+            """The next batch waits for a fresh child that cannot finish loading until the
+            gate opens: past three execution timeouts it is still waiting, not failed; then
+            it is computed by that child."""
+            late = asyncio.ensure_future(engine.infer("doubler", row(2.0)))
+            await wait_for(lambda: view.in_flight == 1 and view.queue_depth == 0, "dispatch")
+            done, _ = await asyncio.wait({late}, timeout=3 * GATED_TIMEOUT_MS / 1000)
+            assert not done, f"the batch did not wait for the restart: {late.exception()!r}"
+            assert pids(engine, "doubler") == [-1]  # still loading
+            gate.touch()
+            np.testing.assert_array_equal(await asyncio.wait_for(late, WAIT_S), row(4.0))
+            assert pids(engine, "doubler")[0] not in (-1, first)
+
+        # An overrun: the batch fails on time, its child is killed and restarts.
+        (first,) = pids(engine, "doubler")
+        gate.unlink()
+        with pytest.raises(inferline.ModelError) as err:
+            await asyncio.wait_for(engine.infer("doubler", row(HANG)), WAIT_S)
+        assert f"did not finish within the {GATED_TIMEOUT_MS} ms execution timeout" in str(
+            err.value
+        )
+        await held_through_a_restart(first)
+        # A crash while idle: the monitor restarts the child; the next batch waits for it.
+        (second,) = pids(engine, "doubler")
+        gate.unlink()
+        os.kill(second, signal.SIGKILL)
+        await wait_for(lambda: reaped(second), "the killed child reaped")
+        await held_through_a_restart(second)
+        requests = engine.stats("doubler")["requests"]
+        assert requests["model_error"] == 1 and requests["success"] == 2

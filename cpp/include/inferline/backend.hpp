@@ -1,12 +1,15 @@
 // The interface every model backend implements: run one assembled batch on a worker thread.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <stdexcept>
 #include <string>
 
 #include "inferline/block_pool.hpp"
+#include "inferline/clock.hpp"
 #include "inferline/request.hpp"
 
 namespace inferline {
@@ -19,6 +22,29 @@ struct batch {
   std::span<request* const> requests;   ///< the items, in row order; empty during warm-up
   block* inputs = nullptr;              ///< pooled input block, one region per input
   int instance = 0;                     ///< index of the worker (model instance) running it
+  /// The scheduler's execution deadline for this batch (watched by its watchdog), or null
+  /// when none is watched (no execution timeout; warm-up). Use through hold_clock/start_clock.
+  std::atomic<std::int64_t>* deadline = nullptr;
+  std::int64_t execution_timeout_ns = 0;  ///< what start_clock adds to now
+
+  /// Stops the execution clock: a backend that must first ready its instance (a process
+  /// restarting after a crash or an overrun) calls this before waiting, so the wait is not
+  /// charged to this batch. No-op without a watched deadline.
+  void hold_clock() const noexcept {
+    // relaxed: only this batch's worker writes it while the batch runs, and the watchdog
+    // only compares it with now (a look just before the store sees the earlier deadline).
+    if (deadline != nullptr) deadline->store(no_deadline, std::memory_order_relaxed);
+  }
+  /// Starts the execution clock now (the instance is ready to compute) and returns the stamp.
+  std::int64_t start_clock() const noexcept {
+    const std::int64_t now = now_ns();
+    if (deadline != nullptr) {
+      deadline->store(execution_timeout_ns >= no_deadline - now ? no_deadline
+                                                                : now + execution_timeout_ns,
+                      std::memory_order_relaxed);
+    }
+    return now;
+  }
 
   /// Pointer to input `i` (rows back to back).
   std::byte* input(std::size_t i) const noexcept { return inputs->region(i); }

@@ -58,7 +58,10 @@ struct process_config {
 /// that dies fails its batch with a message naming the signal or exit code and is restarted:
 /// at once after one failure, then on the instance's next batch after 100 ms doubling up to
 /// 5 s while failures repeat. One that dies while idle fails nothing: a monitor thread looks
-/// every 100 ms, reaps it and starts its successor. A batch past `execution_timeout_ns` kills its child (SIGKILL). `on_shutdown` (and
+/// every 100 ms, reaps it and starts its successor. A batch past `execution_timeout_ns` kills
+/// its child (SIGKILL); its clock (and the scheduler's, through `batch::start_clock`) starts
+/// when the instance's child is ready to take it, so a restart (spawn, import, model load) is
+/// never charged to the batch that waits for it. `on_shutdown` (and
 /// the destructor) ends every child: SIGTERM, SIGKILL after the grace, each reaped.
 /// Thread-safe: instances are independent; each is used by one worker at a time (a mutex).
 class process_backend final : public backend {
