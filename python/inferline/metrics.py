@@ -38,7 +38,8 @@ including those refused before they reached the engine; ``model`` is empty for n
 engine does not serve. From the gRPC server (``inferline serve --grpc-port``),
 ``inferline_grpc_requests_total{model,outcome}`` (counter): the same for ``ModelInfer`` calls,
 with the same outcome names (``disconnected``: the client cancelled the call; ``timeout``: the
-request's ``timeout`` parameter or the call's deadline passed).
+request's ``timeout`` parameter or the call's deadline passed; a client gives up at its own
+deadline, a little before the server's, so such a call may count as either).
 
 Versions that are draining or retired after a swap are exported for as long as the engine
 holds them, so their last answers are counted; once one is gone its series disappear (a

@@ -409,7 +409,7 @@ def test_grpc_model_infer_with_traceparent_metadata(spans: InMemorySpanExporter)
             client.close()
         got = by_name(wait_for_spans(spans, lambda s: any(x.kind == SpanKind.SERVER for x in s)))
     # The RPC's span is the request's span: the engine adds its stages to it, no span of its own.
-    assert set(got) == {method, "queue", "compute"}
+    assert set(got) == {method, "queue", "compute", "serialise"}
     rpc = got[method]
     assert rpc.kind == SpanKind.SERVER
     assert rpc.parent is not None and rpc.parent.is_remote
@@ -419,11 +419,13 @@ def test_grpc_model_infer_with_traceparent_metadata(spans: InMemorySpanExporter)
     assert (rpc.attributes or {})["inferline.model"] == "double"
     assert_child(got["queue"], rpc)
     assert_child(got["compute"], rpc)
+    assert_child(got["serialise"], rpc)
     assert (got["compute"].attributes or {})["inferline.batch_size"] == 1
     start, end = times(rpc)
     q0, q1 = times(got["queue"])
     c0, c1 = times(got["compute"])
-    assert start <= q0 <= q1 <= c0 <= c1 <= end
+    s0, s1 = times(got["serialise"])
+    assert start <= q0 <= q1 <= c0 <= c1 <= s0 <= s1 <= end
 
 
 def test_grpc_hook_leaves_the_handler_alone_when_tracing_is_off() -> None:

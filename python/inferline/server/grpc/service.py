@@ -100,6 +100,9 @@ class InferenceService:
         self.outcomes = outcomes or Outcomes(route.outcomes.interval_s, transport="grpc")
         self.retry_after = route.retry_after.decode()
         self.summary: asyncio.Task[None] | None = None  # set by start_grpc_server
+        # OpenTelemetry: a serialise span around the encoding when the engine traces.
+        tracing = getattr(route.engine, "_tracing", None)
+        self._encode = encode_response if tracing is None else tracing.encoder(encode_response)
 
     async def _abort(self, context: Any, err: HTTPError) -> None:
         """Ends the RPC with the error's code and message (raises)."""
@@ -136,7 +139,7 @@ class InferenceService:
                 outputs, datatypes = await route.compute(
                     name, version, info, req, parameters=params
                 )
-                response = encode_response(
+                response = self._encode(
                     name, info.version, req, outputs, datatypes, raw=raw, parameters=params
                 )
                 outcomes.success(name)
