@@ -138,6 +138,8 @@ def load_version(
             inter_op_threads=config.onnx.inter_op_threads,
             external_data_dir=resolve_inside(config.root, va.directory),
             source=va.artifact,
+            # Process instances build their sessions; the server process needs the signature.
+            session=config.isolation != "process" or in_child,
         )
         inputs, outputs = model.check_against_config(
             config.inputs, config.outputs, source=config.config_file

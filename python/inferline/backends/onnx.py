@@ -12,6 +12,7 @@ import numpy as np
 from ..repository import RepositoryError
 from ..types import TensorSpec
 from .onnx_external import ProtobufError, escaping_location
+from .onnx_signature import graph_signature
 
 __all__ = ["ONNX_DATATYPES", "OnnxModel"]
 
@@ -37,11 +38,12 @@ Dims = tuple[int | None, ...]
 
 
 class _Port:
-    """One graph input or output: name, datatype and dims (None where symbolic/unknown)."""
+    """One graph input or output: name, datatype and dims (None where symbolic/unknown; dims
+    None: an output whose shape onnxruntime would infer, read without a session)."""
 
     __slots__ = ("datatype", "dims", "name")
 
-    def __init__(self, name: str, datatype: str, dims: Dims) -> None:
+    def __init__(self, name: str, datatype: str, dims: Dims | None) -> None:
         self.name = name
         self.datatype = datatype
         self.dims = dims
@@ -53,7 +55,9 @@ def _dims(shape: Sequence[Any] | None) -> Dims | None:
     return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
 
 
-def _show(dims: Sequence[int | None]) -> str:
+def _show(dims: Sequence[int | None] | None) -> str:
+    if dims is None:
+        return "[...]"
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
@@ -80,6 +84,11 @@ class OnnxModel:
     or a tuple of arrays in output order, the shape of a Python-callable backend.
     ``run(feeds)`` takes and returns dicts by name.
 
+    ``session=False`` reads only the signature, from the graph's protobuf bytes
+    (:mod:`.onnx_signature`), without importing onnxruntime or building a session: what the
+    server process of a model run in child processes (``isolation = "process"``) needs. Such a
+    model cannot run (``has_session`` is False).
+
     Thread safety: ``InferenceSession.run`` may be called from several threads at once, and
     it releases the GIL for the whole computation (onnxruntime's binding drops it around
     ``Run``), so engine instances compute in parallel and the event loop keeps running.
@@ -95,9 +104,8 @@ class OnnxModel:
         inter_op_threads: int | None = None,
         external_data_dir: str | os.PathLike[str] | None = None,
         source: str | os.PathLike[str] | None = None,
+        session: bool = True,
     ) -> None:
-        import onnxruntime as ort  # heavy import: only when an ONNX model is loaded
-
         if isinstance(model, bytes | bytearray | memoryview):
             data = bytes(model)
             self.source = os.fspath(source) if source is not None else "<onnx bytes>"
@@ -117,6 +125,43 @@ class OnnxModel:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{key} must be a positive integer or None, got {v!r}")
 
+        try:
+            outside = escaping_location(data)
+            # The signature from the bytes (no session) only where no session is built.
+            graph = None if session else graph_signature(data)
+        except ProtobufError as e:
+            msg = f"not a loadable ONNX model: protobuf {e}"
+            raise RepositoryError(self.source, None, msg) from None
+        if outside is not None:
+            raise RepositoryError(
+                self.source,
+                None,
+                f"not a loadable ONNX model: external data location {outside!r} is absolute "
+                "or outside the model's folder",
+            )
+        self._session: Any = None
+        if graph is None:
+            self._session = self._build_session(
+                data, intra_op_threads, inter_op_threads, external_data_dir
+            )
+            ins, outs = self._session.get_inputs(), self._session.get_outputs()
+        else:
+            ins, outs = graph
+        self._in = [self._port(p, "input") for p in ins]
+        self._out = [self._port(p, "output") for p in outs]
+        self.input_names = tuple(p.name for p in self._in)
+        self.output_names = tuple(p.name for p in self._out)
+        self._has_batch_axis, self.batch_dynamic, self.batching_note = self._batch_mode()
+
+    def _build_session(
+        self,
+        data: bytes,
+        intra_op_threads: int | None,
+        inter_op_threads: int | None,
+        external_data_dir: str | os.PathLike[str] | None,
+    ) -> Any:
+        import onnxruntime as ort  # heavy import: only when a session is built
+
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: failures reach the caller as exceptions
         if intra_op_threads is not None:
@@ -129,32 +174,17 @@ class OnnxModel:
                 os.fspath(external_data_dir),
             )
         try:
-            outside = escaping_location(data)
-        except ProtobufError as e:
-            msg = f"not a loadable ONNX model: protobuf {e}"
-            raise RepositoryError(self.source, None, msg) from None
-        if outside is not None:
-            raise RepositoryError(
-                self.source,
-                None,
-                f"not a loadable ONNX model: external data location {outside!r} is absolute "
-                "or outside the model's folder",
-            )
-        try:
-            self._session = ort.InferenceSession(
-                data, sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own classes for protobuf/graph errors
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RepositoryError(
                 self.source, None, f"not a loadable ONNX model: {first}"
             ) from None
 
-        self._in = [self._port(p, "input") for p in self._session.get_inputs()]
-        self._out = [self._port(p, "output") for p in self._session.get_outputs()]
-        self.input_names = tuple(p.name for p in self._in)
-        self.output_names = tuple(p.name for p in self._out)
-        self._has_batch_axis, self.batch_dynamic, self.batching_note = self._batch_mode()
+    @property
+    def has_session(self) -> bool:
+        """False for a signature-only model (``session=False``), which cannot run."""
+        return self._session is not None
 
     # -- graph signature ---------------------------------------------------------------------
 
@@ -168,7 +198,7 @@ class OnnxModel:
                 f"supported: {', '.join(ONNX_DATATYPES)}",
             )
         dims = _dims(arg.shape)
-        if dims is None:
+        if dims is None and kind == "input":
             raise RepositoryError(
                 self.source, None, f"{kind} {arg.name!r} has no known rank; inferline needs one"
             )
@@ -206,13 +236,22 @@ class OnnxModel:
             "each item is one call and batching is off (max_batch_size = 1)",
         )
 
-    def _item_dims(self, port: _Port) -> Dims:
+    def _item_dims(self, port: _Port) -> Dims | None:
+        if port.dims is None:
+            return None
         return port.dims[1:] if self._has_batch_axis else port.dims
 
     def _specs(self, ports: Sequence[_Port], kind: str) -> tuple[TensorSpec, ...]:
         specs = []
         for p in ports:
             dims = self._item_dims(p)
+            if dims is None:
+                raise RepositoryError(
+                    self.source,
+                    None,
+                    f"{kind} {p.name!r} has no shape in the graph (onnxruntime infers it in "
+                    f"the model's child processes); declare its shape in model.toml [[{kind}s]]",
+                )
             if any(d is None or d < 1 for d in dims):
                 raise RepositoryError(
                     self.source,
@@ -279,6 +318,8 @@ class OnnxModel:
                     f"is {port.datatype}",
                 )
             dims = self._item_dims(port)
+            if dims is None:
+                continue  # no shape read without a session: the children's sessions check it
             if len(dims) != len(spec.shape) or any(
                 g is not None and g != d for g, d in zip(dims, spec.shape, strict=True)
             ):
@@ -319,6 +360,11 @@ class OnnxModel:
         return {n: feeds[n] for n in self.input_names}
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self._session is None:
+            raise RuntimeError(
+                f"{self.source}: this OnnxModel was loaded with session=False (the signature "
+                "only; its child processes run the graph) and cannot run"
+            )
         names = list(self.output_names)
         if self.batch_dynamic:
             # onnxruntime releases the GIL for the whole Run (see the class docstring).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-__all__ = ["ProtobufError", "escaping_location"]
+__all__ = ["ProtobufError", "escaping_location", "fields"]
 
 
 class ProtobufError(ValueError):
@@ -45,8 +45,9 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview | None]]:
-    """(field number, payload) for each field; the payload is None unless length-delimited."""
+def fields(buf: memoryview) -> Iterator[tuple[int, memoryview | int | None]]:
+    """(field number, payload) for each field: the bytes of a length-delimited field, the
+    value of a varint, None for a fixed-width field."""
     i = 0
     while i < len(buf):
         tag, i = _varint(buf, i)
@@ -54,8 +55,8 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview | None]]:
         if field == 0:
             raise ProtobufError("field number 0")
         if wire == 0:
-            _, i = _varint(buf, i)
-            yield field, None
+            value, i = _varint(buf, i)
+            yield field, value
         elif wire in (1, 5):
             i += 8 if wire == 1 else 4
             if i > len(buf):
@@ -75,12 +76,12 @@ def _locations(buf: memoryview, kind: str, depth: int = 0) -> Iterator[str]:
     if depth > 64:
         raise ProtobufError("messages nested too deeply")
     children = _CHILDREN.get(kind, {})
-    for field, payload in _fields(buf):
+    for field, payload in fields(buf):
         child = children.get(field)
-        if payload is None or child is None:
+        if not isinstance(payload, memoryview) or child is None:
             continue
         if child == "entry":
-            entry = {f: bytes(p) for f, p in _fields(payload) if p is not None}
+            entry = {f: bytes(p) for f, p in fields(payload) if isinstance(p, memoryview)}
             if entry.get(_ENTRY_KEY) == b"location":
                 yield entry.get(_ENTRY_VALUE, b"").decode("utf-8", "replace")
         else:
