@@ -1,6 +1,6 @@
 // Engine bindings: the exception classes, the completion drain (Core) and the per-model
 // scheduler handle (Scheduler). Declarations only; the logic lives in drain.cpp,
-// py_scheduler.cpp, python_backend.cpp and checked_backend.cpp.
+// py_scheduler.cpp, pending_infer.cpp, python_backend.cpp and checked_backend.cpp.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -13,6 +13,7 @@
 #include "errors.hpp"
 #include "inferline/backend.hpp"
 #include "inferline/process_backend.hpp"
+#include "pending_infer.hpp"
 #include "py_scheduler.hpp"
 #include "tensor_spec.hpp"
 
@@ -149,6 +150,7 @@ void register_engine(py::module_& m) {
       .def_property_readonly("closed", [](py_scheduler& s) { return s.sched().closed(); })
       .def_property_readonly("platform", [](py_scheduler& s) { return s.sched().model().platform(); })
       .def_property_readonly("name", &py_scheduler::name);
+  register_pending(m, m.attr("Scheduler"));  // PendingInfer and Scheduler.submit_await
 }
 
 }  // namespace inferline::bindings
