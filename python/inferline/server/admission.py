@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .errors import HTTPError
+from .errors import HTTPError, encode_error
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES_IN_FLIGHT",
@@ -78,6 +78,11 @@ class Admission:
         self.body_bytes = 0
         self._derived = MIN_IN_FLIGHT
         self._derived_at = -_REFRESH_S
+        # The last in-flight refusal and its encoded body, for the (in_flight, limit) it says.
+        self._refusal_key = (-1, -1)
+        self._refusal: tuple[HTTPError, bytes] | None = None
+        # Served model names, each with when the engine last said so (see served_label).
+        self._served: dict[str, float] = {}
 
     @property
     def max_in_flight(self) -> int:
@@ -89,18 +94,49 @@ class Admission:
             self._derived_at = now
         return self._derived
 
+    def _overloaded(self, limit: int) -> HTTPError:
+        return HTTPError(
+            503,
+            f"the server is handling {self.in_flight} requests, its limit "
+            f"(max_in_flight = {limit}); retry later",
+            retry_after=True,
+            outcome="overloaded",
+        )
+
     def enter(self) -> None:
         """Counts a request in, or raises 503 when the server holds its bound already."""
         limit = self.max_in_flight
         if self.in_flight >= limit:
-            raise HTTPError(
-                503,
-                f"the server is handling {self.in_flight} requests, its limit "
-                f"(max_in_flight = {limit}); retry later",
-                retry_after=True,
-                outcome="overloaded",
-            )
+            raise self._overloaded(limit)
         self.in_flight += 1
+
+    def refusal(self) -> tuple[HTTPError, bytes] | None:
+        """None while a request would be let in; at the bound, the 503 that :meth:`enter`
+        would raise and its encoded body. Under overload the count and the bound stay the
+        same from one refusal to the next, so both are built once and reused."""
+        limit = self.max_in_flight
+        if self.in_flight < limit:
+            return None
+        key = (self.in_flight, limit)
+        if self._refusal is None or key != self._refusal_key:
+            err = self._overloaded(limit)
+            self._refusal, self._refusal_key = (err, encode_error(err.message)), key
+        return self._refusal
+
+    def served_label(self, name: str) -> str:
+        """``name`` when the engine serves a model of that name, else "" (a metrics label that
+        clients cannot grow). A name the engine confirmed is trusted for a second without
+        asking again; unknown names are not remembered."""
+        now = time.monotonic()
+        if now - self._served.get(name, -_REFRESH_S) < _REFRESH_S:
+            return name
+        try:
+            self.engine.model_info(name)
+        except Exception:
+            self._served.pop(name, None)
+            return ""
+        self._served[name] = now
+        return name
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from .admin import AdminRoutes
 from .admission import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, DEFAULT_MAX_ROWS_PER_REQUEST, Admission
-from .errors import encode_error
+from .errors import encode_error, log_error
 from .infer import InferRoute
 from .outcomes import Outcomes
 from .requests import RequestIds
@@ -222,6 +222,11 @@ class _InferlineStarlette(Starlette):
         ):
             match = _INFER_PATH.fullmatch(_route_path(scope))
             if match is not None:
+                refusal = _overloaded_answer(self.infer_handler, match.group(1), scope)
+                if refusal is not None:
+                    await send(refusal[0])
+                    await send(refusal[1])
+                    return
                 scope["app"] = self
                 params = {"model": match.group(1)}
                 if match.group(2) is not None:
@@ -230,6 +235,37 @@ class _InferlineStarlette(Starlette):
                 await self.infer_handler(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _overloaded_answer(
+    route: InferRoute, name: str, scope: Scope
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The ASGI messages of the 503 (with Retry-After and the JSON error) for an infer
+    request that arrives while the server holds ``max_in_flight`` requests, else None.
+
+    The refusal that overload makes most of, answered here before the route builds anything
+    for the request: the error and its body are built once per in-flight count
+    (:meth:`.Admission.refusal`), the model's label comes from a cache, and it is counted as
+    the route counts it. While draining, or when requests are traced, the route answers.
+    """
+    if route.state.draining or route._tracing is not None:
+        return None
+    refusal = route.admission.refusal()
+    if refusal is None:
+        return None
+    err, body = refusal
+    rid = route.request_id(scope["headers"])
+    if log.isEnabledFor(logging.DEBUG):
+        log_error("POST", scope.get("path", ""), rid, err)
+    route.outcomes.refused(route.admission.served_label(name), err, rid)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-request-id", rid.encode()),
+        (b"retry-after", route.retry_after),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    start = {"type": "http.response.start", "status": 503, "headers": headers}
+    return start, {"type": "http.response.body", "body": body}
 
 
 def _route_path(scope: Scope) -> str:
