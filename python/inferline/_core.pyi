@@ -1,6 +1,6 @@
 """Type stub of the private native module inferline._core (pybind11)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -193,6 +193,14 @@ class Stamps:
     @property
     def filled(self) -> bool: ...
 
+class PendingInfer(Coroutine[Any, Any, Any]):
+    """One queued request's answer, awaitable once (from ``Scheduler.submit_await``)."""
+
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, typ: Any, val: Any = ..., tb: Any = ..., /) -> Any: ...
+    def close(self) -> None: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+
 class Scheduler:
     def __init__(
         self,
@@ -239,6 +247,7 @@ class Scheduler:
         *,
         converted: Literal[True],
     ) -> int: ...
+    def submit_await(self, x: Any, priority: int, loop: Any) -> PendingInfer | None: ...
     def submit_many(
         self, x: Any, priority: int, timeout: float | None, future: Any, *, converted: bool = False
     ) -> np.ndarray[Any, np.dtype[np.uint64]] | None: ...

@@ -1,11 +1,12 @@
 """The asyncio engine: register models, ``await engine.infer(...)``, start and stop.
 
-The hot path is native. ``infer`` creates one future and hands the item to the model version's
-native scheduler (``inferline._core.Scheduler.submit``), which copies it into a pooled slot and
-queues it without taking any lock a worker holds. Worker threads form batches, run the model
-off the event loop, and push answers onto one completion queue; the loop is woken through a
-file descriptor at most once per batch and resolves every finished future in one native call
-(``Core.drain``, in ``runtime.py``).
+The hot path is native. ``infer`` is a plain function: on the common path one native call
+(``inferline._core.Scheduler.submit_await``) creates the request's future, copies the item into
+a pooled slot of the model version's scheduler, queues it without taking any lock a worker
+holds, and returns the awaitable of its answer (no Python coroutine per request). Worker
+threads form batches, run the model off the event loop, and push answers onto one completion
+queue; the loop is woken through a file descriptor at most once per batch and resolves every
+finished future in one native call (``Core.drain``, in ``runtime.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import atexit
 import os
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +316,7 @@ class Engine(ModelCatalog):
         await self.stop()
 
     # -- inference ----------------------------------------------------------------------------
-    async def infer(
+    def infer(
         self,
         name: str,
         x: Any,
@@ -325,8 +326,8 @@ class Engine(ModelCatalog):
         version: int | str | None = None,
         with_parameters: bool = False,
         _use_cache: bool = True,
-    ) -> Any:
-        """Runs one item through model ``name`` and returns its output.
+    ) -> Coroutine[Any, Any, Any]:
+        """Runs one item through model ``name``; await the result for its output.
 
         ``x`` is one item without the batch dimension (an array, or a dict name -> array for
         several inputs); the answer is an array (or a dict for several outputs). ``priority``
@@ -335,8 +336,57 @@ class Engine(ModelCatalog):
         Cancelling the await cancels the request in the core. For a model with stages, ``x``
         is what its pre stage takes (e.g. a ``str``); ``with_parameters=True`` returns an
         :class:`~inferline.engine.stages.Answer` (the output and the stages' parameters).
+
+        Returns a coroutine (await it once, or hand it to ``asyncio.create_task``, ``gather``,
+        ``wait_for``); every error is raised when it is awaited. On the common path (the
+        serving version, no timeout, stages, cache or tracing, an exact input, called on the
+        engine's loop) it is a native ``_core.PendingInfer`` whose request is queued by this
+        call already: one that is never awaited is still computed and answered.
         """
-        # Fast path: the model's serving version (swapped atomically), else the full routing.
+        entry = self._router.models.get(name)
+        if (
+            entry is not None
+            and version is None
+            and timeout is None
+            and not with_parameters
+            and self._tracing is None
+        ):
+            v = entry.serving
+            if (
+                v is not None
+                and v.state == "ready"
+                and v.pipeline is None
+                and (v.cache is None or not _use_cache)
+            ):
+                # None when the request must go the coroutine's way: an input to convert, a
+                # priority that is not an int >= 0, a call off the engine's loop.
+                pending = v.sched.submit_await(x, priority, self._runtime.loop)
+                if pending is not None:
+                    return pending
+        return self._infer_coroutine(
+            name,
+            x,
+            priority=priority,
+            timeout=timeout,
+            version=version,
+            with_parameters=with_parameters,
+            _use_cache=_use_cache,
+        )
+
+    async def _infer_coroutine(
+        self,
+        name: str,
+        x: Any,
+        *,
+        priority: int,
+        timeout: float | None,
+        version: int | str | None,
+        with_parameters: bool,
+        _use_cache: bool,
+    ) -> Any:
+        """``infer`` as a coroutine: every case (routing by version, checks, stages, cache,
+        tracing, conversion, timeout)."""
+        # The model's serving version (swapped atomically), else the full routing.
         entry = self._router.models.get(name)
         v = entry.serving if entry is not None and version is None else None
         if v is None or v.state != "ready":
