@@ -257,6 +257,42 @@ TEST(Encoder, SmallBatchMatchesFloat64Reference) {
   expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9, 1);
 }
 
+// With 2 threads a small batch's products are split by output columns over the executor's
+// work_team; every output element is computed by the same operations either way, so the vectors
+// equal the 1-thread executor's bit for bit: each length alone from 1 to 31 tokens, and a batch
+// of mixed lengths under 32 tokens. Widths of 1-5 chunks of 48 columns, one not a multiple of
+// the kernels' blocks.
+TEST(Encoder, SmallBatchSplitOverTwoThreadsEqualsOneThread) {
+  if (!detail::small_product("avx2", nullptr, nullptr, nullptr, 0, 0, 0) &&
+      !detail::small_product("avx512", nullptr, nullptr, nullptr, 0, 0, 0)) {
+    GTEST_SKIP() << "no AVX2/FMA small-batch kernel in this build or CPU";
+  }
+  encoder_config odd = small_config();
+  odd.hidden = 76;
+  odd.heads = 4;
+  odd.intermediate = 230;
+  for (const encoder_config& c : {small_config(), odd}) {
+    const auto w = random_weights(c, 17);
+    auto one = make_cpu_encoder(w, c, 1);
+    auto two = make_cpu_encoder(w, c, 2);
+    const auto h = static_cast<std::size_t>(c.hidden);
+    std::vector<std::vector<int>> batches;
+    for (int len = 1; len <= 31; ++len) batches.push_back({len});
+    batches.push_back({5, 1, 12, 9, 3});
+    for (const std::vector<int>& lengths : batches) {
+      const packed p = make_batch(lengths, c.vocab, static_cast<unsigned>(lengths[0]) + 31);
+      const auto n = static_cast<int>(lengths.size());
+      std::vector<float> a(static_cast<std::size_t>(n) * h), b(a.size(), -1.0f);
+      one->run(p.ids.data(), p.offsets.data(), n, a.data());
+      two->run(p.ids.data(), p.offsets.data(), n, b.data());
+      for (std::size_t j = 0; j < a.size(); ++j) {
+        ASSERT_EQ(a[j], b[j]) << "hidden " << h << ", " << n << " sequence(s) of "
+                              << lengths[0] << "+ tokens, element " << j;
+      }
+    }
+  }
+}
+
 TEST(Encoder, BatchGivesTheSameVectorsAsEachSequenceAlone) {
   const encoder_config c = small_config();
   auto exec = make_cpu_encoder(random_weights(c, 3), c, 1);

@@ -12,6 +12,7 @@
 #endif
 
 #include "inferline/encoder/encoder.hpp"
+#include "inferline/encoder/work_team.hpp"
 #include "inferline/kernels/blas.hpp"
 #include "inferline/kernels/linear.hpp"
 #include "inferline/kernels/norm.hpp"
@@ -29,7 +30,7 @@ using kernels::weight_layout;
 constexpr int small_attention = 64;
 
 // Batches below this many tokens run every projection in small_product below, on the caller's
-// thread: a one-sentence batch is a few rows against 7 MB of weights per layer, where OpenBLAS's
+// thread and the executor's work_team helpers: a one-sentence batch is a few rows against 7 MB of weights per layer, where OpenBLAS's
 // per-call packing and, with more than one thread, waking its workers cost more than the product
 // (2-vCPU AMD EPYC VM shared with other jobs, all-MiniLM-L6-v2, one encode call: 8 tokens took
 // ~200 ms with 2 OpenBLAS threads under load, ~8 ms here). One thread, quiet machine, OpenBLAS
@@ -82,39 +83,27 @@ inline float hsum512(__m512 v) {
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
-using product_fn = void (*)(const float*, const float*, float*, std::size_t, std::size_t,
-                            std::size_t);
+using cols_fn = void (*)(const float*, const float*, float*, std::size_t, std::size_t,
+                         std::size_t, std::size_t, std::size_t);
 struct small_path {
-  product_fn product = nullptr;  // null: no AVX2/FMA, OpenBLAS only
+  cols_fn product = nullptr;     // null: no AVX2/FMA, OpenBLAS only
   bool with_one_thread = false;  // also taken when OpenBLAS has one thread (AVX-512 only)
 };
 
 // The widest small_product this CPU runs and when to take it.
 small_path small_path_for_cpu() {
-  if (__builtin_cpu_supports("avx512f")) return {avx512::small_product, true};
+  if (__builtin_cpu_supports("avx512f")) return {avx512::small_product_cols, true};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return {avx2::small_product, false};
+    return {avx2::small_product_cols, false};
   }
   return {};
 }
 #endif
 
-// y[m, n] = act(x[m, k] · Wᵀ + bias), W [n, k]: kernels::linear's contract. Batches of fewer
-// than small_batch rows run on this thread with the dot products above (no OpenBLAS call) when
-// small_path_for_cpu says so; otherwise OpenBLAS runs the product.
-void project(const float* x, const float* w, const float* bias, float* y, std::size_t m,
-             std::size_t n, std::size_t k, activation act) {
-#ifdef INFERLINE_SMALL_GEMM
-  static const small_path small = small_path_for_cpu();
-  if (m < small_batch && k > 0 && small.product != nullptr &&
-      (small.with_one_thread || kernels::blas_threads() > 1)) {
-    small.product(x, w, y, m, n, k);
-    kernels::bias_activation(y, m, n, bias, act);
-    return;
-  }
-#endif
-  kernels::linear(x, w, bias, y, m, n, k, weight_layout::out_in, act);
-}
+// Output columns per work_team index of a split small product: a multiple of both kernels'
+// column blocks (4, 6), so the blocks fall where they fall unsplit, and large enough (48 rows
+// of W, 72 KB at k = 384) that claiming an index costs nothing next to computing it.
+constexpr std::size_t team_chunk = 48;
 
 // Uninitialised float storage: the scratch buffers are written before they are read, and
 // leaving them untouched keeps pages of a large max_batch_size·max_seq_len unmapped until used.
@@ -122,8 +111,8 @@ std::unique_ptr<float[]> scratch(std::size_t n) { return std::unique_ptr<float[]
 
 class cpu_encoder final : public encoder_exec {
  public:
-  cpu_encoder(std::shared_ptr<const encoder_weights> w, const encoder_config& c)
-      : w_(std::move(w)), c_(c) {
+  cpu_encoder(std::shared_ptr<const encoder_weights> w, const encoder_config& c, int threads)
+      : w_(std::move(w)), c_(c), team_(threads) {
     c_.validate();
     if (!w_) throw std::invalid_argument("text encoder: no weights");
     const auto h = static_cast<std::size_t>(c_.hidden);
@@ -180,6 +169,36 @@ class cpu_encoder final : public encoder_exec {
   }
 
  private:
+  // y[m, n] = act(x[m, k] · Wᵀ + bias), W [n, k]: kernels::linear's contract. Batches of fewer
+  // than small_batch rows run the dot products above (no OpenBLAS call) when small_path_for_cpu
+  // says so, split by output columns over the team (each thread streams its own rows of W, the
+  // bias and activation fused per chunk while it is in cache); otherwise OpenBLAS runs it.
+  void project(const float* x, const float* w, const float* bias, float* y, std::size_t m,
+               std::size_t n, std::size_t k, activation act) {
+#ifdef INFERLINE_SMALL_GEMM
+    static const small_path small = small_path_for_cpu();
+    if (m < small_batch && k > 0 && small.product != nullptr &&
+        (small.with_one_thread || kernels::blas_threads() > 1)) {
+      if (team_.threads() == 1) {
+        small.product(x, w, y, m, n, k, 0, n);
+        kernels::bias_activation(y, m, n, bias, act);
+        return;
+      }
+      team_.for_each((n + team_chunk - 1) / team_chunk, [&](std::size_t i) {
+        const std::size_t c0 = i * team_chunk;
+        const std::size_t c1 = std::min(n, c0 + team_chunk);
+        small.product(x, w, y, m, n, k, c0, c1);
+        for (std::size_t r = 0; r < m; ++r) {
+          kernels::bias_activation(y + r * n + c0, 1, c1 - c0, bias == nullptr ? nullptr : bias + c0,
+                                   act);
+        }
+      });
+      return;
+    }
+#endif
+    kernels::linear(x, w, bias, y, m, n, k, weight_layout::out_in, act);
+  }
+
   // x[t] = LayerNorm(word[id] + position[t - start] + type[0]).
   void embed(const std::int32_t* ids, const std::int32_t* offsets, int n) {
     const auto h = static_cast<std::size_t>(c_.hidden);
@@ -269,6 +288,7 @@ class cpu_encoder final : public encoder_exec {
   std::shared_ptr<const encoder_weights> w_;
   encoder_config c_;
   std::unique_ptr<float[]> x_, tmp_, wide_, scores_, kt_;
+  work_team team_;  // splits small-batch products; its helpers park when idle
 };
 
 }  // namespace
@@ -277,11 +297,11 @@ bool detail::small_product(const std::string& isa, const float* x, const float* 
                            std::size_t m, std::size_t n, std::size_t k) {
 #ifdef INFERLINE_SMALL_GEMM
   if (isa == "avx512" && __builtin_cpu_supports("avx512f")) {
-    avx512::small_product(x, w, y, m, n, k);
+    avx512::small_product_cols(x, w, y, m, n, k, 0, n);
     return true;
   }
   if (isa == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    avx2::small_product(x, w, y, m, n, k);
+    avx2::small_product_cols(x, w, y, m, n, k, 0, n);
     return true;
   }
 #else
@@ -299,7 +319,8 @@ bool detail::small_product(const std::string& isa, const float* x, const float* 
 std::unique_ptr<encoder_exec> make_cpu_encoder(std::shared_ptr<const encoder_weights> weights,
                                                const encoder_config& config, int blas_threads) {
   if (blas_threads > 0) kernels::set_blas_threads(blas_threads);
-  return std::make_unique<cpu_encoder>(std::move(weights), config);
+  const int threads = blas_threads > 0 ? blas_threads : kernels::blas_threads();
+  return std::make_unique<cpu_encoder>(std::move(weights), config, threads);
 }
 
 }  // namespace inferline::encoder

@@ -88,7 +88,10 @@ void check_packed_batch(const encoder_config& config, const std::int32_t* ids,
 
 /// The CPU executor: OpenBLAS sgemm with fused epilogues, attention over each sequence's own
 /// tokens only, scratch memory preallocated for max_batch_size·max_seq_len tokens.
-/// `blas_threads` > 0 sets OpenBLAS's (process-wide) thread count. Throws on a bad config.
+/// `blas_threads` > 0 sets OpenBLAS's (process-wide) thread count. Batches of fewer than 32
+/// tokens skip OpenBLAS: their products run on the executor's own work_team of `blas_threads`
+/// threads (OpenBLAS's count when 0), split by output columns, whose helpers spin briefly
+/// between products and park when idle. Throws on a bad config.
 std::unique_ptr<encoder_exec> make_cpu_encoder(std::shared_ptr<const encoder_weights> weights,
                                                const encoder_config& config, int blas_threads);
 
