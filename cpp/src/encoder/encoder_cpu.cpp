@@ -30,13 +30,13 @@ using kernels::weight_layout;
 constexpr int small_attention = 64;
 
 // Batches below this many tokens run every projection in small_product below, on the caller's
-// thread and the executor's work_team helpers: a one-sentence batch is a few rows against 7 MB of weights per layer, where OpenBLAS's
-// per-call packing and, with more than one thread, waking its workers cost more than the product
-// (2-vCPU AMD EPYC VM shared with other jobs, all-MiniLM-L6-v2, one encode call: 8 tokens took
-// ~200 ms with 2 OpenBLAS threads under load, ~8 ms here). One thread, quiet machine, OpenBLAS
-// vs AVX-512 here: 8 tokens 8.3-8.7 vs 6.0-7.1 ms, 16: 10.6 vs 8.2, 32: 13.8 vs 13.3-15.0, 63:
-// 24.7 vs 25.9-27.8; the AVX2 kernel only matched OpenBLAS's (AVX-512) with one thread, so on
-// AVX2-only CPUs it is taken only when OpenBLAS has more than one.
+// thread and the executor's work_team helpers: a one-sentence batch is a few rows against 7 MB of
+// weights per layer, where OpenBLAS's per-call packing and, with more than one thread, waking its
+// workers cost more than the product (2-vCPU AMD EPYC VM shared with other jobs, all-MiniLM-L6-v2,
+// one encode call: 8 tokens took ~200 ms with 2 OpenBLAS threads under load, ~8 ms here). One
+// thread, quiet machine, OpenBLAS vs AVX-512 here: 8 tokens 8.3-8.7 vs 6.0-7.1 ms, 16: 10.6 vs 8.2,
+// 32: 13.8 vs 13.3-15.0, 63: 24.7 vs 25.9-27.8; the AVX2 kernel only matched OpenBLAS's (AVX-512)
+// with one thread, so on AVX2-only CPUs it is taken only when OpenBLAS has more than one.
 constexpr std::size_t small_batch = 32;
 
 #ifdef INFERLINE_SMALL_GEMM
@@ -188,9 +188,9 @@ class cpu_encoder final : public encoder_exec {
         const std::size_t c0 = i * team_chunk;
         const std::size_t c1 = std::min(n, c0 + team_chunk);
         small.product(x, w, y, m, n, k, c0, c1);
+        const float* b = bias == nullptr ? nullptr : bias + c0;
         for (std::size_t r = 0; r < m; ++r) {
-          kernels::bias_activation(y + r * n + c0, 1, c1 - c0, bias == nullptr ? nullptr : bias + c0,
-                                   act);
+          kernels::bias_activation(y + r * n + c0, 1, c1 - c0, b, act);
         }
       });
       return;
