@@ -210,9 +210,14 @@ def test_fields_match_tritonclients_proto_in_one_process() -> None:
     ours_service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     theirs_service = triton_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert f"inference.{ours_service.name}" == SERVICE_NAME == theirs_service.full_name
+    assert "ModelStreamInfer" in ours_service.methods_by_name
     for m in ours_service.methods:
         t = theirs_service.methods_by_name[m.name]
         assert m.input_type.name == t.input_type.name and m.output_type.name == t.output_type.name
+        assert (m.client_streaming, m.server_streaming) == (
+            t.client_streaming,
+            t.server_streaming,
+        ), m.name
 
     def same(ours: Any, theirs: Any) -> None:
         for f in ours.fields:
@@ -223,10 +228,13 @@ def test_fields_match_tritonclients_proto_in_one_process() -> None:
             if f.message_type is not None and not f.message_type.GetOptions().map_entry:
                 same(f.message_type, g.message_type)
 
+    compared = set()
     for name, message in pb.DESCRIPTOR.message_types_by_name.items():
         module = triton_config_pb if name.startswith(("Model", "DataType")) else triton_pb
         theirs = getattr(module, name, None) or getattr(triton_pb, name)
         same(message, theirs.DESCRIPTOR)
+        compared.add(theirs.DESCRIPTOR.full_name)
+    assert "inference.ModelStreamInferResponse" in compared
     assert {v.name: v.number for v in pb.DataType.DESCRIPTOR.values} == {
         v.name: v.number for v in triton_config_pb.DataType.DESCRIPTOR.values
     }

@@ -1,6 +1,9 @@
 """The Open Inference Protocol over gRPC: Triton's ``inference.GRPCInferenceService`` on
 ``grpc.aio``, answering with the HTTP app's own parts.
 
+ModelStreamInfer (a bidirectional stream of ModelInfer requests, answered as they complete,
+a refusal as the answer's ``error_message``) is in :mod:`.stream`.
+
 The handlers share the HTTP app's admission (one in-flight bound for both transports), its
 request checks, its engine call, its outcome counts and its statistics; only the message
 forms differ (:mod:`.tensors`). Errors carry the HTTP path's messages with these codes:
@@ -53,6 +56,7 @@ from ..outcomes import Outcomes
 from ..protocol import InferRequest
 from ..requests import version_arg
 from . import kserve_v2_pb2 as pb
+from .stream import model_stream_infer
 from .tensors import encode_response, request_header
 
 __all__ = ["SERVICE_NAME", "InferenceService", "deadline_timeout", "start_grpc_server"]
@@ -113,6 +117,16 @@ class InferenceService:
     # -- inference ---------------------------------------------------------------------------
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> Any:
         """One inference request, checked, admitted and computed as over HTTP."""
+        try:
+            return await self.infer_one(request, context)
+        except HTTPError as e:
+            await self._abort(context, e)
+
+    async def infer_one(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """The answer to one request (of a ModelInfer call or a ModelStreamInfer stream),
+        counted under the outcomes; raises the counted :class:`HTTPError` that refuses it
+        (500 for a bug), or ``CancelledError`` when the call is cancelled (the engine drops
+        the work). ``context``: the call's, for its deadline."""
         route = self.route
         outcomes = self.outcomes
         admission = route.admission
@@ -139,7 +153,7 @@ class InferenceService:
                 outputs, datatypes = await route.compute(
                     name, version, info, req, parameters=params
                 )
-                response = self._encode(
+                response: pb.ModelInferResponse = self._encode(
                     name, info.version, req, outputs, datatypes, raw=raw, parameters=params
                 )
                 outcomes.success(name)
@@ -148,7 +162,7 @@ class InferenceService:
                 raise HTTPError(e.status, e.message) from None
         except HTTPError as e:
             outcomes.refused(label or route.label(name), e, rid)
-            await self._abort(context, e)
+            raise
         except asyncio.CancelledError:  # the client gave up: the engine dropped the work
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:  # at its deadline: counted as a 504
@@ -160,11 +174,16 @@ class InferenceService:
             log.exception("request %s: unhandled error in gRPC ModelInfer", rid)
             err = HTTPError(500, f"internal error: {type(e).__name__}")
             outcomes.refused(label, err, rid)
-            await self._abort(context, err)
+            raise err from None
         finally:
             if entered:
                 admission.leave()
             admission.release_body(reserved)
+
+    async def model_stream_infer(self, requests: Any, context: Any) -> None:
+        """A stream of inference requests, each as a ModelInfer call, answered as they
+        complete (see :mod:`.stream`)."""
+        await model_stream_infer(self, requests, context)
 
     # -- health and metadata -----------------------------------------------------------------
     async def server_live(self, request: Any, context: Any) -> Any:
@@ -261,17 +280,20 @@ class InferenceService:
                 pb.RepositoryModelUnloadRequest,
             ),
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                name: grpc.unary_unary_rpc_method_handler(
-                    fn,
-                    request_deserializer=message.FromString,
-                    response_serializer=_serialize,
-                )
-                for name, (fn, message) in methods.items()
-            },
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                fn,
+                request_deserializer=message.FromString,
+                response_serializer=_serialize,
+            )
+            for name, (fn, message) in methods.items()
+        }
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer,
+            request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=_serialize,
         )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def _serialize(message: Any) -> bytes:
