@@ -27,7 +27,12 @@ medians.
 The ``inferline-grpc`` row is the same server with ``--grpc-port`` (its own process) driven
 over gRPC: one grpc.aio channel with ``c`` concurrent streams, each sending the same inputs
 as serialized ModelInferRequests with raw contents, as tritonclient.grpc does; the targets
-give its req/s against the HTTP/JSON row at c=64 (``--no-grpc`` leaves it out).
+give its req/s against the HTTP/JSON row at c=64 (``--no-grpc`` leaves it out). That client
+makes one unary ModelInfer call per request. The ``inferline-grpc-stream`` row (another such
+server process) sends the same messages on ``c`` ModelStreamInfer streams of one channel, as
+tritonclient.grpc's ``start_stream``/``async_stream_infer`` does, each stream closed-loop (one
+request in flight: the next is written when the answer is read); its target is beside the
+unary row's (``--no-grpc`` leaves it out too).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at run
@@ -317,6 +322,41 @@ async def _grpc_clients(port: int, concurrency: int) -> tuple[list[_Send], Calla
     return [send] * concurrency, channel.close
 
 
+async def _grpc_stream_clients(
+    port: int, concurrency: int
+) -> tuple[list[_Send], Callable[[], Any]]:
+    """``concurrency`` ModelStreamInfer streams on one HTTP/2 channel, each carrying one
+    request at a time (written, then its answer read); status 200 for an answer without an
+    ``error_message``, 503 for one with it, else the gRPC code's number if the stream ends."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    rpc = channel.stream_stream(f"/{GRPC_SERVICE}/ModelStreamInfer")  # bytes in, bytes out
+    calls = [rpc() for _ in range(concurrency)]
+
+    def sender(call: Any) -> _Send:
+        async def send(request: bytes) -> int:
+            try:
+                await call.write(request)
+                answer = await call.read()
+            except grpc.aio.AioRpcError as e:
+                return int(e.code().value[0])
+            if answer is grpc.aio.EOF:
+                return int(grpc.StatusCode.UNKNOWN.value[0])
+            # Fields are serialised in number order: a message that starts with field 1
+            # (tag 0x0a) has an error_message; an answer starts with field 2 (tag 0x12).
+            return 503 if answer[:1] == b"\x0a" else 200
+
+        return send
+
+    async def close() -> None:
+        for call in calls:
+            await call.done_writing()
+        for call in calls:
+            await call.code()  # the stream's status, once the server has ended it
+        await channel.close()
+
+    return [sender(call) for call in calls], close
+
+
 async def _load_with(
     connect: Awaitable[tuple[list[_Send], Callable[[], Any]]],
     pid: int,
@@ -372,6 +412,10 @@ async def _load_with(
     }
 
 
+# The rows driven over gRPC, by their clients (the others are HTTP/1.1).
+_CLIENTS = {"inferline-grpc": _grpc_clients, "inferline-grpc-stream": _grpc_stream_clients}
+
+
 def _inputs(n_features: int, count: int) -> np.ndarray:
     """``count`` distinct inputs (one item each), so no server can answer from a cache."""
     return np.random.default_rng(0).standard_normal((count, n_features)).astype(np.float32)
@@ -415,6 +459,15 @@ def _check_grpc(port: int, request: bytes) -> None:
     assert pb.ModelInferResponse.FromString(answer).raw_output_contents, answer
 
 
+def _check_grpc_stream(port: int, request: bytes) -> None:
+    """One request on a ModelStreamInfer stream: one answer, without an error, with outputs."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        rpc = channel.stream_stream(f"/{GRPC_SERVICE}/ModelStreamInfer")
+        (answer,) = list(rpc(iter([request]), timeout=30))
+    message = pb.ModelStreamInferResponse.FromString(answer)
+    assert not message.error_message and message.infer_response.raw_output_contents, message
+
+
 def _check(port: int, request: bytes) -> None:
     """One request through a plain socket: the server answers 200 with outputs."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
@@ -441,6 +494,11 @@ def _targets(results: dict[int, dict[str, dict[str, Any]]], levels: list[int]) -
         if "inferline-grpc" in row:
             got = row["inferline-grpc"]["rps"] / ours
             lines.append((got >= 1.5, "c=64 gRPC req/s vs HTTP/JSON", f"{got:.2f}x (>= 1.5x)"))
+        if "inferline-grpc-stream" in row:
+            got = row["inferline-grpc-stream"]["rps"] / ours
+            lines.append(
+                (got >= 1.5, "c=64 gRPC stream req/s vs HTTP/JSON", f"{got:.2f}x (>= 1.5x)")
+            )
         for name, need in (("fastapi-batched", 2.0), ("fastapi-inline", 5.0)):
             if name in row:
                 got = ours / row[name]["rps"]
@@ -495,8 +553,9 @@ def main() -> None:
         "--no-grpc",
         dest="grpc",
         action="store_false",
-        help="leave out the gRPC row (inferline serve --grpc-port, the same model; a raw "
-        "grpc.aio client, one channel with c concurrent streams)",
+        help="leave out the gRPC rows (inferline serve --grpc-port, the same model; a raw "
+        "grpc.aio client, one channel with c concurrent unary calls, or c ModelStreamInfer "
+        "streams with one request in flight each)",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument(
@@ -530,6 +589,7 @@ def main() -> None:
     if args.grpc:
         grpc_requests = _grpc_requests(args.model, args.features, args.distinct)
         servers["inferline-grpc"] = Server("--serve", "inferline-grpc", *common)
+        servers["inferline-grpc-stream"] = Server("--serve", "inferline-grpc", *common)
     for mode in modes:
         servers[f"fastapi-{mode}"] = Server("--serve", "baseline", "--baseline-mode", mode, *common)
     samples: dict[int, dict[str, list[dict[str, Any]]]] = {
@@ -539,6 +599,8 @@ def main() -> None:
         for name, s in servers.items():
             if name == "inferline-grpc":
                 _check_grpc(s.port, grpc_requests[0])
+            elif name == "inferline-grpc-stream":
+                _check_grpc_stream(s.port, grpc_requests[0])
             else:
                 _check(s.port, requests[0])
         names = list(servers)
@@ -547,9 +609,9 @@ def main() -> None:
             for c in levels:
                 for name in order:  # same run, back to back, same client, rotated order
                     s = servers[name]
-                    grpc_row = name == "inferline-grpc"
-                    clients = (_grpc_clients if grpc_row else _http_clients)(s.port, c)
-                    bodies = grpc_requests if grpc_row else requests
+                    connect = _CLIENTS.get(name, _http_clients)
+                    clients = connect(s.port, c)
+                    bodies = grpc_requests if name in _CLIENTS else requests
                     samples[c][name].append(
                         run(_load_with(clients, s.proc.pid, bodies, args.warmup, args.duration))
                     )
@@ -577,7 +639,7 @@ def main() -> None:
         + f"; {os.cpu_count()} CPUs shared by the client and the servers"
     )
     header = (
-        f"{'conc':>5} {'server':<19} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'conc':>5} {'server':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
         f"{'cpu us/req':>10}   inferline vs this: req/s  p99"
     )
     print(header)
@@ -589,7 +651,7 @@ def main() -> None:
             if name != "inferline":
                 ratio = f"{ours['rps'] / r['rps']:>26.2f}x {ours['p99'] / r['p99']:>5.2f}x"
             print(
-                f"{c:>5} {name:<19} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                f"{c:>5} {name:<22} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
                 f"{r['errors']:>7} {r['cpu_us_per_request']:>10.0f}{ratio}"
             )
     _targets(results, levels)

@@ -32,25 +32,25 @@ __all__ = ["STREAM_IN_FLIGHT", "model_stream_infer"]
 #: The most requests of one stream held at once (read and not yet answered).
 STREAM_IN_FLIGHT = 128
 
-_DONE = None  # the end of the answers, after the last request's
-
 
 async def model_stream_infer(
     service: InferenceService, requests: AsyncIterator[pb.ModelInferRequest], context: Any
 ) -> None:
     """Serves one ModelStreamInfer stream of ``service``: reads ``requests`` while fewer
-    than :data:`STREAM_IN_FLIGHT` are held, computes them concurrently and writes each
-    answer to ``context`` as it is ready (writes are one at a time, as gRPC requires)."""
-    answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+    than :data:`STREAM_IN_FLIGHT` are held, and answers each in a task of its own, which
+    writes its answer to ``context`` when it is ready (one write at a time, as gRPC
+    requires: a lock, uncontended while answers do not complete together)."""
     slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+    writing = asyncio.Lock()
     running: set[asyncio.Task[None]] = set()
+    failed: list[BaseException] = []  # a write that failed: the stream is broken
 
     async def answer(request: pb.ModelInferRequest) -> None:
         try:
-            response = await service.infer_one(request, context)
-        except HTTPError as e:  # counted by infer_one; the stream goes on
-            answers.put_nowait(
-                pb.ModelStreamInferResponse(
+            try:
+                response = await service.infer_one(request, context)
+            except HTTPError as e:  # counted by infer_one; the stream goes on
+                message = pb.ModelStreamInferResponse(
                     error_message=e.message,
                     infer_response=pb.ModelInferResponse(
                         model_name=request.model_name,
@@ -58,32 +58,33 @@ async def model_stream_infer(
                         id=request.id,
                     ),
                 )
-            )
-        else:
-            answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
-
-    async def read() -> None:
-        try:
-            async for request in requests:
-                await slots.acquire()  # released once its answer is written
-                task = asyncio.ensure_future(answer(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            if running:  # half-closed: answer what is in flight, then end
-                await asyncio.wait(set(running))
+            else:
+                message = pb.ModelStreamInferResponse(infer_response=response)
+            async with writing:
+                await context.write(message)
+        except Exception as e:  # the write failed: the stream is broken; the reader raises it
+            failed.append(e)
         finally:
-            answers.put_nowait(_DONE)
-
-    reading = asyncio.ensure_future(read())
-    try:
-        while (message := await answers.get()) is not _DONE:
-            await context.write(message)
             slots.release()
-        await reading  # its error, if the request stream failed
+
+    loop = asyncio.get_running_loop()
+    try:
+        async for request in requests:
+            await slots.acquire()  # released once its answer is written
+            task = loop.create_task(answer(request))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            if failed:
+                raise failed[0]
+        if running:  # half-closed: answer what is in flight, then end
+            await asyncio.wait(set(running))
+        if failed:
+            raise failed[0]
     finally:
         # Cancelled (the client cancelled the stream) or failed: drop the work in flight.
-        tasks = [reading, *running]
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            tasks = list(running)
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
