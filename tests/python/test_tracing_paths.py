@@ -179,3 +179,50 @@ async def test_a_model_with_stages_gets_one_request_span(spans: InMemorySpanExpo
     assert ok.status.status_code == StatusCode.UNSET
     assert failed.status.status_code == StatusCode.ERROR
     assert "expected 4 numbers" in (failed.status.description or "")
+
+
+@pytest.mark.asyncio
+async def test_the_engine_itself_traces_infer_batch_and_cached_answers(
+    spans: InMemorySpanExporter,
+) -> None:
+    """No hook called by the test: the engine's own ``infer_batch`` and cached ``infer`` open
+    their request spans under the caller's, a cache miss with its queue and compute."""
+    tracer = otel_trace.get_tracer("test")
+    xs = np.arange(8, dtype=np.float32).reshape(2, 4)
+    async with inferline.Engine(tracing=True) as engine:
+        await started(engine, "double", double)
+        await started(engine, "cached", double, cache=(16, 1 << 20))
+        spans.clear()
+        with tracer.start_as_current_span("batch"):
+            np.testing.assert_array_equal(await engine.infer_batch("double", xs), xs * 2 + 1)
+        for caller in ("miss", "hit"):
+            with tracer.start_as_current_span(caller):
+                np.testing.assert_array_equal(await engine.infer("cached", xs[0]), xs[0] * 2 + 1)
+    finished = spans.get_finished_spans()
+    assert sorted(s.name for s in finished) == sorted(
+        [
+            "batch",
+            "inferline.infer_batch double",
+            "miss",
+            "hit",
+            "inferline.infer cached",
+            "inferline.infer cached",
+            "queue",
+            "compute",
+        ]
+    )
+    got = {s.name: s for s in finished}
+    batch = got["inferline.infer_batch double"]
+    assert_child(batch, got["batch"])
+    assert (batch.attributes or {})["inferline.rows"] == 2
+    own = {
+        s.parent.span_id: s
+        for s in finished
+        if s.name == "inferline.infer cached" and s.parent is not None
+    }
+    miss = own[got["miss"].context.span_id]
+    hit = own[got["hit"].context.span_id]
+    assert (miss.attributes or {})["inferline.cache_hit"] is False
+    assert (hit.attributes or {})["inferline.cache_hit"] is True
+    assert_child(got["queue"], miss)
+    assert_child(got["compute"], miss)

@@ -395,12 +395,17 @@ class Engine(ModelCatalog):
         # core checks the priority's upper bound at submit.
         if priority.__class__ is not int or priority < 0 or timeout is not None:
             _check_request(priority, timeout)
+        tracing = self._tracing
         if v.pipeline is not None or with_parameters:
-            answer = await self._staged(v, [x], priority, timeout, one=True)
+            staged = self._staged(v, [x], priority, timeout, one=True)
+            answer = await (staged if tracing is None else tracing.request("infer", v, staged))
             return answer if with_parameters else answer.output
         if v.cache is not None and _use_cache:
             check_priority_range(v, priority)
-            return await infer_cached(self.infer, v, x, priority, timeout)
+            if tracing is None:
+                return await infer_cached(self.infer, v, x, priority, timeout)
+            cached = infer_cached(tracing.on_miss(self.infer), v, x, priority, timeout)
+            return await tracing.request("infer", v, cached, cached=True)
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
         if self._tracing is not None:  # the untraced path's only cost of tracing
             return await self._tracing.infer(loop, v, x, priority, timeout)
@@ -451,20 +456,38 @@ class Engine(ModelCatalog):
         """
         v = self._route(name, version)
         _check_request(priority, timeout)
+        call = self._infer_batch(v, inputs, priority, timeout, with_parameters)
+        if self._tracing is None:
+            return await call
+        return await self._tracing.request(
+            "infer_batch", v, call, items=inputs, cached=v.cache is not None
+        )
+
+    async def _infer_batch(
+        self,
+        v: Any,
+        inputs: Mapping[str, np.ndarray] | np.ndarray,
+        priority: int,
+        timeout: float | None,
+        with_parameters: bool,
+    ) -> Any:
+        """``infer_batch`` once routed and checked."""
         if v.pipeline is not None:
             answer = await self._staged(v, v.pipeline.items_of(inputs), priority, timeout)
             return answer if with_parameters else answer.output
         if with_parameters:
-            out = await self.infer_batch(
-                name, inputs, priority=priority, timeout=timeout, version=v.version
-            )
+            out = await self._infer_batch(v, inputs, priority, timeout, False)
             return Answer(out, {}, [])
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
         if v.cache is not None:
             check_priority_range(v, priority)
-            return await infer_rows_cached(
-                v, inputs, lambda rows: infer_rows(loop, v, rows, priority, timeout)
-            )
+
+            def send(rows: Any) -> Coroutine[Any, Any, Any]:
+                return infer_rows(loop, v, rows, priority, timeout)
+
+            if self._tracing is not None:
+                return await infer_rows_cached(v, inputs, self._tracing.on_miss(send))
+            return await infer_rows_cached(v, inputs, send)
         return await infer_rows(loop, v, inputs, priority, timeout)
 
     async def _staged(
