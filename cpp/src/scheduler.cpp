@@ -50,9 +50,12 @@ model_scheduler::~model_scheduler() {
 }
 
 void model_scheduler::start() {
-  if (started_) return;
-  started_ = true;
   std::lock_guard lock(workers_mutex_);
+  // After shutdown (an engine stopped while the model was still loading), nothing starts:
+  // shutdown sets stopping_ before it takes this lock, so threads started here are either
+  // seen and joined by it or never started; none is left joinable for the destructor.
+  if (started_ || stopping_.load(std::memory_order_seq_cst)) return;
+  started_ = true;
   workers_.reserve(config_.instances);
   for (std::size_t i = 0; i < config_.instances; ++i) {
     workers_.push_back(spawn(static_cast<int>(i)));

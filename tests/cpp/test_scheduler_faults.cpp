@@ -451,6 +451,19 @@ TEST(SchedulerShutdown, StuckModelIsAbandonedAfterTheGrace) {
   EXPECT_EQ(h.total(), 4u);
 }
 
+TEST(SchedulerShutdown, StartAfterShutdownStartsNothing) {
+  // An engine stopped while its model was still loading: the loader starts the scheduler after
+  // the engine shut it down. Nothing may start (a worker thread left joinable would terminate
+  // the process when the scheduler is destroyed), and a submit is refused as stopped.
+  harness h(small(8, 2, 1), /*start=*/false);
+  h.sched().shutdown(0);
+  h.sched().start();
+  EXPECT_EQ(h.submit(0, 1), admit::stopped);
+  h.destroy_scheduler();
+  EXPECT_TRUE(eventually([&] { return h.model_ptr().use_count() == 1; }));
+  EXPECT_EQ(h.total(), 0u);
+}
+
 TEST(SchedulerShutdown, BatchThatFinishesWithinTheGraceIsAnswered) {
   harness h(small(8));
   ASSERT_EQ(h.submit(0, stall), admit::ok);

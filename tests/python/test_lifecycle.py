@@ -6,6 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from typing import Any
@@ -299,3 +302,37 @@ def test_signal_handlers_need_the_main_thread() -> None:
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     assert "only be installed from the main thread" in str(errors[0])
     assert "GracefulShutdown.trigger()" in str(errors[0])
+
+
+def test_leaving_the_engine_while_a_model_still_loads_exits_cleanly() -> None:
+    """The engine stops while the model's load (and warm-up) still runs on its thread; the
+    loader then starts the scheduler the engine already shut down. The process must end
+    normally, not abort on a worker thread left joinable."""
+    script = textwrap.dedent(
+        """
+        import asyncio
+        import inferline
+
+        def ident(x):
+            return x
+
+        async def main():
+            async with inferline.Engine() as engine:
+                spec = [inferline.TensorSpec("x", "FP32", (4,))]
+                out = [inferline.TensorSpec("y", "FP32", (4,))]
+                engine.register("m", ident, inputs=spec, outputs=out)
+                raise RuntimeError("leaving at once")
+
+        try:
+            asyncio.run(main())
+        except RuntimeError as e:
+            print("raised:", e)
+        print("end")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["raised: leaving at once", "end"]
+    assert "terminate called" not in done.stderr

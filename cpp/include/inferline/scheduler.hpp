@@ -136,7 +136,8 @@ class model_scheduler {
   model_scheduler(const model_scheduler&) = delete;
   model_scheduler& operator=(const model_scheduler&) = delete;
 
-  /// Starts the worker threads. Call once, before the first `commit`.
+  /// Starts the worker threads. Call once, before the first `commit`; after `shutdown` it
+  /// does nothing.
   void start();
 
   /// Reserves a slot for one item: checks the engine state, the priority and the queue bound.
