@@ -8,7 +8,7 @@ span adds nothing, so the engine's own call inside collapses into the test's).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -21,6 +21,7 @@ from inferline.engine.rows import infer_cached
 from inferline.engine.stages import Prepared, Stage
 
 otel_trace = pytest.importorskip("opentelemetry.trace")
+from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
 )
@@ -95,6 +96,22 @@ async def test_infer_batch_gets_one_request_span(spans: InMemorySpanExporter) ->
     assert [e.name for e in failed.events] == ["exception"]
 
 
+def miss_and_hit(finished: Sequence[ReadableSpan]) -> tuple[ReadableSpan, ReadableSpan]:
+    """The ``inferline.infer cached`` spans under the callers' spans ``miss`` and ``hit``,
+    checked to say a miss and a hit."""
+    callers = {s.name: s for s in finished if s.name in ("miss", "hit")}
+    own = {
+        s.parent.span_id: s
+        for s in finished
+        if s.name == "inferline.infer cached" and s.parent is not None
+    }
+    miss = own[callers["miss"].context.span_id]
+    hit = own[callers["hit"].context.span_id]
+    assert (miss.attributes or {})["inferline.cache_hit"] is False
+    assert (hit.attributes or {})["inferline.cache_hit"] is True
+    return miss, hit
+
+
 @pytest.mark.asyncio
 async def test_a_cached_answer_says_hit_and_a_miss_has_queue_and_compute(
     spans: InMemorySpanExporter,
@@ -116,17 +133,8 @@ async def test_a_cached_answer_says_hit_and_a_miss_has_queue_and_compute(
     assert sorted(s.name for s in finished) == sorted(
         ["miss", "hit", "inferline.infer cached", "inferline.infer cached", "queue", "compute"]
     )
-    callers = {s.name: s for s in finished if s.name in ("miss", "hit")}
-    own = {
-        s.parent.span_id: s
-        for s in finished
-        if s.name == "inferline.infer cached" and s.parent is not None
-    }
-    miss = own[callers["miss"].context.span_id]
-    hit = own[callers["hit"].context.span_id]
+    miss, hit = miss_and_hit(finished)
     assert miss.kind == hit.kind == SpanKind.INTERNAL
-    assert (miss.attributes or {})["inferline.cache_hit"] is False
-    assert (hit.attributes or {})["inferline.cache_hit"] is True
     stages = by_name([s for s in finished if s.name in ("queue", "compute")])
     assert_child(stages["queue"], miss)
     assert_child(stages["compute"], miss)
@@ -215,14 +223,6 @@ async def test_the_engine_itself_traces_infer_batch_and_cached_answers(
     batch = got["inferline.infer_batch double"]
     assert_child(batch, got["batch"])
     assert (batch.attributes or {})["inferline.rows"] == 2
-    own = {
-        s.parent.span_id: s
-        for s in finished
-        if s.name == "inferline.infer cached" and s.parent is not None
-    }
-    miss = own[got["miss"].context.span_id]
-    hit = own[got["hit"].context.span_id]
-    assert (miss.attributes or {})["inferline.cache_hit"] is False
-    assert (hit.attributes or {})["inferline.cache_hit"] is True
+    miss, _ = miss_and_hit(finished)
     assert_child(got["queue"], miss)
     assert_child(got["compute"], miss)
