@@ -56,7 +56,7 @@ async def test_wait_for_timeout_cancels_in_the_core_and_frees_the_queue_slot() -
         with pytest.raises(inferline.QueueFullError, match=r"queue is full \(2 requests"):
             await engine.infer("m", item(3))
         # The worker is held, so the wait always times out; the slot is freed at once.
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from 3.11 on
             await asyncio.wait_for(second, 0.05)
         assert engine.stats("m")["queue_depth"] == 1
         third = asyncio.ensure_future(engine.infer("m", item(4)))  # fits in the freed slot
