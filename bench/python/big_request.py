@@ -23,12 +23,11 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from overload import FEATURES, Client, write_repository
-from soak import _free_port, _wait_ready, sample, start_server, stop_server
+from overload import FEATURES, Client, serve_work_model
+from soak import sample
 
 
 def big_body(rows: int) -> tuple[bytes, int]:
@@ -182,24 +181,9 @@ def main() -> int:
     p.add_argument("--batch-ms", type=float, default=1.0, help="compute time of one batch")
     p.add_argument("--big-every-s", type=float, default=0.25, help="huge-request spacing")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="inferline_big_request_") as tmp:
-        repo = Path(tmp) / "repo"
-        write_repository(repo, 1024, args.batch_ms)
-        port = _free_port()
-        proc = start_server(repo, port, Path(tmp) / "server.log", drain=10.0)
-        try:
-            try:
-                asyncio.run(_wait_ready(port, proc, 120.0, models=("work",)))
-            except RuntimeError as e:
-                print(f"FAILED: {e}; log:\n{(Path(tmp) / 'server.log').read_text()[-2000:]}")
-                return 1
-            return asyncio.run(run(args, port, proc.pid, Path(tmp)))
-        finally:
-            code, took, in_time = stop_server(proc, 30.0)
-            print(
-                f"server exit code {code} {took:.1f}s after SIGTERM"
-                + ("" if in_time else " (killed: it did not stop in time)")
-            )
+    return serve_work_model(
+        "big_request", 1024, args.batch_ms, lambda port, pid, tmp: run(args, port, pid, tmp)
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from soak import _free_port, _wait_ready, sample, start_server, stop_server
 
@@ -211,9 +213,23 @@ def main() -> int:
     p.add_argument("--client-timeout", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="inferline_overload_") as tmp:
+    return serve_work_model(
+        "overload", args.queue, args.batch_ms, lambda port, pid, tmp: run(args, port, pid)
+    )
+
+
+def serve_work_model(
+    name: str,
+    queue: int,
+    batch_ms: float,
+    body: Callable[[int, int, Path], Coroutine[Any, Any, int]],
+) -> int:
+    """Runs ``inferline serve`` on the work model (``queue``, ``batch_ms``) in a temporary
+    repository, awaits ``body(port, pid, tmp)`` once it is ready and returns its exit status;
+    the server is stopped by its PID whatever happens, and its exit is printed."""
+    with tempfile.TemporaryDirectory(prefix=f"inferline_{name}_") as tmp:
         repo = Path(tmp) / "repo"
-        write_repository(repo, args.queue, args.batch_ms)
+        write_repository(repo, queue, batch_ms)
         port = _free_port()
         proc = start_server(repo, port, Path(tmp) / "server.log", drain=10.0)
         try:
@@ -222,7 +238,7 @@ def main() -> int:
             except RuntimeError as e:
                 print(f"FAILED: {e}; log:\n{(Path(tmp) / 'server.log').read_text()[-2000:]}")
                 return 1
-            return asyncio.run(run(args, port, proc.pid))
+            return asyncio.run(body(port, proc.pid, Path(tmp)))
         finally:
             code, took, in_time = stop_server(proc, 30.0)
             print(
