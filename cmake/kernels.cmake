@@ -105,7 +105,8 @@ target_link_libraries(inferline_native PUBLIC inferline_kernels inferline_core
 
 # ---- native text encoder ------------------------------------------------------------------
 # BERT-style sentence encoder (cpp/src/encoder): CPU executor always; the CUDA executor
-# encoder_cuda.cpp in CUDA builds, else the stub encoder_no_cuda.cpp that says so.
+# encoder_cuda.cpp in CUDA builds, else encoder_no_cuda.cpp, whose make_cuda_encoder throws
+# "built without CUDA" (as exec_no_cuda.cpp does for native models).
 file(GLOB INFERLINE_ENCODER_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/encoder/*.cpp)
 if(INFERLINE_HAVE_CUDA)
   list(FILTER INFERLINE_ENCODER_SOURCES EXCLUDE REGEX "/encoder_no_cuda\\.cpp$")

@@ -407,8 +407,8 @@ class Engine(ModelCatalog):
             cached = infer_cached(tracing.on_miss(self.infer), v, x, priority, timeout)
             return await tracing.request("infer", v, cached, cached=True)
         loop: asyncio.AbstractEventLoop = self._runtime.loop  # type: ignore[assignment]
-        if self._tracing is not None:  # the untraced path's only cost of tracing
-            return await self._tracing.infer(loop, v, x, priority, timeout)
+        if tracing is not None:  # the untraced path's only cost of tracing
+            return await tracing.infer(loop, v, x, priority, timeout)
         fut = loop.create_future()
         # The core turns the timeout into a deadline on its own clock (time.monotonic's), checks
         # NaN/Inf, and answers None only when the item needs converting first (a list, another
