@@ -213,15 +213,17 @@ TEST(Encoder, BatchMatchesFloat64ReferenceWithUnitNorm) {
   expect_matches_reference(small_config(), mixed_lengths, 7);
 }
 
-// Each small-batch kernel this CPU has against a float64 product, over shapes that exercise
-// every tail: rows not a multiple of the row block (3 or 4), W rows not a multiple of 4 or 6, k
-// not a multiple of 8 or 16, and k shorter than one register.
+// Each small-batch kernel this CPU has (over W packed into 64-column panels) against a float64
+// product, over shapes that exercise every tail: rows not a multiple of the row block (2 or 6),
+// W rows not a multiple of a register block (32 or 64 columns) in the first, second or third
+// panel, odd k, and k = 1.
 TEST(Encoder, SmallProductKernelsMatchFloat64) {
   std::mt19937 rng(21);
   int ran = 0;
   for (const std::string isa : {"avx2", "avx512"}) {
-    for (const std::size_t m : {1U, 2U, 3U, 4U, 5U, 7U, 9U, 31U}) {
-      for (const auto& [n, k] : {std::pair<std::size_t, std::size_t>{13, 37}, {24, 64}, {5, 3}}) {
+    for (const std::size_t m : {1U, 2U, 3U, 4U, 5U, 6U, 7U, 9U, 13U, 31U}) {
+      for (const auto& [n, k] : {std::pair<std::size_t, std::size_t>{13, 37}, {24, 64}, {5, 3},
+                                 {70, 1}, {150, 19}, {128, 8}}) {
         const std::vector<float> x = random_vec(rng, m * k, 1.0f), w = random_vec(rng, n * k, 1.0f);
         std::vector<float> y(m * n, -7.0f);
         if (!detail::small_product(isa, x.data(), w.data(), y.data(), m, n, k)) continue;
@@ -241,10 +243,10 @@ TEST(Encoder, SmallProductKernelsMatchFloat64) {
   EXPECT_FALSE(detail::small_product("sse", nullptr, nullptr, nullptr, 1, 1, 1));
 }
 
-// Fewer than 32 tokens in all with 2 OpenBLAS threads: the projections take the single-threaded
-// small-batch product (on CPUs with AVX2/FMA; with AVX-512 also with 1 thread) instead of
-// OpenBLAS. Widths that are not multiples of the kernels' blocks cover their tails; 40 tokens
-// go through OpenBLAS, as do small batches with 1 thread on AVX2-only CPUs.
+// Fewer than 1280 tokens in all with 2 OpenBLAS threads: the projections take the packed-panel
+// product (on CPUs with AVX2/FMA; with AVX-512 also with 1 thread) instead of OpenBLAS. Widths
+// that are not multiples of the kernels' blocks cover their tails; 13 x 100 tokens go through
+// OpenBLAS, as do all batches with 1 thread on AVX2-only CPUs.
 TEST(Encoder, SmallBatchMatchesFloat64Reference) {
   expect_matches_reference(small_config(), {1, 5, 17, 3}, 7, 2);
   encoder_config odd = small_config();
@@ -253,14 +255,16 @@ TEST(Encoder, SmallBatchMatchesFloat64Reference) {
   odd.intermediate = 74;
   expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9, 2);
   expect_matches_reference(odd, {31}, 13, 2);
-  expect_matches_reference(odd, {40}, 13, 2);
+  expect_matches_reference(odd, {40, 100, 64}, 13, 2);
   expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9, 1);
+  odd.max_batch_size = 13;
+  expect_matches_reference(odd, std::vector<int>(13, 100), 15, 2);
 }
 
-// With 2 threads a small batch's products are split by output columns over the executor's
-// work_team; every output element is computed by the same operations either way, so the vectors
-// equal the 1-thread executor's bit for bit: each length alone from 1 to 31 tokens, and a batch
-// of mixed lengths under 32 tokens. Widths of 1-5 chunks of 48 columns, one not a multiple of
+// With 2 threads a small batch's products are split by 64-column weight panels over the
+// executor's work_team; every output element is computed by the same operations either way, so
+// the vectors equal the 1-thread executor's bit for bit: each length alone from 1 to 31 tokens,
+// 64 and 100 alone, and batches of mixed lengths. Widths of 1-4 panels, some not a multiple of
 // the kernels' blocks.
 TEST(Encoder, SmallBatchSplitOverTwoThreadsEqualsOneThread) {
   if (!detail::small_product("avx2", nullptr, nullptr, nullptr, 0, 0, 0) &&
@@ -278,7 +282,10 @@ TEST(Encoder, SmallBatchSplitOverTwoThreadsEqualsOneThread) {
     const auto h = static_cast<std::size_t>(c.hidden);
     std::vector<std::vector<int>> batches;
     for (int len = 1; len <= 31; ++len) batches.push_back({len});
+    batches.push_back({64});
+    batches.push_back({100});
     batches.push_back({5, 1, 12, 9, 3});
+    batches.push_back({70, 100, 33, 2});
     for (const std::vector<int>& lengths : batches) {
       const packed p = make_batch(lengths, c.vocab, static_cast<unsigned>(lengths[0]) + 31);
       const auto n = static_cast<int>(lengths.size());

@@ -88,10 +88,12 @@ void check_packed_batch(const encoder_config& config, const std::int32_t* ids,
 
 /// The CPU executor: OpenBLAS sgemm with fused epilogues, attention over each sequence's own
 /// tokens only, scratch memory preallocated for max_batch_size·max_seq_len tokens.
-/// `blas_threads` > 0 sets OpenBLAS's (process-wide) thread count. Batches of fewer than 32
-/// tokens skip OpenBLAS: their products run on the executor's own work_team of `blas_threads`
-/// threads (OpenBLAS's count when 0), split by output columns, whose helpers spin briefly
-/// between products and park when idle. Throws on a bad config.
+/// `blas_threads` > 0 sets OpenBLAS's (process-wide) thread count. Batches of fewer than 1280
+/// tokens skip OpenBLAS on CPUs with AVX-512 (with AVX2/FMA: when OpenBLAS has more than one
+/// thread): their projections run on weights packed once into 64-column panels (shared by the
+/// executors of one weights object), on the executor's own work_team of `blas_threads` threads
+/// (OpenBLAS's count when 0), split by panels, whose helpers spin briefly between products and
+/// park when idle. Throws on a bad config.
 std::unique_ptr<encoder_exec> make_cpu_encoder(std::shared_ptr<const encoder_weights> weights,
                                                const encoder_config& config, int blas_threads);
 
@@ -101,10 +103,10 @@ std::unique_ptr<encoder_exec> make_cuda_encoder(std::shared_ptr<const encoder_we
                                                 const encoder_config& config, int device);
 
 namespace detail {
-/// y[m, n] = x[m, k] · Wᵀ (W [n, k], row-major) with the CPU encoder's small-batch kernel for
-/// `isa` ("avx2" or "avx512"), which make_cpu_encoder's executor picks by itself for batches of
-/// fewer than 32 tokens. Returns false, y untouched, where this build or CPU lacks that kernel.
-/// For tests.
+/// y[m, n] = x[m, k] · Wᵀ (W [n, k], row-major, packed into panels here) with the CPU encoder's
+/// packed-panel kernel for `isa` ("avx2" or "avx512"), which make_cpu_encoder's executor picks
+/// by itself for batches of fewer than 1280 tokens. Returns false, y untouched, where this build
+/// or CPU lacks that kernel. For tests.
 bool small_product(const std::string& isa, const float* x, const float* w, float* y,
                    std::size_t m, std::size_t n, std::size_t k);
 }  // namespace detail
