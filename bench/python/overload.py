@@ -15,7 +15,25 @@ Checked, as the fault-containment targets ask:
   throughput measured in the same run);
 - the server's RSS flat within +-10% after the first 10% of the run (sampled every 5 s).
 
+Where the time goes, printed beside the targets (all after the first 10%):
+
+- the CPU of the server's event-loop thread (the main thread) and of the whole server, as a
+  share of one core, and the loop's CPU per answer;
+- the load generator's own CPU and how late its event loop runs a 10 ms timer (p99): a
+  client loop that is saturated adds its own queueing to every latency it measures;
+- ``--probe N`` of the connections (default 16) are driven by a separate process with
+  blocking sockets, one thread each, under the same backoff: the p99 of *its* 200s is the
+  server's latency as a client that is not CPU-bound sees it.
+
+``--compare`` runs the server with the 503 answered by the app (``INFERLINE_FAST_REFUSAL=0``,
+the baseline) and by the HTTP protocol (the default) alternately, ``--rounds`` pairs in
+ABBA order, and prints each figure with its ratio against the baseline measured in the same
+run. ``--refusal-cost S`` then also runs each for S seconds against a model that takes a
+second per batch, with 64 more connections than the server lets in retrying at once: nearly
+every answer is a 503, so the loop's CPU per answer is the cost of one refusal.
+
     python bench/python/overload.py [--minutes 10] [--connections 1500] [--queue 1024]
+    python bench/python/overload.py --minutes 1 --queue 150 --compare --refusal-cost 10
 """
 
 from __future__ import annotations
@@ -23,17 +41,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soak import _free_port, _wait_ready, sample, start_server, stop_server
+from soak import _free_port, _http, _wait_ready, sample, start_server, stop_server
 
 FEATURES = 4
 
@@ -110,16 +133,139 @@ class Client:
         self.reader = self.writer = None
 
 
-async def run(args: argparse.Namespace, port: int, pid: int) -> int:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (or of one of its threads), from /proc."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+@dataclass
+class Figures:
+    """One run's figures, all after the first 10% unless said."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    ok_per_s: float = 0.0
+    refused_per_s: float = 0.0
+    p50: float = float("nan")
+    p99: float = float("nan")
+    drain_s: float = float("inf")
+    probe_p99: float = float("nan")
+    probe_n: int = 0
+    loop_cpu: float = float("nan")  # share of one core: the server's main (event-loop) thread
+    server_cpu: float = float("nan")  # share of one core: the whole server
+    loop_us_per_answer: float = float("nan")
+    client_cpu: float = float("nan")
+    client_lag_p99: float = float("nan")
+    engine_p99: float = float("nan")  # enqueue to answered, over the whole run
+    queue_wait_p99: float = float("nan")  # enqueue to its batch formed, over the whole run
+    compute_p99: float = float("nan")  # one batch's model call, over the whole run
+    mean_batch: float = float("nan")
+    rss: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.p99 / self.drain_s
+
+
+def probe_child(argv: list[str]) -> int:
+    """``--probe-child PORT CONNECTIONS SECONDS WARMUP BACKOFF_MS SEED``: closed-loop clients
+    on blocking sockets, one thread each; prints the latencies (s) of the 200s of requests
+    sent after WARMUP seconds, the count of each status after WARMUP, and errors, as JSON."""
+    port, n, seconds, warmup, backoff_ms, seed = argv
     body = json.dumps(
         {"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": [1.0] * 4}]}
     ).encode()
-    statuses: Counter[str] = Counter()
-    ok_latencies: list[float] = []
-    rng = random.Random(args.seed)
+    request = Client(int(port), body).request
     t0 = time.monotonic()
-    stop_at = t0 + args.minutes * 60
-    measure_from = t0 + args.minutes * 6  # the first 10% is warm-up for every figure
+    stop_at, measure_from = t0 + float(seconds), t0 + float(warmup)
+    latencies: list[float] = []
+    counts: Counter[int] = Counter()  # statuses of requests sent after WARMUP
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        rng = random.Random(int(seed) * 1000 + i)
+        try:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as s:
+                buf = b""
+                while time.monotonic() < stop_at:
+                    start = time.monotonic()
+                    s.sendall(request)
+                    while b"\r\n\r\n" not in buf:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            raise ConnectionError("closed by the server")
+                        buf += chunk
+                    top, buf = buf.split(b"\r\n\r\n", 1)
+                    lines = top.decode("latin-1").split("\r\n")
+                    length = next(
+                        int(ln.split(":", 1)[1])
+                        for ln in lines
+                        if ln.lower().startswith("content-length:")
+                    )
+                    while len(buf) < length:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            raise ConnectionError("closed inside an answer")
+                        buf += chunk
+                    buf = buf[length:]
+                    status = int(lines[0].split()[1])
+                    if start >= measure_from:
+                        counts[status] += 1
+                        if status == 200:
+                            latencies.append(time.monotonic() - start)
+                    if status != 200:
+                        time.sleep(rng.uniform(0, float(backoff_ms) / 1000))
+        except OSError as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(int(n))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"latencies": latencies, "counts": counts, "errors": errors}))
+    return 0
+
+
+async def drive(args: argparse.Namespace, port: int, pid: int, label: str) -> Figures:
+    """Runs the clients for ``args.minutes`` against the server and returns the figures."""
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": [1.0] * 4}]}
+    ).encode()
+    f = Figures()
+    statuses = f.statuses
+    ok_latencies: list[float] = []
+    lags: list[float] = []
+    rng = random.Random(args.seed)
+    seconds = args.minutes * 60
+    t0 = time.monotonic()
+    stop_at = t0 + seconds
+    measure_from = t0 + seconds / 10  # the first 10% is warm-up for every figure
+    probe = None
+    if args.probe:
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--probe-child",
+            str(port),
+            str(args.probe),
+            str(seconds),
+            str(seconds / 10),
+            str(args.backoff_ms),
+            str(args.seed),
+            stdout=subprocess.PIPE,
+        )
 
     async def client() -> None:
         c = Client(port, body)
@@ -148,42 +294,100 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> int:
         finally:
             c.close()
 
+    async def lag() -> None:
+        while time.monotonic() < stop_at:
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            if t >= measure_from:
+                lags.append(time.monotonic() - t - 0.01)
+
     print(
-        f"overload: inferline serve (PID {pid}) on 127.0.0.1:{port}, {args.minutes:g} min, "
-        f"{args.connections} connections, queue {args.queue}, a batch of <= 32 in "
-        f"{args.batch_ms:g} ms; after a 503 a client waits "
-        + ("50-100% of Retry-After" if args.retry_after else f"0-{args.backoff_ms:g} ms")
+        f"{label}: inferline serve (PID {pid}) on 127.0.0.1:{port}, {args.minutes:g} min, "
+        f"{args.connections} connections ({args.probe} of them in the probe process), "
+        f"queue {args.queue}, a batch of <= 32 in {args.batch_ms:g} ms; after a 503 a client "
+        "waits " + ("50-100% of Retry-After" if args.retry_after else f"0-{args.backoff_ms:g} ms"),
+        flush=True,
     )
-    print(f"{'t s':>6}{'200':>10}{'503':>10}{'other':>8}{'RSS MB':>9}")
-    tasks = [asyncio.ensure_future(client()) for _ in range(args.connections)]
-    rss: list[tuple[float, float]] = []
-    ok_at_measure = 0
+    print(f"{'t s':>6}{'200':>10}{'503':>10}{'other':>8}{'RSS MB':>9}", flush=True)
+    tasks = [asyncio.ensure_future(client()) for _ in range(args.connections - args.probe)]
+    tasks.append(asyncio.ensure_future(lag()))
+    counted_at_measure: Counter[str] | None = None
+    cpu0 = (0.0, 0.0, 0.0)
+    tick = min(5.0, seconds / 10)
     while time.monotonic() < stop_at:
-        await asyncio.sleep(5)
+        await asyncio.sleep(min(tick, max(0.0, stop_at - time.monotonic())))
         now = time.monotonic()
-        if not ok_at_measure and now >= measure_from:
-            ok_at_measure = statuses["200"]
-        rss.append((now - t0, sample(pid)[0]))
-        if len(rss) % 12 == 0:
+        if counted_at_measure is None and now >= measure_from:
+            counted_at_measure = Counter(statuses)
+            cpu0 = (cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time())
+            measured_from = now
+        f.rss.append((now - t0, sample(pid)[0]))
+        if len(f.rss) % 12 == 0:
             other = sum(n for k, n in statuses.items() if k not in ("200", "503"))
             print(
                 f"{now - t0:>6.0f}{statuses['200']:>10}{statuses['503']:>10}{other:>8}"
-                f"{rss[-1][1]:>9.1f}"
+                f"{f.rss[-1][1]:>9.1f}",
+                flush=True,
             )
+    measured = time.monotonic() - measured_from
+    server_cpu, loop_cpu = cpu_seconds(pid) - cpu0[0], cpu_seconds(pid, pid) - cpu0[1]
+    f.client_cpu = (time.process_time() - cpu0[2]) / measured
     await asyncio.gather(*tasks)
-    measured_s = stop_at - measure_from
-    throughput = (statuses["200"] - ok_at_measure) / measured_s
-    drain_s = args.queue / throughput if throughput else float("inf")
-    p50 = statistics.median(ok_latencies) if ok_latencies else float("nan")
-    p99 = statistics.quantiles(ok_latencies, n=100)[98] if len(ok_latencies) > 1 else p50
-    after = [m for t, m in rss if t >= args.minutes * 6]
+    assert counted_at_measure is not None
+    ok = statuses["200"] - counted_at_measure["200"]
+    refused = statuses["503"] - counted_at_measure["503"]
+    if probe is not None:
+        out, _ = await probe.communicate()
+        doc = json.loads(out)
+        for e in doc["errors"]:
+            statuses[f"probe: {e}"] += 1
+        f.probe_n = len(doc["latencies"])
+        f.probe_p99 = percentile(doc["latencies"], 99)
+        ok += doc["counts"].get("200", 0)
+        refused += doc["counts"].get("503", 0)
+    f.seconds = measured
+    f.ok_per_s = ok / measured
+    f.refused_per_s = refused / measured
+    f.drain_s = args.queue / f.ok_per_s if ok else float("inf")
+    f.p50 = statistics.median(ok_latencies) if ok_latencies else float("nan")
+    f.p99 = percentile(ok_latencies, 99)
+    f.loop_cpu, f.server_cpu = loop_cpu / measured, server_cpu / measured
+    f.loop_us_per_answer = loop_cpu / max(1, ok + refused) * 1e6
+    f.client_lag_p99 = percentile(lags, 99)
+    stats = json.loads((await _http(port, "GET", "/v2/models/work/stats"))[1])
+    engine = stats["model_stats"][0]["inferline"]
+    f.engine_p99, f.mean_batch = engine["request"]["p99"], engine["batch_size"]["mean"]
+    f.queue_wait_p99, f.compute_p99 = engine["queue_wait"]["p99"], engine["compute"]["p99"]
+    return f
+
+
+def report(args: argparse.Namespace, f: Figures) -> bool:
+    """Prints the figures against the targets; True when all are met."""
+    after = [m for t, m in f.rss if t >= args.minutes * 6]
     first, last, top, low = after[0], after[-1], max(after), min(after)
-    others = {k: n for k, n in statuses.items() if k not in ("200", "503")}
-    print(f"answers: {dict(sorted(statuses.items()))}")
+    others = {k: n for k, n in f.statuses.items() if k not in ("200", "503")}
+    print(f"answers: {dict(sorted(f.statuses.items()))}")
     print(
-        f"200s: {throughput:.0f}/s after the first 10%, p50 {p50 * 1e3:.0f} ms, p99 "
-        f"{p99 * 1e3:.0f} ms; a full queue drains in {drain_s * 1e3:.0f} ms "
-        f"(p99 / drain = {p99 / drain_s:.2f}, target <= 2)"
+        f"200s: {f.ok_per_s:.0f}/s after the first 10%, p50 {f.p50 * 1e3:.0f} ms, p99 "
+        f"{f.p99 * 1e3:.0f} ms; a full queue drains in {f.drain_s * 1e3:.0f} ms "
+        f"(p99 / drain = {f.ratio:.2f}, target <= 2); 503s: {f.refused_per_s:.0f}/s"
+    )
+    if f.probe_n:
+        print(
+            f"probe process (blocking sockets): {f.probe_n} 200s, p99 "
+            f"{f.probe_p99 * 1e3:.0f} ms (p99 / drain = {f.probe_p99 / f.drain_s:.2f})"
+        )
+    print(
+        f"in the engine (enqueue to answered, whole run): p99 {f.engine_p99 * 1e3:.0f} ms "
+        f"(p99 / drain = {f.engine_p99 / f.drain_s:.2f}), of which queue wait p99 "
+        f"{f.queue_wait_p99 * 1e3:.0f} ms, a batch's compute p99 {f.compute_p99 * 1e3:.0f} ms; "
+        f"mean batch {f.mean_batch:.1f} rows"
+    )
+    print(
+        f"CPU, share of one core: server loop thread {f.loop_cpu:.2f} "
+        f"({f.loop_us_per_answer:.0f} us per answer), whole server {f.server_cpu:.2f}, "
+        f"load generator {f.client_cpu:.2f} (its loop's timer lateness p99 "
+        f"{f.client_lag_p99 * 1e3:.0f} ms)"
     )
     print(
         f"server RSS MB after the first 10%: first {first:.1f}, last {last:.1f}, min {low:.1f},"
@@ -192,18 +396,84 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> int:
     )
     checks = {
         "only 200 and 503": not others,
-        "p99 <= 2x drain": p99 <= 2 * drain_s,
+        "p99 <= 2x drain": f.p99 <= 2 * f.drain_s,
         "RSS within +-10%": top <= 1.1 * first and low >= 0.9 * first,
     }
-    for what, ok in checks.items():
-        print(f"  {'met   ' if ok else 'MISSED'} {what}")
-    return 0 if all(checks.values()) else 1
+    for what, met in checks.items():
+        print(f"  {'met   ' if met else 'MISSED'} {what}")
+    return all(checks.values())
+
+
+CONTENDERS = {"app 503 (baseline)": {"INFERLINE_FAST_REFUSAL": "0"}, "protocol 503": {}}
+
+
+def one_run(args: argparse.Namespace, label: str, env: dict[str, str]) -> tuple[int, Figures]:
+    result: list[Figures] = []
+
+    async def body(port: int, pid: int, tmp: Path) -> int:
+        result.append(await drive(args, port, pid, label))
+        return 0 if report(args, result[-1]) else 1
+
+    code = serve_work_model("overload", args.queue, args.batch_ms, body, env_extra=env)
+    return code, result[0] if result else Figures()
+
+
+def compare(args: argparse.Namespace) -> int:
+    """ABBA rounds of the two contenders; a table of medians and ratios to the baseline."""
+    (base, base_env), (new, new_env) = CONTENDERS.items()
+    runs: dict[str, list[Figures]] = {base: [], new: []}
+    for r in range(args.rounds):
+        order = [(base, base_env), (new, new_env)]
+        for label, env in order if r % 2 == 0 else order[::-1]:
+            runs[label].append(one_run(args, label, env)[1])
+    cost: dict[str, float] = {}
+    if args.refusal_cost:
+        sub = argparse.Namespace(**vars(args))
+        sub.minutes, sub.batch_ms, sub.backoff_ms = args.refusal_cost / 60, 1000.0, 0.0
+        # 64 connections beyond what the server lets in (the queue and one batch).
+        sub.connections, sub.probe = args.queue + 32 + 64, 0
+        for label, env in CONTENDERS.items():
+            cost[label] = one_run(sub, f"{label}, refusal cost", env)[1].loop_us_per_answer
+    rows: list[tuple[str, Callable[[Figures], float], str]] = [
+        ("p99 / drain", lambda f: f.ratio, "{:.2f}"),
+        ("p99 of the 200s (ms)", lambda f: f.p99 * 1e3, "{:.0f}"),
+        ("probe's p99 (ms)", lambda f: f.probe_p99 * 1e3, "{:.0f}"),
+        ("engine's p99 (ms)", lambda f: f.engine_p99 * 1e3, "{:.0f}"),
+        ("mean batch (rows)", lambda f: f.mean_batch, "{:.1f}"),
+        ("p50 of the 200s (ms)", lambda f: f.p50 * 1e3, "{:.0f}"),
+        ("200s per s", lambda f: f.ok_per_s, "{:.0f}"),
+        ("503s per s", lambda f: f.refused_per_s, "{:.0f}"),
+        ("server loop CPU (cores)", lambda f: f.loop_cpu, "{:.2f}"),
+        ("loop us per answer", lambda f: f.loop_us_per_answer, "{:.1f}"),
+        ("load generator CPU (cores)", lambda f: f.client_cpu, "{:.2f}"),
+        ("client timer lateness p99 (ms)", lambda f: f.client_lag_p99 * 1e3, "{:.0f}"),
+    ]
+    print(f"\n{args.rounds} rounds, ABBA; each run's value, then the ratio of the medians")
+    print(f"{'':<32}{base:>24}{new:>24}{'ratio':>8}")
+    for name, get, fmt in rows:
+        a = [get(f) for f in runs[base]]
+        b = [get(f) for f in runs[new]]
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(
+            f"{name:<32}{' / '.join(fmt.format(v) for v in a):>24}"
+            f"{' / '.join(fmt.format(v) for v in b):>24}{mb / ma if ma else float('nan'):>8.2f}"
+        )
+    if cost:
+        a, b = cost[base], cost[new]
+        print(
+            f"{'loop us per 503 (refusal cost)':<32}{a:>24.1f}{b:>24.1f}"
+            f"{b / a if a else float('nan'):>8.2f}"
+        )
+    return 0 if all(f.ratio <= 2 for f in runs[new]) else 1
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--probe-child"]:
+        return probe_child(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=1500)
+    p.add_argument("--probe", type=int, default=16, help="connections in the probe process")
     p.add_argument("--queue", type=int, default=1024, help="the model's max_queue_size")
     p.add_argument("--batch-ms", type=float, default=20.0, help="compute time of one batch")
     p.add_argument("--backoff-ms", type=float, default=200.0, help="most a 503'd client waits")
@@ -212,10 +482,17 @@ def main() -> int:
     )
     p.add_argument("--client-timeout", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args()
-    return serve_work_model(
-        "overload", args.queue, args.batch_ms, lambda port, pid, tmp: run(args, port, pid)
+    p.add_argument("--compare", action="store_true", help="the app's 503 against the protocol's")
+    p.add_argument("--rounds", type=int, default=2, help="--compare: pairs of runs")
+    p.add_argument(
+        "--refusal-cost", type=float, default=0.0, help="--compare: seconds of the cost runs"
     )
+    args = p.parse_args()
+    if not 0 <= args.probe < args.connections:
+        p.error("--probe must be at least 0 and less than --connections")
+    if args.compare:
+        return compare(args)
+    return one_run(args, "overload", {})[0]
 
 
 def serve_work_model(
@@ -223,15 +500,17 @@ def serve_work_model(
     queue: int,
     batch_ms: float,
     body: Callable[[int, int, Path], Coroutine[Any, Any, int]],
+    env_extra: dict[str, str] | None = None,
 ) -> int:
     """Runs ``inferline serve`` on the work model (``queue``, ``batch_ms``) in a temporary
-    repository, awaits ``body(port, pid, tmp)`` once it is ready and returns its exit status;
-    the server is stopped by its PID whatever happens, and its exit is printed."""
+    repository (``env_extra`` added to its environment), awaits ``body(port, pid, tmp)`` once
+    it is ready and returns its exit status; the server is stopped by its PID whatever
+    happens, and its exit is printed."""
     with tempfile.TemporaryDirectory(prefix=f"inferline_{name}_") as tmp:
         repo = Path(tmp) / "repo"
         write_repository(repo, queue, batch_ms)
         port = _free_port()
-        proc = start_server(repo, port, Path(tmp) / "server.log", drain=10.0)
+        proc = start_server(repo, port, Path(tmp) / "server.log", 10.0, env_extra)
         try:
             try:
                 asyncio.run(_wait_ready(port, proc, 120.0, models=("work",)))

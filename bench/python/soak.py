@@ -166,7 +166,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(repo: Path, port: int, log_path: Path, drain: float) -> subprocess.Popen[bytes]:
+def start_server(
+    repo: Path, port: int, log_path: Path, drain: float, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``inferline serve REPO`` on 127.0.0.1:``port``, its output in ``log_path``, with
+    ``env_extra`` added to its environment."""
     cmd = [sys.executable, "-c", "import sys; from inferline.cli import main; sys.exit(main())"]
     help_text = subprocess.run(
         [*cmd, "serve", "--help"], capture_output=True, text=True, timeout=60
@@ -179,6 +183,7 @@ def start_server(repo: Path, port: int, log_path: Path, drain: float) -> subproc
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "python"), env.get("PYTHONPATH", "")) if p
     )
+    env.update(env_extra or {})
     with open(log_path, "wb") as log:
         return subprocess.Popen([*cmd, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
 

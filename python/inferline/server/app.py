@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,7 +27,8 @@ from starlette.types import Receive, Scope, Send
 
 from .admin import AdminRoutes
 from .admission import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, DEFAULT_MAX_ROWS_PER_REQUEST, Admission
-from .errors import encode_error, log_error
+from .errors import encode_error
+from .fast_refusal import INFER_PATH, overload_refusal
 from .infer import InferRoute
 from .outcomes import Outcomes
 from .requests import RequestIds
@@ -47,8 +47,6 @@ log = logging.getLogger("inferline.server")
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 DEFAULT_MAX_JSON_BYTES = 16 << 20
-
-_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 def create_app(
@@ -220,7 +218,7 @@ class _InferlineStarlette(Starlette):
             and self.infer_handler is not None
             and not self.user_middleware
         ):
-            match = _INFER_PATH.fullmatch(_route_path(scope))
+            match = INFER_PATH.fullmatch(_route_path(scope))
             if match is not None:
                 refusal = _overloaded_answer(self.infer_handler, match.group(1), scope)
                 if refusal is not None:
@@ -241,23 +239,13 @@ def _overloaded_answer(
     route: InferRoute, name: str, scope: Scope
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The ASGI messages of the 503 (with Retry-After and the JSON error) for an infer
-    request that arrives while the server holds ``max_in_flight`` requests, else None.
-
-    The refusal that overload makes most of, answered here before the route builds anything
-    for the request: the error and its body are built once per in-flight count
-    (:meth:`.Admission.refusal`), the model's label comes from a cache, and it is counted as
-    the route counts it. While draining, or when requests are traced, the route answers.
-    """
-    if route.state.draining or route._tracing is not None:
+    request that arrives while the server holds ``max_in_flight`` requests, else None
+    (:func:`.fast_refusal.overload_refusal`; under ``serve`` the HTTP protocol answers most
+    of them before they reach the app)."""
+    refused = overload_refusal(route, name, scope["headers"], scope.get("path", ""))
+    if refused is None:
         return None
-    refusal = route.admission.refusal()
-    if refusal is None:
-        return None
-    err, body = refusal
-    rid = route.request_id(scope["headers"])
-    if log.isEnabledFor(logging.DEBUG):
-        log_error("POST", scope.get("path", ""), rid, err)
-    route.outcomes.refused(route.admission.served_label(name), err, rid)
+    _, body, rid = refused
     headers = [
         (b"content-type", b"application/json"),
         (b"x-request-id", rid.encode()),

@@ -10,6 +10,12 @@ returns, so the process exits 0. A second signal during the grace period stops a
 
 uvicorn's own handler re-raises the signal after shutting down, which ends the process with
 status -15 instead of 0; this module replaces it.
+
+HTTP/1.1 is parsed by uvicorn's httptools protocol, subclassed so that an infer request that
+arrives while the server holds ``max_in_flight`` requests is answered 503 as soon as its
+headers are parsed, without an ASGI task (:mod:`.fast_refusal`). ``fast_refusal=False`` (or
+the environment variable ``INFERLINE_FAST_REFUSAL=0``, for comparisons) leaves the refusal to
+the app.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import uvicorn
 from ..engine import Engine
 from ..lifecycle import GracefulShutdown
 from .app import create_app
+from .fast_refusal import refusing_protocol
 from .grpc import start_grpc_server
 from .state import ServerState
 
@@ -163,7 +170,12 @@ def _build(
     state = ServerState()
     grpc_port = app_kwargs.pop("grpc_port", None)
     on_grpc_started = app_kwargs.pop("on_grpc_started", None)
+    fast_refusal = app_kwargs.pop("fast_refusal", None)
+    if fast_refusal is None:
+        fast_refusal = os.environ.get("INFERLINE_FAST_REFUSAL", "1") != "0"
     app = create_app(engine, drain_timeout=drain_timeout, state=state, **app_kwargs)
+    # uvicorn's httptools protocol, refusing overload at the headers (None: uvicorn's own).
+    http: Any = (refusing_protocol(app) if fast_refusal else None) or "auto"
     config = uvicorn.Config(
         app,
         host=host,
@@ -178,6 +190,7 @@ def _build(
         # The app never looks at the client address; X-Forwarded-* rewriting would only
         # cost event-loop time on every request.
         proxy_headers=False,
+        http=http,
     )
     return _Server(
         config,
@@ -209,8 +222,9 @@ def serve(
     ``port=0`` picks a free port; ``on_started(port)`` is called once the socket listens.
     ``grpc_port=P`` also serves the protocol over gRPC on ``host:P`` (0: any free port;
     ``on_grpc_started(port)`` is called once it listens), on the same loop, engine and
-    admission, stopped with the HTTP server (see :mod:`.grpc`). Other keyword arguments go
-    to :func:`create_app` (``max_body_bytes``, ...).
+    admission, stopped with the HTTP server (see :mod:`.grpc`). ``fast_refusal=False``
+    leaves the overload 503 to the app instead of the HTTP protocol (see the module's doc).
+    Other keyword arguments go to :func:`create_app` (``max_body_bytes``, ...).
     """
     server = _build(
         engine,
