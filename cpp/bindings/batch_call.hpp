@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -20,7 +21,8 @@ struct batch_call {
   batch_call(pybind11::handle future, std::uint64_t first_id, std::size_t n)
       : future(pybind11::reinterpret_borrow<pybind11::object>(future)),
         first_id(first_id),
-        handles(n) {}
+        handles(n),
+        unpushed(static_cast<std::uint32_t>(n)) {}
 
   pybind11::object future;             ///< answered once: the stacked outputs or the first error
   std::uint64_t first_id;              ///< request id of row 0
@@ -30,6 +32,9 @@ struct batch_call {
   std::size_t drained = 0;   ///< rows finished; the call is freed when all N are
   bool done = false;         ///< the future is decided (or found decided by its caller)
   outcome rest = outcome::cancelled;  ///< what rows answered after `done` are counted as
+  /// Rows not yet pushed to the completion queue (each row's `request::wake_group`): the loop
+  /// is woken by the last row, or a failed one, not once per batch of rows.
+  std::atomic<std::uint32_t> unpushed;
 };
 
 /// The request token that names `call` (tagged in bit 0: a future pointer never has it set).

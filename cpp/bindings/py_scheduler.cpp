@@ -318,6 +318,7 @@ std::optional<py::array_t<std::uint64_t>> py_scheduler::submit_many(
       dst += bytes;
     }
     h[i] = call->handles[i] = r->handle();
+    r->wake_group = &call->unpushed;
     sched_->commit(r, as_token(call), deadline_ns, call->first_id + i);
   }
   return handles;
@@ -336,7 +337,9 @@ void py_scheduler::stack_row(request* r, batch_call& call) {
   for (std::size_t k = 0; k < count; ++k) {
     const std::byte* src = nullptr;
     std::size_t bytes = 0;
-    py::array from;
+    // Null unless a Python model answered: a default py::array would allocate an empty
+    // numpy array for every row.
+    auto from = py::reinterpret_borrow<py::array>(py::handle());
     if (shared != nullptr) {  // a Python model's batch outputs (see python_backend)
       from = py::reinterpret_borrow<py::array>(dict_outputs_ ? PyTuple_GET_ITEM(shared, k)
                                                              : shared);

@@ -39,8 +39,16 @@ void completion_queue::push(request* first, request* last) noexcept {
   // The stack is newest first and take_all reverses it as a whole, so push the chain reversed
   // (last on top): each batch then comes out in its own row order, not backwards.
   request* prev = nullptr;
+  bool wakes = false;
   for (request* r = first;;) {
     request* next = r->next;
+    if (r->wake_group == nullptr) {
+      wakes = true;
+    } else {
+      // acq_rel: whichever row brings the count to zero is the group's last, and wakes.
+      const bool last = r->wake_group->fetch_sub(1, std::memory_order_acq_rel) == 1;
+      if (last || r->result_outcome != outcome::success) wakes = true;
+    }
     r->next = prev;
     prev = r;
     if (r == last) break;
@@ -53,8 +61,10 @@ void completion_queue::push(request* first, request* last) noexcept {
     // synchronises with take_all's exchange, so its disarm (armed_ = false) is visible below.
   } while (!head_.compare_exchange_weak(head, last, std::memory_order_acq_rel,
                                         std::memory_order_relaxed));
-  // acq_rel: a push that follows a drain sees armed_ == false and wakes the loop.
-  if (!armed_.exchange(true, std::memory_order_acq_rel)) wake();
+  // acq_rel: a push that follows a drain sees armed_ == false and wakes the loop. A chain of
+  // grouped rows that are neither a group's last nor failed is taken by a later drain: its
+  // group's last row wakes one (every row is pushed exactly once, so that row comes).
+  if (wakes && !armed_.exchange(true, std::memory_order_acq_rel)) wake();
 }
 
 request* completion_queue::take_all() noexcept {

@@ -50,6 +50,7 @@ void request_pool::release(request* r) noexcept {
   r->output = nullptr;
   r->error.reset();
   r->next = nullptr;
+  r->wake_group = nullptr;
   r->state_.store(request::pack(r->generation(), request_state::free), std::memory_order_relaxed);
   const std::uint32_t idx = r->index;
   std::uint64_t head = head_.load(std::memory_order_relaxed);

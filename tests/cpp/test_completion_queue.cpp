@@ -76,6 +76,54 @@ TEST(CompletionQueue, WakesOncePerDrain) {
   EXPECT_FALSE(readable(q));
 }
 
+TEST(CompletionQueue, GroupedRowsWakeAtTheirLastRowOrAFailure) {
+  completion_queue q;
+  auto rs = make_requests(7);
+  std::atomic<std::uint32_t> group{4};
+  for (std::size_t i = 0; i < 4; ++i) rs[i].wake_group = &group;
+  push_range(q, rs.get(), 0, 1);  // two of four rows: nothing waits on them yet
+  EXPECT_FALSE(readable(q));
+  push_range(q, rs.get(), 2, 2);
+  EXPECT_FALSE(readable(q));
+  push_range(q, rs.get(), 3, 3);  // the last row wakes, and the drain takes all four
+  EXPECT_TRUE(readable(q));
+  EXPECT_EQ(group.load(), 0u);
+  std::vector<std::uint32_t> order;
+  for (request* r = q.take_all(); r != nullptr; r = r->next) order.push_back(r->index);
+  EXPECT_EQ(order, (std::vector<std::uint32_t>{0, 1, 2, 3}));
+  EXPECT_FALSE(readable(q));
+
+  // A failed row wakes at once (the caller is answered with its error), before the last.
+  std::atomic<std::uint32_t> failing{3};
+  for (std::size_t i = 4; i < 7; ++i) rs[i].wake_group = &failing;
+  push_range(q, rs.get(), 4, 4);
+  EXPECT_FALSE(readable(q));
+  rs[5].result_outcome = inferline::outcome::model_error;
+  push_range(q, rs.get(), 5, 5);
+  EXPECT_TRUE(readable(q));
+  ASSERT_NE(q.take_all(), nullptr);
+  push_range(q, rs.get(), 6, 6);  // the last row still wakes the drain that frees the call
+  EXPECT_TRUE(readable(q));
+  request* r = q.take_all();
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->index, 6u);
+  EXPECT_EQ(failing.load(), 0u);
+}
+
+TEST(CompletionQueue, AnUngroupedRequestWakesForTheGroupedRowsBeforeIt) {
+  completion_queue q;
+  auto rs = make_requests(3);
+  std::atomic<std::uint32_t> group{2};
+  rs[0].wake_group = &group;
+  push_range(q, rs.get(), 0, 0);
+  EXPECT_FALSE(readable(q));
+  push_range(q, rs.get(), 1, 1);  // a single request: wakes, and the drain takes both
+  EXPECT_TRUE(readable(q));
+  std::vector<std::uint32_t> order;
+  for (request* r = q.take_all(); r != nullptr; r = r->next) order.push_back(r->index);
+  EXPECT_EQ(order, (std::vector<std::uint32_t>{0, 1}));
+}
+
 TEST(CompletionQueueStress, ProducersAndOneDrainLoseNothing) {
   const std::size_t producers = 3;
   const std::size_t per_producer = scaled(60'000, 30'000);

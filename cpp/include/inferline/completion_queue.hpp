@@ -21,7 +21,9 @@ class completion_queue {
   completion_queue& operator=(const completion_queue&) = delete;
 
   /// Appends the chain first..last (linked through `request::next`) and wakes the loop if it
-  /// is not already woken. Thread-safe, lock-free apart from the wake-up write.
+  /// is not already woken, unless every request in it is a grouped row (`request::wake_group`)
+  /// that succeeded and is not its group's last: those wait for the drain that group's last
+  /// row wakes. Thread-safe, lock-free apart from the wake-up write.
   void push(request* first, request* last) noexcept;
 
   /// Takes every answered request, oldest first, as a chain; nullptr when none. Clears the

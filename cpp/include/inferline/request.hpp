@@ -52,6 +52,11 @@ struct request {
   std::uint32_t batch_size = 0;  ///< size of the batch that computed it
   std::uint32_t instance = 0;    ///< the model instance (worker) that computed it
   void* trace = nullptr;  ///< a traced request's stamps object (owned by the bindings), else null
+  /// Rows of one call answered together (the bindings' infer_batch): a counter of that call's
+  /// rows not yet pushed to the completion queue, shared by them and set before commit. A
+  /// successful row pushes without waking the loop unless it is the call's last; the last row
+  /// and any failed row wake it (nothing waits on the rows before). Null: every push wakes.
+  std::atomic<std::uint32_t>* wake_group = nullptr;
   // --- plumbing ----------------------------------------------------------------------------
   model_scheduler* owner = nullptr;
   request* next = nullptr;   ///< link in the completion chain
