@@ -41,7 +41,12 @@ from inferline.server.errors import HTTPError
 from inferline.server.grpc import SERVICE_NAME
 from inferline.server.grpc import kserve_v2_pb2 as pb
 from inferline.server.grpc.service import deadline_timeout
-from inferline.server.grpc.tensors import encode_response, request_header, set_parameters
+from inferline.server.grpc.tensors import (
+    encode_response,
+    raw_request,
+    request_header,
+    set_parameters,
+)
 from inferline.server.runner import _build
 
 tc = pytest.importorskip("tritonclient.grpc")
@@ -378,6 +383,55 @@ def test_bytes_contents_typed_and_raw_read_alike() -> None:
     resp = encode_response("m", 1, req, half, {"h": "FP16", "s": "BYTES"}, raw=False)
     assert len(resp.raw_output_contents) == 2 and not resp.outputs[1].contents.bytes_contents
     assert resp.raw_output_contents[0] == half["h"].tobytes()
+
+
+def test_plain_raw_requests_take_the_short_way_to_the_full_ways_arrays() -> None:
+    engine = build_engine()
+    mlp, types = engine.model_info("mlp"), engine.model_info("types")
+    T = pb.ModelInferRequest.InferInputTensor
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+    def request(shape: tuple[int, ...] = (3, 4), data: bytes = x.tobytes(), **kw: Any) -> Any:
+        tensor = T(name=kw.pop("name", "x"), datatype=kw.pop("datatype", "FP32"), shape=shape)
+        return pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[data], **kw)
+
+    plain = request(id="r1")
+    got = raw_request(plain, mlp)
+    assert got is not None
+    req, rows = got
+    header, tail, _ = request_header(plain)
+    full = header.tensors(tail)
+    assert rows == 3 and req.id == full.id == "r1" and req.datatypes == full.datatypes
+    assert req.inputs["x"].dtype == full.inputs["x"].dtype == np.float32
+    assert np.array_equal(req.inputs["x"], full.inputs["x"]) and req.inputs["x"].shape == (3, 4)
+    assert (req.outputs, req.priority, req.timeout_us) == (None, None, None)
+    # Anything else goes the full way, whose checks accept it or refuse it with their message.
+    with_param = request()
+    with_param.parameters["priority"].int64_param = 1
+    with_output = request()
+    with_output.outputs.add(name="y")
+    typed = pb.ModelInferRequest(inputs=[T(name="x", datatype="FP32", shape=[1, 4])])
+    typed.inputs[0].contents.fp32_contents.extend([1.0] * 4)
+    others = {
+        "wrong shape": request((4, 3)),
+        "short data": request(data=x.tobytes()[:-4]),
+        "no batch dimension": request((4,), x[0].tobytes()),
+        "zero rows": request((0, 4), b""),
+        "other name": request(name="z"),
+        "other datatype": request(datatype="INT32"),
+        "a parameter": with_param,
+        "requested outputs": with_output,
+        "typed contents": typed,
+        "no contents": pb.ModelInferRequest(inputs=[T(name="x", datatype="FP32", shape=[3, 4])]),
+    }
+    for what, msg in others.items():
+        assert raw_request(msg, mlp) is None, what
+    two = np.zeros((1, 2), np.int8).tobytes()
+    bools = pb.ModelInferRequest(
+        inputs=[T(name=s.name, datatype=s.datatype, shape=[1, 2]) for s in types.inputs],
+        raw_input_contents=[two] * len(types.inputs),
+    )
+    assert raw_request(bools, types) is None  # BOOL data needs its 0/1 check
 
 
 def test_parameters_go_in_the_message_map_by_type() -> None:

@@ -57,7 +57,7 @@ from ..protocol import InferRequest
 from ..requests import version_arg
 from . import kserve_v2_pb2 as pb
 from .stream import model_stream_infer
-from .tensors import encode_response, request_header
+from .tensors import encode_response, raw_request, request_header
 
 __all__ = ["SERVICE_NAME", "InferenceService", "deadline_timeout", "start_grpc_server"]
 
@@ -122,16 +122,21 @@ class InferenceService:
         except HTTPError as e:
             await self._abort(context, e)
 
-    async def infer_one(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def infer_one(
+        self,
+        request: pb.ModelInferRequest,
+        context: Any,
+        into: pb.ModelInferResponse | None = None,
+    ) -> pb.ModelInferResponse:
         """The answer to one request (of a ModelInfer call or a ModelStreamInfer stream),
         counted under the outcomes; raises the counted :class:`HTTPError` that refuses it
         (500 for a bug), or ``CancelledError`` when the call is cancelled (the engine drops
-        the work). ``context``: the call's, for its deadline."""
+        the work). ``context``: the call's, for its deadline. ``into``: an empty message to
+        write the answer into (see :func:`.tensors.encode_response`)."""
         route = self.route
         outcomes = self.outcomes
         admission = route.admission
         name = request.model_name
-        rid = route.request_id([(b"x-request-id", request.id.encode())] if request.id else [])
         label = ""  # the model's name once the engine has said it serves it
         entered = False
         reserved = 0
@@ -145,25 +150,39 @@ class InferenceService:
                 size = request.ByteSize()
                 admission.reserve_body(size)  # 503 past max_body_bytes_in_flight
                 reserved = size
-                header, tail, raw = request_header(request)
-                route.check(info, header)
-                req = header.tensors(tail)
+                plain = raw_request(request, info)
+                if plain is not None and plain[1] <= info.max_queue_size:
+                    req, rows = plain
+                    admission.check_rows(info.name, rows)  # what route.check has left
+                    raw = True
+                else:  # the full checks, and their messages
+                    header, tail, raw = request_header(request)
+                    route.check(info, header)
+                    req = header.tensors(tail)
                 deadline_timeout(req, context.time_remaining())
                 params: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
                 outputs, datatypes = await route.compute(
                     name, version, info, req, parameters=params
                 )
                 response: pb.ModelInferResponse = self._encode(
-                    name, info.version, req, outputs, datatypes, raw=raw, parameters=params
+                    name,
+                    info.version,
+                    req,
+                    outputs,
+                    datatypes,
+                    raw=raw,
+                    parameters=params,
+                    into=into,
                 )
                 outcomes.success(name)
                 return response
             except ProtocolError as e:
                 raise HTTPError(e.status, e.message) from None
         except HTTPError as e:
-            outcomes.refused(label or route.label(name), e, rid)
+            outcomes.refused(label or route.label(name), e, self._request_id(request))
             raise
         except asyncio.CancelledError:  # the client gave up: the engine dropped the work
+            rid = self._request_id(request)
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:  # at its deadline: counted as a 504
                 outcomes.refused(label, HTTPError(504, "the call's deadline passed"), rid)
@@ -171,6 +190,7 @@ class InferenceService:
                 outcomes.disconnected(label, rid)
             raise
         except Exception as e:  # a bug: answer INTERNAL and keep serving
+            rid = self._request_id(request)
             log.exception("request %s: unhandled error in gRPC ModelInfer", rid)
             err = HTTPError(500, f"internal error: {type(e).__name__}")
             outcomes.refused(label, err, rid)
@@ -179,6 +199,11 @@ class InferenceService:
             if entered:
                 admission.leave()
             admission.release_body(reserved)
+
+    def _request_id(self, request: pb.ModelInferRequest) -> str:
+        """The request's id for the log: its ``id`` when sane, else a new one. Only the
+        answers that are logged need one, so only they make one."""
+        return self.route.request_id([(b"x-request-id", request.id.encode())] if request.id else [])
 
     async def model_stream_infer(self, requests: Any, context: Any) -> None:
         """A stream of inference requests, each as a ModelInfer call, answered as they

@@ -7,7 +7,11 @@ in the binary tensor data form; what tritonclient sends) or each in its input's 
 and BF16 have none). The request becomes the REST form's dict, raw data declared as
 ``binary_data_size`` and typed data as ``data``, and goes through the same checks as an HTTP
 request (:func:`..protocol.check_infer_doc`), so both transports refuse the same requests
-with the same messages. The answer is raw when the request was (or when an output's datatype
+with the same messages. A plain request as tritonclient sends it (raw contents only, no
+parameters, no requested outputs, numeric data that matches the model's signature) takes a
+shorter way straight to its arrays (:func:`raw_request`); anything else, including anything
+those checks would refuse, goes the full way, so every refusal keeps its message. The answer
+is raw when the request was (or when an output's datatype
 has no typed field), typed otherwise; the parameters a model's stages report (the text
 encoder's ``{"truncated": true}``) go in the response's ``parameters`` map, where the REST
 answer has them (:func:`set_parameters`).
@@ -22,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ...types import DATATYPES
+from ...types import DATATYPES, LIMITS
+from ..codec import WIRE_DTYPES
 from ..errors import ProtocolError
 from ..protocol import InferHeader, InferRequest, check_infer_doc
 from ..responses import binary_values
 from . import kserve_v2_pb2 as pb
 
-__all__ = ["TYPED_FIELD", "encode_response", "request_header", "set_parameters"]
+__all__ = ["TYPED_FIELD", "encode_response", "raw_request", "request_header", "set_parameters"]
 
 #: The typed ``contents`` field of each datatype that has one.
 TYPED_FIELD = {
@@ -129,6 +134,56 @@ def request_header(msg: pb.ModelInferRequest) -> tuple[InferHeader, bytes | memo
     return check_infer_doc(doc, binary_length=len(tail)), tail, bool(raw)
 
 
+def raw_request(msg: pb.ModelInferRequest, info: Any) -> tuple[InferRequest, int] | None:
+    """The request with its arrays and its number of rows, when it is the plain form that
+    tritonclient sends and it fits ``info`` (the model version's info) exactly: every input
+    in ``raw_input_contents``, in the model's input order, with the model's datatype (not
+    BYTES or BOOL, whose data need element checks), the model's shape behind a batch
+    dimension of at least 1 shared by all, and exactly the bytes that shape needs; no
+    parameters, no typed contents, no requested outputs. ``None`` otherwise: the request
+    then goes through :func:`request_header` and the route's checks, which accept what is
+    valid and refuse the rest with their messages. What passes here passes those checks
+    too (the row limits are still the caller's to check), with the same arrays."""
+    raw = msg.raw_input_contents
+    tensors = msg.inputs
+    specs = info.inputs
+    n_inputs = len(specs)
+    if len(raw) != n_inputs or len(tensors) != n_inputs or not n_inputs:
+        return None
+    if msg.parameters or msg.outputs:
+        return None
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    rows = 0
+    for t, spec, chunk in zip(tensors, specs, raw, strict=True):
+        name = t.name
+        datatype = t.datatype
+        if name != spec.name or datatype != spec.datatype or t.parameters:
+            return None
+        wire = WIRE_DTYPES.get(datatype)
+        if wire is None or datatype == "BOOL" or t.HasField("contents"):
+            return None
+        shape = tuple(t.shape)
+        n = shape[0] if shape else 0
+        if n < 1 or (rows and n != rows) or shape[1:] != tuple(spec.shape):
+            return None
+        if len(shape) > LIMITS.max_ndim:
+            return None
+        rows = n
+        count = 1
+        for d in shape:
+            count *= d
+        if len(chunk) != count * wire.itemsize:
+            return None
+        arr = np.frombuffer(chunk, dtype=wire, count=count)
+        native = DATATYPES[datatype]
+        if arr.dtype != native or not arr.flags.aligned:  # a big-endian host
+            arr = arr.astype(native)
+        inputs[name] = arr.reshape(shape)
+        datatypes[name] = datatype
+    return InferRequest(id=msg.id or None, inputs=inputs, datatypes=datatypes), rows
+
+
 def _typed(t: pb.ModelInferRequest.InferInputTensor, where: str) -> tuple[bytes | None, Any]:
     """A typed input as the REST form gives it: BYTES as binary data (its elements need not
     be UTF-8), anything else as a flat ``data`` list."""
@@ -158,17 +213,22 @@ def encode_response(
     *,
     raw: bool,
     parameters: Mapping[str, Any] | None = None,
+    into: pb.ModelInferResponse | None = None,
 ) -> pb.ModelInferResponse:
     """The answer to ``req``: the outputs it asked for (all, in ``outputs`` order, when it
     named none), raw when ``raw`` or when one of them has no typed field, else typed.
     ``parameters`` (what the model's stages reported) go in the response's map, as the REST
     answer carries them in its ``parameters`` object; the REST answer has none per output
-    but ``binary_data_size``, which gRPC does not need, so no output carries any."""
+    but ``binary_data_size``, which gRPC does not need, so no output carries any. ``into``:
+    an empty message to fill and return (a stream answer's ``infer_response``, so that the
+    answer is not copied into it), else a new one."""
     names = list(outputs) if req.outputs is None else [r.name for r in req.outputs]
     typed = not raw and all(datatypes[n] in TYPED_FIELD for n in names)
-    resp = pb.ModelInferResponse(
-        model_name=model_name, model_version=str(model_version), id=req.id or ""
-    )
+    resp = pb.ModelInferResponse() if into is None else into
+    resp.model_name = model_name
+    resp.model_version = str(model_version)
+    if req.id:
+        resp.id = req.id
     if parameters:
         set_parameters(resp.parameters, parameters)
     for name in names:
