@@ -25,12 +25,17 @@ Where the time goes, printed beside the targets (all after the first 10%):
   blocking sockets, one thread each, under the same backoff: the p99 of *its* 200s is the
   server's latency as a client that is not CPU-bound sees it.
 
-``--compare`` runs the server with the 503 answered by the app (``INFERLINE_FAST_REFUSAL=0``,
-the baseline) and by the HTTP protocol (the default) alternately, ``--rounds`` pairs in
-ABBA order, and prints each figure with its ratio against the baseline measured in the same
-run. ``--refusal-cost S`` then also runs each for S seconds against a model that takes a
-second per batch, with 64 more connections than the server lets in retrying at once: nearly
-every answer is a 503, so the loop's CPU per answer is the cost of one refusal.
+The load generator runs on uvloop (``--client-loop asyncio`` for the standard loop, which
+costs it more of the 2 vCPUs it shares with the server).
+
+``--compare`` runs the server in several settings one after another, ``--rounds`` times (in
+order, then reversed): ``before`` (the baseline: the 503 answered by the app,
+``INFERLINE_FAST_REFUSAL=0``, and Python's collector untouched, ``INFERLINE_TUNE_GC=0``),
+``protocol 503``, ``GC tuned`` and ``both`` (``--contenders`` picks), and prints each figure
+with its ratio against the baseline measured in the same run. ``--refusal-cost S`` then
+also runs each for S seconds against a model that takes a second per batch, with 64 more
+connections than the server lets in retrying at once: nearly every answer is a 503, so the
+loop's CPU per answer is the cost of one refusal.
 
     python bench/python/overload.py [--minutes 10] [--connections 1500] [--queue 1024]
     python bench/python/overload.py --minutes 1 --queue 150 --compare --refusal-cost 10
@@ -54,8 +59,9 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import uvloop
 from soak import _free_port, _http, _wait_ready, sample, start_server, stop_server
 
 FEATURES = 4
@@ -93,8 +99,54 @@ def write_repository(root: Path, queue: int, batch_ms: float) -> None:
     (root / "work" / "1" / "model.py").write_text(_MODEL.format(seconds=batch_ms / 1000))
 
 
+def parse_head(head: bytes) -> tuple[int, int, bool, float | None]:
+    """An answer's status line and headers: (status, Content-Length, whether the server
+    closes the connection, Retry-After in seconds or None)."""
+    lines = head.decode("latin-1").split("\r\n")
+    length, close, retry_after = 0, False, None
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        k = k.lower()
+        if k == "content-length":
+            length = int(v)
+        elif k == "connection" and v.strip().lower() == "close":
+            close = True
+        elif k == "retry-after":
+            retry_after = float(v)
+    return int(lines[0].split()[1]), length, close, retry_after
+
+
+class _Answers(asyncio.Protocol):
+    """The answers read off one connection, handed to the request waiting for each."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bool, float | None]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        status, length, close, retry_after = parse_head(bytes(self.buf[:end]))
+        if len(self.buf) < end + 4 + length:
+            return
+        del self.buf[: end + 4 + length]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, close, retry_after))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("the server closed the connection"))
+
+
 class Client:
-    """One keep-alive connection sending requests one after another."""
+    """One keep-alive connection sending requests one after another (an asyncio protocol,
+    not streams: the load generator shares the 2 vCPUs with the server it measures)."""
 
     def __init__(self, port: int, body: bytes) -> None:
         self.port = port
@@ -102,35 +154,28 @@ class Client:
             "POST /v2/models/work/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.answers: _Answers | None = None
         self.retry_after = 0.0  # seconds, from the last answer's Retry-After header
 
     async def send(self) -> int:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(self.request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        length = 0
-        close = False
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            if k.lower() == "content-length":
-                length = int(v)
-            elif k.lower() == "connection" and v.strip().lower() == "close":
-                close = True
-            elif k.lower() == "retry-after":
-                self.retry_after = float(v)
-        await self.reader.readexactly(length)
+        loop = asyncio.get_running_loop()
+        if self.answers is None:
+            _, self.answers = await loop.create_connection(_Answers, "127.0.0.1", self.port)
+        answers = self.answers
+        assert answers.transport is not None
+        answers.waiter = loop.create_future()
+        answers.transport.write(self.request)
+        status, close, retry_after = await answers.waiter
+        if retry_after is not None:
+            self.retry_after = retry_after
         if close:
             self.close()
-        return int(lines[0].split()[1])
+        return status
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        if self.answers is not None and self.answers.transport is not None:
+            self.answers.transport.close()
+        self.answers = None
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -207,19 +252,13 @@ def probe_child(argv: list[str]) -> int:
                             raise ConnectionError("closed by the server")
                         buf += chunk
                     top, buf = buf.split(b"\r\n\r\n", 1)
-                    lines = top.decode("latin-1").split("\r\n")
-                    length = next(
-                        int(ln.split(":", 1)[1])
-                        for ln in lines
-                        if ln.lower().startswith("content-length:")
-                    )
+                    status, length, _, _ = parse_head(top)
                     while len(buf) < length:
                         chunk = s.recv(65536)
                         if not chunk:
                             raise ConnectionError("closed inside an answer")
                         buf += chunk
                     buf = buf[length:]
-                    status = int(lines[0].split()[1])
                     if start >= measure_from:
                         counts[status] += 1
                         if status == 200:
@@ -273,12 +312,13 @@ async def drive(args: argparse.Namespace, port: int, pid: int, label: str) -> Fi
             while time.monotonic() < stop_at:
                 start = time.monotonic()
                 try:
-                    status = await asyncio.wait_for(c.send(), args.client_timeout)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(args.client_timeout):  # no task, unlike wait_for
+                        status = await c.send()
+                except TimeoutError:
                     statuses["client timeout"] += 1
                     c.close()
                     continue
-                except (OSError, asyncio.IncompleteReadError) as e:
+                except OSError as e:
                     statuses[f"connection error ({type(e).__name__})"] += 1
                     c.close()
                     await asyncio.sleep(rng.uniform(0, args.backoff_ms / 1000))
@@ -404,7 +444,14 @@ def report(args: argparse.Namespace, f: Figures) -> bool:
     return all(checks.values())
 
 
-CONTENDERS = {"app 503 (baseline)": {"INFERLINE_FAST_REFUSAL": "0"}, "protocol 503": {}}
+# The server's settings compared: the first is the baseline (the app's 503, the collector
+# untouched, as before the protocol's 503 and the GC tuning existed).
+CONTENDERS = {
+    "before": {"INFERLINE_FAST_REFUSAL": "0", "INFERLINE_TUNE_GC": "0"},
+    "protocol 503": {"INFERLINE_TUNE_GC": "0"},
+    "GC tuned": {"INFERLINE_FAST_REFUSAL": "0"},
+    "both": {},
+}
 
 
 def one_run(args: argparse.Namespace, label: str, env: dict[str, str]) -> tuple[int, Figures]:
@@ -414,26 +461,32 @@ def one_run(args: argparse.Namespace, label: str, env: dict[str, str]) -> tuple[
         result.append(await drive(args, port, pid, label))
         return 0 if report(args, result[-1]) else 1
 
-    code = serve_work_model("overload", args.queue, args.batch_ms, body, env_extra=env)
+    code = serve_work_model(
+        "overload", args.queue, args.batch_ms, body, env_extra=env, loop=args.client_loop
+    )
     return code, result[0] if result else Figures()
 
 
 def compare(args: argparse.Namespace) -> int:
-    """ABBA rounds of the two contenders; a table of medians and ratios to the baseline."""
-    (base, base_env), (new, new_env) = CONTENDERS.items()
-    runs: dict[str, list[Figures]] = {base: [], new: []}
+    """Rounds of the contenders, in order then reversed (ABBA for two); a table of each run's
+    figures and the ratio of the medians to the baseline's."""
+    names = ["before", *(c for c in args.contenders.split(",") if c != "before")]
+    for c in names:
+        if c not in CONTENDERS:
+            raise SystemExit(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS)}")
+    runs: dict[str, list[Figures]] = {c: [] for c in names}
     for r in range(args.rounds):
-        order = [(base, base_env), (new, new_env)]
-        for label, env in order if r % 2 == 0 else order[::-1]:
-            runs[label].append(one_run(args, label, env)[1])
+        for label in names if r % 2 == 0 else names[::-1]:
+            runs[label].append(one_run(args, label, CONTENDERS[label])[1])
     cost: dict[str, float] = {}
     if args.refusal_cost:
         sub = argparse.Namespace(**vars(args))
         sub.minutes, sub.batch_ms, sub.backoff_ms = args.refusal_cost / 60, 1000.0, 0.0
         # 64 connections beyond what the server lets in (the queue and one batch).
         sub.connections, sub.probe = args.queue + 32 + 64, 0
-        for label, env in CONTENDERS.items():
-            cost[label] = one_run(sub, f"{label}, refusal cost", env)[1].loop_us_per_answer
+        for label in names:
+            f = one_run(sub, f"{label}, refusal cost", CONTENDERS[label])[1]
+            cost[label] = f.loop_us_per_answer
     rows: list[tuple[str, Callable[[Figures], float], str]] = [
         ("p99 / drain", lambda f: f.ratio, "{:.2f}"),
         ("p99 of the 200s (ms)", lambda f: f.p99 * 1e3, "{:.0f}"),
@@ -448,23 +501,25 @@ def compare(args: argparse.Namespace) -> int:
         ("load generator CPU (cores)", lambda f: f.client_cpu, "{:.2f}"),
         ("client timer lateness p99 (ms)", lambda f: f.client_lag_p99 * 1e3, "{:.0f}"),
     ]
-    print(f"\n{args.rounds} rounds, ABBA; each run's value, then the ratio of the medians")
-    print(f"{'':<32}{base:>24}{new:>24}{'ratio':>8}")
+    print(
+        f"\n{args.rounds} round(s), in order then reversed; each run's value, and for each "
+        "contender the ratio of its median to the baseline's (before)"
+    )
+    print(f"{'':<31}" + "".join(f"{c:>16}{'x':>6}" for c in names))
     for name, get, fmt in rows:
-        a = [get(f) for f in runs[base]]
-        b = [get(f) for f in runs[new]]
-        ma, mb = statistics.median(a), statistics.median(b)
-        print(
-            f"{name:<32}{' / '.join(fmt.format(v) for v in a):>24}"
-            f"{' / '.join(fmt.format(v) for v in b):>24}{mb / ma if ma else float('nan'):>8.2f}"
-        )
+        base = statistics.median([get(f) for f in runs["before"]])
+        line = f"{name:<31}"
+        for c in names:
+            values = [get(f) for f in runs[c]]
+            ratio = statistics.median(values) / base if base else float("nan")
+            line += f"{'/'.join(fmt.format(v) for v in values):>16}{ratio:>6.2f}"
+        print(line)
     if cost:
-        a, b = cost[base], cost[new]
-        print(
-            f"{'loop us per 503 (refusal cost)':<32}{a:>24.1f}{b:>24.1f}"
-            f"{b / a if a else float('nan'):>8.2f}"
-        )
-    return 0 if all(f.ratio <= 2 for f in runs[new]) else 1
+        line = f"{'loop us per 503 (refusal cost)':<31}"
+        for c in names:
+            line += f"{cost[c]:>16.1f}{cost[c] / cost['before']:>6.2f}"
+        print(line)
+    return 0 if all(f.ratio <= 2 for f in runs[names[-1]]) else 1
 
 
 def main() -> int:
@@ -482,7 +537,13 @@ def main() -> int:
     )
     p.add_argument("--client-timeout", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--compare", action="store_true", help="the app's 503 against the protocol's")
+    p.add_argument("--client-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--compare", action="store_true", help="the server's settings compared")
+    p.add_argument(
+        "--contenders",
+        default="protocol 503,GC tuned,both",
+        help=f"--compare: beside 'before', comma-separated from {', '.join(CONTENDERS)}",
+    )
     p.add_argument("--rounds", type=int, default=2, help="--compare: pairs of runs")
     p.add_argument(
         "--refusal-cost", type=float, default=0.0, help="--compare: seconds of the cost runs"
@@ -501,11 +562,12 @@ def serve_work_model(
     batch_ms: float,
     body: Callable[[int, int, Path], Coroutine[Any, Any, int]],
     env_extra: dict[str, str] | None = None,
+    loop: str = "asyncio",
 ) -> int:
     """Runs ``inferline serve`` on the work model (``queue``, ``batch_ms``) in a temporary
     repository (``env_extra`` added to its environment), awaits ``body(port, pid, tmp)`` once
-    it is ready and returns its exit status; the server is stopped by its PID whatever
-    happens, and its exit is printed."""
+    it is ready, on ``loop`` ("asyncio" or "uvloop"), and returns its exit status; the
+    server is stopped by its PID whatever happens, and its exit is printed."""
     with tempfile.TemporaryDirectory(prefix=f"inferline_{name}_") as tmp:
         repo = Path(tmp) / "repo"
         write_repository(repo, queue, batch_ms)
@@ -517,7 +579,8 @@ def serve_work_model(
             except RuntimeError as e:
                 print(f"FAILED: {e}; log:\n{(Path(tmp) / 'server.log').read_text()[-2000:]}")
                 return 1
-            return asyncio.run(body(port, proc.pid, Path(tmp)))
+            run = uvloop.run if loop == "uvloop" else asyncio.run
+            return run(body(port, proc.pid, Path(tmp)))
         finally:
             code, took, in_time = stop_server(proc, 30.0)
             print(

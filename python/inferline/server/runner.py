@@ -16,12 +16,25 @@ arrives while the server holds ``max_in_flight`` requests is answered 503 as soo
 headers are parsed, without an ASGI task (:mod:`.fast_refusal`). ``fast_refusal=False`` (or
 the environment variable ``INFERLINE_FAST_REFUSAL=0``, for comparisons) leaves the refusal to
 the app.
+
+While it serves, the server also tunes Python's cyclic garbage collector (``tune_gc=False``,
+or ``INFERLINE_TUNE_GC=0``, leaves it alone): once started it collects, freezes what start-up
+left alive (modules, models) out of the collector's reach (``gc.freeze``), and collects the
+young generation after :data:`GC_THRESHOLDS` ``[0]`` net allocations instead of 700. Every
+collection holds the GIL, so it stalls the event loop *and* every model thread at once:
+under 10x overload on 2 vCPUs with the defaults, 25 full collections of up to 127 ms and
+280 middle ones of up to 31 ms in 40 s took 17% of the loop thread and made a 20 ms batch's
+compute p99 99 ms. The cost: garbage in reference cycles waits longer to be found, and
+cycles among the objects frozen at start-up are never collected (a model loaded at start and
+unloaded later may leave its module's cycles). Shutdown puts the thresholds back and
+unfreezes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -40,9 +53,17 @@ from .fast_refusal import refusing_protocol
 from .grpc import start_grpc_server
 from .state import ServerState
 
-__all__ = ["serve", "serve_async", "serve_repository"]
+__all__ = ["GC_THRESHOLDS", "serve", "serve_async", "serve_repository"]
 
 log = logging.getLogger("inferline.server")
+
+#: ``gc.set_threshold`` while serving (CPython's defaults are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 20, 10)
+
+
+def _env_flag(name: str, value: bool | None) -> bool:
+    """``value``, or when None the environment's ``name`` ("0" is off; on by default)."""
+    return os.environ.get(name, "1") != "0" if value is None else bool(value)
 
 
 class _Server(uvicorn.Server):
@@ -56,8 +77,11 @@ class _Server(uvicorn.Server):
         on_started: Callable[[int], None] | None,
         grpc_port: int | None = None,
         on_grpc_started: Callable[[int], None] | None = None,
+        tune_gc: bool = True,
     ) -> None:
         super().__init__(config)
+        self.tune_gc = tune_gc
+        self._saved_gc: tuple[int, int, int] | None = None  # the thresholds before tuning
         self.engine = engine
         self.state = state
         self.on_started = on_started
@@ -119,6 +143,11 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.tune_gc and self.started and self._saved_gc is None:
+            self._saved_gc = gc.get_threshold()
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
         self._exit_task = asyncio.ensure_future(self._exit_once_stopped())
         if self.on_started is not None and self.servers:
             port = self.servers[0].sockets[0].getsockname()[1]
@@ -153,6 +182,10 @@ class _Server(uvicorn.Server):
             server, self.grpc_server = self.grpc_server, None
             await server.stop(self.drain_timeout)
         await super().shutdown(sockets)
+        if self._saved_gc is not None:
+            gc.set_threshold(*self._saved_gc)
+            gc.unfreeze()
+            self._saved_gc = None
 
 
 def _build(
@@ -170,9 +203,8 @@ def _build(
     state = ServerState()
     grpc_port = app_kwargs.pop("grpc_port", None)
     on_grpc_started = app_kwargs.pop("on_grpc_started", None)
-    fast_refusal = app_kwargs.pop("fast_refusal", None)
-    if fast_refusal is None:
-        fast_refusal = os.environ.get("INFERLINE_FAST_REFUSAL", "1") != "0"
+    fast_refusal = _env_flag("INFERLINE_FAST_REFUSAL", app_kwargs.pop("fast_refusal", None))
+    tune_gc = _env_flag("INFERLINE_TUNE_GC", app_kwargs.pop("tune_gc", None))
     app = create_app(engine, drain_timeout=drain_timeout, state=state, **app_kwargs)
     # uvicorn's httptools protocol, refusing overload at the headers (None: uvicorn's own).
     http: Any = (refusing_protocol(app) if fast_refusal else None) or "auto"
@@ -201,6 +233,7 @@ def _build(
         on_started,
         grpc_port=grpc_port,
         on_grpc_started=on_grpc_started,
+        tune_gc=tune_gc,
     )
 
 
@@ -223,8 +256,9 @@ def serve(
     ``grpc_port=P`` also serves the protocol over gRPC on ``host:P`` (0: any free port;
     ``on_grpc_started(port)`` is called once it listens), on the same loop, engine and
     admission, stopped with the HTTP server (see :mod:`.grpc`). ``fast_refusal=False``
-    leaves the overload 503 to the app instead of the HTTP protocol (see the module's doc).
-    Other keyword arguments go to :func:`create_app` (``max_body_bytes``, ...).
+    leaves the overload 503 to the app instead of the HTTP protocol, and ``tune_gc=False``
+    leaves Python's garbage collector as it is (see the module's doc). Other keyword
+    arguments go to :func:`create_app` (``max_body_bytes``, ...).
     """
     server = _build(
         engine,
