@@ -1,5 +1,5 @@
 // A small persistent team of threads that shares one loop of independent chunks with its caller
-// (the CPU encoder splits a small-batch product's output columns over it).
+// (the CPU encoder splits a packed-panel product's weight panels over it).
 #pragma once
 
 #include <atomic>
