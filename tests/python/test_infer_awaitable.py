@@ -172,6 +172,19 @@ async def test_refusals_are_raised_at_the_await_not_the_call() -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_serving_version_by_number_takes_the_native_path() -> None:
+    # A result cache's miss asks for the version it looked up, by number.
+    async with make_engine(Recorder()) as engine:
+        pending = engine.infer("m", item(3), version=1)
+        assert isinstance(pending, _core.PendingInfer)
+        np.testing.assert_array_equal(await pending, item(3) * 2.0)
+        other = engine.infer("m", item(3), version=7)  # not loaded: the coroutine's routing
+        assert inspect.iscoroutine(other) and not isinstance(other, _core.PendingInfer)
+        with pytest.raises(inferline.ModelNotFound, match="version 7"):
+            await other
+
+
+@pytest.mark.asyncio
 async def test_an_input_to_convert_takes_the_coroutine_path() -> None:
     async with make_engine(Recorder()) as engine:
         request = engine.infer("m", [1.0] * 8)  # a list: converted by the coroutine path

@@ -344,16 +344,13 @@ class Engine(ModelCatalog):
         call already: one that is never awaited is still computed and answered.
         """
         entry = self._router.models.get(name)
-        if (
-            entry is not None
-            and version is None
-            and timeout is None
-            and not with_parameters
-            and self._tracing is None
-        ):
+        if entry is not None and timeout is None and not with_parameters and self._tracing is None:
             v = entry.serving
             if (
                 v is not None
+                # The serving version by number (a result cache's miss asks for it) is
+                # the same request as no version.
+                and (version is None or (version.__class__ is int and version == v.version))
                 and v.state == "ready"
                 and v.pipeline is None
                 and (v.cache is None or not _use_cache)
