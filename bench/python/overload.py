@@ -506,7 +506,7 @@ def compare(args: argparse.Namespace) -> int:
         "contender the ratio of its median to the baseline's (before)"
     )
     print(f"{'':<31}" + "".join(f"{c:>16}{'x':>6}" for c in names))
-    for name, get, fmt in rows:
+    for name, get, fmt in rows if args.rounds else []:
         base = statistics.median([get(f) for f in runs["before"]])
         line = f"{name:<31}"
         for c in names:

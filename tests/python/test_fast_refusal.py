@@ -246,6 +246,26 @@ def test_body_in_chunks_after_the_refusal_is_dropped_and_the_next_request_served
         c.close()
 
 
+def test_chunked_body_after_the_refusal_is_dropped(started: Started) -> None:
+    head = (
+        b"POST /v2/models/held/infer HTTP/1.1\r\nHost: t\r\nX-Request-ID: c-1\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    c = Conn(started.server.port)
+    try:
+        with Held(started):
+            c.send(head)
+            assert_refused(c.answer(), "c-1")
+            for part in (BODY[:10], BODY[10:]):
+                c.send(b"%x\r\n%s\r\n" % (len(part), part))
+            c.send(b"0\r\n\r\n")
+        c.send(infer_head(extra="X-Request-ID: c-2\r\n") + BODY)
+        status, headers, _ = c.answer()
+        assert (status, headers["x-request-id"]) == (200, "c-2")
+    finally:
+        c.close()
+
+
 def test_pipelined_requests_answered_in_order(started: Started) -> None:
     with Held(started):
         before = http_count(started.server, "held", "overloaded")
