@@ -257,8 +257,10 @@ TEST(Encoder, SmallBatchMatchesFloat64Reference) {
   expect_matches_reference(odd, {31}, 13, 2);
   expect_matches_reference(odd, {40, 100, 64}, 13, 2);
   expect_matches_reference(odd, {1, 2, 7, 11, 4}, 9, 1);
+  // One OpenBLAS thread: its threads are invisible to ThreadSanitizer, which would flag the
+  // scratch rows they write as races.
   odd.max_batch_size = 13;
-  expect_matches_reference(odd, std::vector<int>(13, 100), 15, 2);
+  expect_matches_reference(odd, std::vector<int>(13, 100), 15, 1);
 }
 
 // With 2 threads a small batch's products are split by 64-column weight panels over the
