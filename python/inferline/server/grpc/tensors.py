@@ -163,9 +163,9 @@ def raw_request(msg: pb.ModelInferRequest, info: Any) -> tuple[InferRequest, int
         wire = WIRE_DTYPES.get(datatype)
         if wire is None or datatype == "BOOL" or t.HasField("contents"):
             return None
-        shape = tuple(t.shape)
+        shape = t.shape[:]  # a list: the cheapest copy out of the message
         n = shape[0] if shape else 0
-        if n < 1 or (rows and n != rows) or shape[1:] != tuple(spec.shape):
+        if n < 1 or (rows and n != rows) or shape[1:] != list(spec.shape):
             return None
         if len(shape) > LIMITS.max_ndim:
             return None
