@@ -9,6 +9,7 @@ exists for them. Servers bind 127.0.0.1 and are stopped by the tests; every wait
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from test_server import ServerThread, http_count
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import inferline
-from inferline.server import create_app
+from inferline.server import create_app, fast_refusal
 from inferline.server.fast_refusal import (
     REQUIRED_ATTRIBUTES,
     RefusingHttpToolsProtocol,
@@ -188,6 +189,20 @@ def test_uvicorn_still_has_what_the_protocol_subclasses(started: Started) -> Non
             assert isinstance(p.server_state.default_headers, list)
     finally:
         c.close()
+
+
+def test_a_changed_uvicorn_falls_back_to_its_own_protocol_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(fast_refusal.REQUIRED, "on_chunk_header", ())
+    monkeypatch.setitem(fast_refusal.REQUIRED, "on_body", ("body", "more"))
+    with caplog.at_level(logging.WARNING, "inferline.server"):
+        assert refusing_protocol(build_app()) is None
+    assert caplog.messages == [
+        "uvicorn's HttpToolsProtocol changed (HttpToolsProtocol.on_body(body, more), "
+        "HttpToolsProtocol.on_chunk_header()): overload is refused by the app instead"
+    ]
+    assert refusing_protocol(object()) is None  # no infer route: nothing to refuse for
 
 
 def test_serve_uses_the_protocol_unless_told_not_to() -> None:

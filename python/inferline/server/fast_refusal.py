@@ -12,9 +12,10 @@ is parsed and served as usual.
 
 Anything unusual goes the ordinary way (uvicorn builds the cycle and the app answers, with
 the same refusal when it still applies): an earlier request on the connection not answered
-yet (pipelining), a write buffer the client is not draining, ``Expect: 100-continue`` is
-answered and the connection closed, an upgrade, an access log, a path with ``%`` escapes or
-in absolute form, user middleware on the app, tracing, draining.
+yet (pipelining), a write buffer the client is not draining, an upgrade, an access log, a
+path with ``%`` escapes or in absolute form, user middleware on the app, tracing, draining.
+A refused request that announced ``Expect: 100-continue`` (whose body may never come), or
+whose client did not ask to keep the connection, has it closed after the 503.
 
 This subclasses uvicorn internals that are not a public API: ``HttpToolsProtocol``'s parser
 callbacks (``on_message_begin``, ``on_headers_complete``, ``on_body``,
