@@ -461,8 +461,15 @@ def one_run(args: argparse.Namespace, label: str, env: dict[str, str]) -> tuple[
         result.append(await drive(args, port, pid, label))
         return 0 if report(args, result[-1]) else 1
 
+    extra = ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
     code = serve_work_model(
-        "overload", args.queue, args.batch_ms, body, env_extra=env, loop=args.client_loop
+        "overload",
+        args.queue,
+        args.batch_ms,
+        body,
+        env_extra=env,
+        loop=args.client_loop,
+        serve_args=extra,
     )
     return code, result[0] if result else Figures()
 
@@ -538,6 +545,12 @@ def main() -> int:
     p.add_argument("--client-timeout", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--client-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="the server's --max-in-flight (default: derived, the queue plus one batch)",
+    )
     p.add_argument("--compare", action="store_true", help="the server's settings compared")
     p.add_argument(
         "--contenders",
@@ -563,16 +576,18 @@ def serve_work_model(
     body: Callable[[int, int, Path], Coroutine[Any, Any, int]],
     env_extra: dict[str, str] | None = None,
     loop: str = "asyncio",
+    serve_args: list[str] | None = None,
 ) -> int:
     """Runs ``inferline serve`` on the work model (``queue``, ``batch_ms``) in a temporary
-    repository (``env_extra`` added to its environment), awaits ``body(port, pid, tmp)`` once
-    it is ready, on ``loop`` ("asyncio" or "uvloop"), and returns its exit status; the
-    server is stopped by its PID whatever happens, and its exit is printed."""
+    repository (``env_extra`` added to its environment, ``serve_args`` to its command),
+    awaits ``body(port, pid, tmp)`` once it is ready, on ``loop`` ("asyncio" or "uvloop"),
+    and returns its exit status; the server is stopped by its PID whatever happens, and its
+    exit is printed."""
     with tempfile.TemporaryDirectory(prefix=f"inferline_{name}_") as tmp:
         repo = Path(tmp) / "repo"
         write_repository(repo, queue, batch_ms)
         port = _free_port()
-        proc = start_server(repo, port, Path(tmp) / "server.log", 10.0, env_extra)
+        proc = start_server(repo, port, Path(tmp) / "server.log", 10.0, env_extra, serve_args)
         try:
             try:
                 asyncio.run(_wait_ready(port, proc, 120.0, models=("work",)))

@@ -167,10 +167,15 @@ def _free_port() -> int:
 
 
 def start_server(
-    repo: Path, port: int, log_path: Path, drain: float, env_extra: dict[str, str] | None = None
+    repo: Path,
+    port: int,
+    log_path: Path,
+    drain: float,
+    env_extra: dict[str, str] | None = None,
+    serve_args: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``inferline serve REPO`` on 127.0.0.1:``port``, its output in ``log_path``, with
-    ``env_extra`` added to its environment."""
+    """``inferline serve REPO`` on 127.0.0.1:``port`` (and ``serve_args``), its output in
+    ``log_path``, with ``env_extra`` added to its environment."""
     cmd = [sys.executable, "-c", "import sys; from inferline.cli import main; sys.exit(main())"]
     help_text = subprocess.run(
         [*cmd, "serve", "--help"], capture_output=True, text=True, timeout=60
@@ -179,6 +184,7 @@ def start_server(
     args += ["--port", str(port), "--watch", "--poll-interval", "1", "--drain-timeout", str(drain)]
     if "--allow-code" in help_text:
         args.append("--allow-code")
+    args += serve_args or []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "python"), env.get("PYTHONPATH", "")) if p
