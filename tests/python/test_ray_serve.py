@@ -98,6 +98,9 @@ def cluster() -> Iterator[Cluster]:
     # a dead replica's missing answer into 503.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "inferline.ray:proxy_middlewares")
+        # A request the proxy's router loses while it re-routes from the killed replica is
+        # answered 503 after this bound (the default, 120 s, would outlast the test's wait).
+        mp.setenv(inferline_ray.ANSWER_TIMEOUT_ENV, "10")
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(
             address="local",
@@ -345,7 +348,9 @@ def test_autoscaling_deployment_serves(cluster: Cluster) -> None:
         serve.delete("scaled")
 
 
-async def _through_middleware(app: Any) -> list[dict[str, Any]]:
+async def _through_middleware(
+    app: Any, answer_timeout_s: float | None = 120.0
+) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -355,7 +360,8 @@ async def _through_middleware(app: Any) -> list[dict[str, Any]]:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/v2/models/m/infer", "headers": []}
-    await inferline_ray.ReplicaLossAsUnavailable(app)(scope, receive, send)
+    middleware = inferline_ray.ReplicaLossAsUnavailable(app, answer_timeout_s=answer_timeout_s)
+    await middleware(scope, receive, send)
     return sent
 
 
@@ -380,3 +386,55 @@ async def test_proxy_middleware_answers_a_missing_response_with_503() -> None:
     sent = await _through_middleware(answered)
     assert [m.get("status") for m in sent] == [500, None]
     assert len(inferline_ray.proxy_middlewares()) == 1
+
+
+@pytest.mark.asyncio
+async def test_proxy_middleware_bounds_the_wait_for_an_answer() -> None:
+    # What Ray's router does to a request it loses while re-routing from a dead replica:
+    # nothing, forever. The middleware cancels it and answers 503 once the bound is past.
+    cancelled = asyncio.Event()
+
+    async def lost(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    start, body = await _through_middleware(lost, answer_timeout_s=0.05)
+    assert cancelled.is_set()
+    assert start["status"] == 503
+    assert (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"]) == {
+        "error": "no replica answered /v2/models/m/infer within 0.05s; retry the request"
+    }
+
+    # The bound is on the start of the answer: a response that starts in time and finishes
+    # well after the bound is forwarded whole.
+    async def slow_body(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        finished = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.2, finished.set)
+        await finished.wait()
+        await send({"type": "http.response.body", "body": b"late"})
+
+    sent = await _through_middleware(slow_body, answer_timeout_s=0.05)
+    assert [m.get("status") or m.get("body") for m in sent] == [200, b"late"]
+
+
+def test_proxy_middleware_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def configured() -> Any:
+        (middleware,) = inferline_ray.proxy_middlewares()
+        return middleware.kwargs["answer_timeout_s"]
+
+    monkeypatch.delenv(inferline_ray.ANSWER_TIMEOUT_ENV, raising=False)
+    assert configured() == 120.0
+    monkeypatch.setenv(inferline_ray.ANSWER_TIMEOUT_ENV, "2.5")
+    assert configured() == 2.5
+    monkeypatch.setenv(inferline_ray.ANSWER_TIMEOUT_ENV, "0")
+    assert configured() is None  # no bound
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(inferline_ray.ANSWER_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=inferline_ray.ANSWER_TIMEOUT_ENV):
+            inferline_ray.proxy_middlewares()
+    with pytest.raises(ValueError, match="answer_timeout_s must be a positive number"):
+        inferline_ray.ReplicaLossAsUnavailable(lambda *a: None, answer_timeout_s=0)

@@ -17,8 +17,10 @@ flight per replica. Readiness follows the engine's: a replica becomes running on
 has loaded and warmed every model, and its ``check_health`` fails while the engine is not
 ready. A replica that dies with requests in flight leaves Ray's proxy without an answer to
 send; :func:`proxy_middlewares` (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
-inferline.ray:proxy_middlewares``) turns that into 503 with ``Retry-After``, so a client sees
-every loss as a retryable error.
+inferline.ray:proxy_middlewares``) turns that into 503 with ``Retry-After``, and so it does for
+a request the proxy's router loses (no answer has started within
+``INFERLINE_RAY_ANSWER_TIMEOUT_S``, 120 s by default), so a client sees every loss as a
+retryable error.
 
 ``serve run inferline.ray:build repository=PATH`` runs it from the command line; from Python,
 ``serve.run(inferline.ray.app(PATH, num_replicas=2))``. Modules: ``replica`` (the deployment
@@ -46,10 +48,11 @@ if inspect.signature(serve.ingress).parameters["app"].default is not None or not
 
 from .autoscaling import IN_FLIGHT, QUEUE_DEPTH, autoscaling_config, engine_load, engine_load_policy
 from .builder import app, build, deployment
-from .proxy import ReplicaLossAsUnavailable, proxy_middlewares
+from .proxy import ANSWER_TIMEOUT_ENV, ReplicaLossAsUnavailable, proxy_middlewares
 from .replica import InferlineReplica
 
 __all__ = [
+    "ANSWER_TIMEOUT_ENV",
     "IN_FLIGHT",
     "QUEUE_DEPTH",
     "InferlineReplica",
