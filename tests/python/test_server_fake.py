@@ -267,3 +267,51 @@ def test_create_app_checks_its_arguments() -> None:
         create_app(FakeEngine(), max_body_bytes=0)
     with pytest.raises(ValueError, match="max_json_bytes must be a positive int"):
         create_app(FakeEngine(), max_json_bytes=-1)
+
+
+def test_disconnect_watch_steps_any_asyncio_receive() -> None:
+    """The watcher steps ``receive()`` without a Task: a disconnect after a bare yield and
+    a body message cancels the waiting task; stopping leaves no waiter behind."""
+    from inferline.server.infer import _DisconnectWatch
+
+    async def main() -> None:
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0)  # a bare yield
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def request() -> bool:
+            watch = _DisconnectWatch(receive, 0.0)
+            try:
+                await asyncio.Event().wait()  # the engine call that never answers
+            except asyncio.CancelledError:
+                return watch.gone
+            finally:
+                watch.stop()
+            return False
+
+        task = asyncio.ensure_future(request())
+        while not gone._waiters:  # the watcher waits on the event once the body is read
+            await asyncio.sleep(0)
+        gone.set()
+        assert await task is True
+
+        # Stopped while waiting, or before its delay: nothing is left waiting, no cancel.
+        never = asyncio.Event()
+
+        async def receive_never() -> dict[str, Any]:
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        for delay in (0.0, 10.0):
+            watch = _DisconnectWatch(receive_never, delay)
+            assert bool(never._waiters) is (delay == 0.0)
+            watch.stop()
+            assert not never._waiters and not watch.gone
+
+    asyncio.run(main())

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -58,7 +57,7 @@ from .protocol import (
     parse_infer_header,
 )
 from .requests import RequestIds, version_arg
-from .responses import EncodedResponse, encode_infer_response
+from .responses import encode_infer_response
 from .state import ServerState
 
 __all__ = ["InferRoute"]
@@ -136,7 +135,20 @@ class InferRoute:
                 label = name
                 header, tail = await self._read(headers, body, info)
                 req = header.tensors(tail)
-                encoded = await self._infer(name, version, info, req, receive)
+                parameters: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
+                outputs, datatypes = await self.compute(
+                    name, version, info, req, receive, parameters
+                )
+                encoded = self._encode(
+                    model_name=name,
+                    model_version=info.version,
+                    request_id=req.id,
+                    outputs=outputs,
+                    datatypes=datatypes,
+                    requested=req.outputs,
+                    binary_data_output=req.binary_data_output,
+                    parameters=parameters,
+                )
                 status, out_headers, out_body = 200, encoded.asgi_headers(), encoded.body
                 out_headers.append((b"x-request-id", rid.encode()))
                 self.outcomes.success(name)
@@ -278,22 +290,6 @@ class InferRoute:
                     )
 
     # -- 5.-6. call the engine, encode ------------------------------------------------------
-    async def _infer(
-        self, name: str, version: int | str | None, info: Any, req: InferRequest, receive: Receive
-    ) -> EncodedResponse:
-        parameters: dict[str, Any] = {}  # what a model's stages report, e.g. truncated
-        outputs, datatypes = await self.compute(name, version, info, req, receive, parameters)
-        return self._encode(
-            model_name=name,
-            model_version=info.version,
-            request_id=req.id,
-            outputs=outputs,
-            datatypes=datatypes,
-            requested=req.outputs,
-            binary_data_output=req.binary_data_output,
-            parameters=parameters,
-        )
-
     async def compute(
         self,
         name: str,
@@ -309,30 +305,35 @@ class InferRoute:
         without it (gRPC), cancelling the caller's task does. ``parameters``, when given,
         receives the parameters a model's stages reported (e.g. ``{"truncated": True}``).
         Raises :class:`HTTPError`."""
-        engine = self.engine
-        inputs = req.inputs
-        out_types = {s.name: s.datatype for s in info.outputs}
         # Schedule-policy priority: 0 (or none) is the default level, 1 the highest, as in
         # Triton; the engine's levels count from 0, the highest and its default.
         priority = 0 if not req.priority else req.priority - 1
-        timeout = req.timeout_s
         # Pin the version metadata named, so a swap between the two calls cannot mix them.
         pinned = version if version is not None else info.version
-        call = _call_engine(engine, info, inputs, pinned, priority, timeout, parameters)
+        watch = None if receive is None else _DisconnectWatch(receive, self.disconnect_check_delay)
         try:
-            if receive is None:
-                outputs = await call
-            else:
-                outputs = await _cancel_on_disconnect(call, receive, self.disconnect_check_delay)
+            outputs = await _call_engine(
+                self.engine, info, req.inputs, pinned, priority, req.timeout_s, parameters
+            )
+        except asyncio.CancelledError:
+            if watch is None or not watch.gone:
+                raise  # cancelled from outside (server shutdown): let it propagate
+            uncancel = getattr(watch.task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            raise ClientGone() from None
         except InferlineError as e:
             raise engine_error(e) from None
-        except (ClientGone, asyncio.CancelledError):
+        except ClientGone:
             raise
         except Exception as e:  # an engine bug: log it, answer 500, keep serving
             log.exception("engine failed on model %r", name)
             raise HTTPError(500, f"internal error: {type(e).__name__}") from None
+        finally:
+            if watch is not None:
+                watch.stop()
         self.last_inference[(name, info.version)] = int(time.time() * 1000)
-        datatypes = _output_datatypes(name, outputs, out_types)
+        datatypes = _output_datatypes(name, outputs, info.outputs)
         if req.outputs is not None:
             missing = [o.name for o in req.outputs if o.name not in outputs]
             if missing:
@@ -397,26 +398,56 @@ async def _call_engine(
     dimension of 1 put back); more through ``engine.infer_batch``, which answers an array
     for a one-output model, or a dict. For a model with stages (a text model takes its BYTES
     input as the stage's items), the stages' merged parameters go into ``parameters``."""
-    kw: dict[str, Any] = {"version": version, "priority": priority, "timeout": timeout}
-    staged = parameters is not None and bool(getattr(info, "stages", None))
-    if staged:
-        kw["with_parameters"] = True
+    if parameters is not None and getattr(info, "stages", None):
+        return await _call_staged(engine, info, inputs, version, priority, timeout, parameters)
+    first = next(iter(inputs.values()))
+    if first.shape[0] == 1:
+        item: Any = first[0] if len(inputs) == 1 else {k: a[0] for k, a in inputs.items()}
+        one = await engine.infer(
+            info.name, item, version=version, priority=priority, timeout=timeout
+        )
+        if isinstance(one, dict):
+            return {k: np.asarray(v)[None] for k, v in one.items()}
+        return {_first_output(info): np.asarray(one)[None]}
+    out = await engine.infer_batch(
+        info.name, inputs, version=version, priority=priority, timeout=timeout
+    )
+    if isinstance(out, dict):
+        return out
+    return {_first_output(info): np.asarray(out)}
+
+
+async def _call_staged(
+    engine: Any,
+    info: Any,
+    inputs: dict[str, np.ndarray],
+    version: int | str,
+    priority: int,
+    timeout: float | None,
+    parameters: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """:func:`_call_engine` for a model with stages: the stages' merged parameters go into
+    ``parameters``."""
+    kw: dict[str, Any] = {
+        "version": version,
+        "priority": priority,
+        "timeout": timeout,
+        "with_parameters": True,
+    }
     if next(iter(inputs.values())).shape[0] == 1:
         if len(inputs) == 1:
             item: Any = next(iter(inputs.values()))[0]
         else:
             item = {k: a[0] for k, a in inputs.items()}
         one = await engine.infer(info.name, item, **kw)
-        if staged:
-            parameters.update(one.parameters)  # type: ignore[union-attr]
-            one = one.output
+        parameters.update(one.parameters)
+        one = one.output
         if isinstance(one, dict):
             return {k: np.asarray(v)[None] for k, v in one.items()}
         return {_first_output(info): np.asarray(one)[None]}
     out = await engine.infer_batch(info.name, inputs, **kw)
-    if staged:
-        parameters.update(out.parameters)  # type: ignore[union-attr]
-        out = out.output
+    parameters.update(out.parameters)
+    out = out.output
     if isinstance(out, dict):
         return out
     return {_first_output(info): np.asarray(out)}
@@ -426,60 +457,87 @@ def _first_output(info: Any) -> str:
     return info.outputs[0].name if info.outputs else "output"
 
 
-async def _cancel_on_disconnect(call: Awaitable[Any], receive: Receive, delay: float) -> Any:
-    """Awaits ``call``; if the client disconnects first, cancels it (the engine then drops the
-    queued work) and raises ``ClientGone``.
+class _DisconnectWatch:
+    """Watches an HTTP request's ``receive`` for ``http.disconnect`` while the current task
+    awaits the engine; on a disconnect it cancels the task (the engine then drops the queued
+    work) and sets ``gone``, which the task turns into ``ClientGone``.
 
-    ``call`` runs in the current task. A watcher task waiting on ``receive`` cancels this
-    task on ``http.disconnect``; it is started only once the request has taken ``delay``
-    seconds, because creating, running and cancelling it costs about as much event-loop time
-    as the rest of a small request, and work that finishes within ``delay`` is not worth
-    cancelling. A client that hangs up is thus noticed at most ``delay`` late.
+    Watching starts only once the request has taken ``delay`` seconds: work that finishes
+    within ``delay`` is not worth cancelling, and a client that hangs up is thus noticed at
+    most ``delay`` late. It needs no Task: ``receive()`` is stepped by hand (as a Task would
+    step it) from the done callbacks of the futures it waits on, which costs a third of
+    creating, running and cancelling a Task per request. :meth:`stop` closes it.
     """
-    current = asyncio.current_task()
-    assert current is not None
-    loop = asyncio.get_running_loop()
-    gone = False
-    watcher: asyncio.Task[None] | None = None
 
-    async def watch() -> None:
-        nonlocal gone
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                current.cancel()
-                return
+    __slots__ = ("coro", "gone", "loop", "receive", "task", "timer", "waiting")
 
-    def start() -> None:
-        nonlocal watcher
-        watcher = loop.create_task(watch())
+    def __init__(self, receive: Receive, delay: float) -> None:
+        self.receive = receive
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+        self.gone = False
+        self.coro: Any = None  # the receive() being stepped
+        self.waiting: Any = None  # the future it waits on
+        self.timer: asyncio.Handle | None = None
+        if delay > 0:
+            self.timer = self.loop.call_later(delay, self._start)
+        else:
+            self._start()
 
-    timer = None
-    if delay > 0:
-        timer = loop.call_later(delay, start)
-    else:
-        start()
-    try:
-        return await call
-    except asyncio.CancelledError:
-        if not gone:
-            raise  # cancelled from outside (server shutdown): let it propagate
-        uncancel = getattr(current, "uncancel", None)  # Python 3.11+
-        if uncancel is not None:
-            uncancel()
-        raise ClientGone() from None
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
+    def _start(self) -> None:
+        self.timer = None
+        self.coro = self.receive()
+        self._step()
+
+    def _step(self, _: Any = None) -> None:
+        coro = self.coro
+        if coro is None:
+            return
+        self.waiting = None
+        try:
+            awaited = coro.send(None)
+        except StopIteration as e:
+            self.coro = None
+            message = e.value
+            if isinstance(message, dict) and message.get("type") == "http.disconnect":
+                self.gone = True
+                if self.task is not None:
+                    self.task.cancel()
+            else:  # more of the body, or anything else: keep watching
+                self.timer = self.loop.call_soon(self._start)
+            return
+        except BaseException:  # receive failed: stop watching (the request goes on)
+            self.coro = None
+            return
+        if getattr(awaited, "_asyncio_future_blocking", False):
+            awaited._asyncio_future_blocking = False
+            self.waiting = awaited
+            awaited.add_done_callback(self._step)
+        elif awaited is None:  # a bare yield (asyncio.sleep(0)): step again on the next pass
+            self.timer = self.loop.call_soon(self._step)
+        else:  # not an asyncio awaitable: stop watching
+            self.stop()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.waiting is not None:
+            self.waiting.remove_done_callback(self._step)
+            self.waiting = None
+        coro = self.coro
+        if coro is not None:
+            self.coro = None
+            try:
+                coro.close()
+            except RuntimeError:  # it awaited again on its way out: leave it
+                pass
 
 
-def _output_datatypes(
-    name: str, outputs: dict[str, np.ndarray], declared: dict[str, str]
-) -> dict[str, str]:
-    """Protocol datatype of each output: the declared one, else the array's."""
+def _output_datatypes(name: str, outputs: dict[str, np.ndarray], specs: Any) -> dict[str, str]:
+    """Protocol datatype of each output: the declared one (``specs``, the model's output
+    specs), else the array's."""
+    declared = {s.name: s.datatype for s in specs}
     datatypes = {}
     for k, arr in outputs.items():
         dt = declared.get(k)
