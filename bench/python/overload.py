@@ -32,7 +32,10 @@ costs it more of the 2 vCPUs it shares with the server).
 order, then reversed): ``before`` (the baseline: the 503 answered by the app,
 ``INFERLINE_FAST_REFUSAL=0``, and Python's collector untouched, ``INFERLINE_TUNE_GC=0``),
 ``protocol 503``, ``GC tuned`` and ``both`` (``--contenders`` picks), and prints each figure
-with its ratio against the baseline measured in the same run. ``--refusal-cost S`` then
+with its ratio against the baseline measured in the same run. ``--baseline`` picks another
+baseline; ``in-flight=q+b``, ``in-flight=q`` and ``in-flight=q-b`` run the server with
+``--max-in-flight`` the queue plus one batch (the default), the queue, and the queue less one
+batch. ``--refusal-cost S`` then
 also runs each for S seconds against a model that takes a second per batch, with 64 more
 connections than the server lets in retrying at once: nearly every answer is a 503, so the
 loop's CPU per answer is the cost of one refusal.
@@ -48,6 +51,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -65,6 +69,7 @@ import uvloop
 from soak import _free_port, _http, _wait_ready, sample, start_server, stop_server
 
 FEATURES = 4
+BATCH = 32  # the model's max_batch_size
 
 _TOML = """backend = "python"
 
@@ -79,7 +84,7 @@ datatype = "FP32"
 shape = [{features}]
 
 [batching]
-max_batch_size = 32
+max_batch_size = {batch}
 max_queue_size = {queue}
 
 [warmup]
@@ -93,9 +98,107 @@ entry = "predict"
 _MODEL = "import time\n\n\ndef predict(x):\n    time.sleep({seconds})\n    return x + 1.0\n"
 
 
+# ``--server-timing``: a sitecustomize module put on the server's path. It times each 200 in
+# the server (uvicorn's httptools protocol and request cycle, wrapped) from when the loop
+# reads the request's first bytes to when the answer is written, split at the start of the
+# request's ASGI task (where the app admits it), and how late the server's loop runs a 10 ms
+# timer; SIGUSR1 starts the count afresh (the load generator sends it after the warm-up), and
+# at exit the percentiles go to $INFERLINE_BENCH_TIMING as JSON. Fixed histograms of 0.1 ms
+# buckets, so the server's memory does not grow with the run. A diagnostic: the wrapping
+# costs the loop a few microseconds per request.
+_TIMING_HOOK = """
+import atexit, json, os, signal, time
+
+_OUT = os.environ.get("INFERLINE_BENCH_TIMING")
+_N = 50_000
+_H = {k: [0] * _N for k in ("read_to_answer", "task_to_answer", "read_to_task", "loop_lag")}
+
+
+def _add(name, seconds):
+    _H[name][min(_N - 1, max(0, int(seconds * 1e4)))] += 1
+
+
+def _pct(h, q):
+    total = sum(h)
+    if not total:
+        return None
+    seen, want = 0, q * total
+    for i, n in enumerate(h):
+        seen += n
+        if seen >= want:
+            return (i + 1) / 1e4
+    return None
+
+
+def _reset(*_):
+    for h in _H.values():
+        h[:] = [0] * _N
+
+
+def _dump():
+    doc = {k: {"n": sum(h), **{f"p{q}": _pct(h, q / 100) for q in (50, 90, 99)}}
+           for k, h in _H.items()}
+    with open(_OUT, "w") as f:
+        json.dump(doc, f)
+
+
+def _install():
+    import asyncio
+    from uvicorn.protocols.http import httptools_impl as h
+    from inferline.server import fast_refusal as fr
+
+    cycle, proto = h.RequestResponseCycle, fr.RefusingHttpToolsProtocol
+    run_asgi, send = cycle.run_asgi, cycle.send
+    begin, complete = proto.on_message_begin, proto.on_response_complete
+    lag = []
+
+    async def timed_run_asgi(self, app):
+        self._t_task = time.monotonic()
+        await run_asgi(self, app)
+
+    async def timed_send(self, message):
+        if message["type"] == "http.response.start":
+            self._status = message["status"]
+        await send(self, message)
+
+    def tick(loop, due):
+        now = time.monotonic()
+        _add("loop_lag", now - due)
+        loop.call_at(now + 0.01, tick, loop, now + 0.01)
+
+    def timed_begin(self):
+        self._t_read = time.monotonic()
+        if not lag:
+            loop = asyncio.get_running_loop()
+            lag.append(loop.call_soon(tick, loop, time.monotonic()))
+        begin(self)
+
+    def timed_complete(self):
+        c = self.cycle
+        if c is not None and getattr(c, "_status", 0) == 200 and c.response_complete:
+            c._status = 0
+            now = time.monotonic()
+            _add("read_to_answer", now - self._t_read)
+            _add("task_to_answer", now - c._t_task)
+            _add("read_to_task", c._t_task - self._t_read)
+        complete(self)
+
+    cycle.run_asgi, cycle.send = timed_run_asgi, timed_send
+    proto.on_message_begin, proto.on_response_complete = timed_begin, timed_complete
+
+
+if _OUT:
+    _install()
+    signal.signal(signal.SIGUSR1, _reset)
+    atexit.register(_dump)
+"""
+
+
 def write_repository(root: Path, queue: int, batch_ms: float) -> None:
     (root / "work" / "1").mkdir(parents=True)
-    (root / "work" / "model.toml").write_text(_TOML.format(features=FEATURES, queue=queue))
+    (root / "work" / "model.toml").write_text(
+        _TOML.format(features=FEATURES, batch=BATCH, queue=queue)
+    )
     (root / "work" / "1" / "model.py").write_text(_MODEL.format(seconds=batch_ms / 1000))
 
 
@@ -188,6 +291,12 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy (not idle or waiting), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: int) -> float:
     if len(values) < 2:
         return values[0] if values else float("nan")
@@ -211,12 +320,21 @@ class Figures:
     server_cpu: float = float("nan")  # share of one core: the whole server
     loop_us_per_answer: float = float("nan")
     client_cpu: float = float("nan")
+    # Cores busy with anything but the server, the load generator and the probe: another
+    # process on the machine that competes for its cores makes the run's figures its own.
+    other_cpu: float = float("nan")
     client_lag_p99: float = float("nan")
     engine_p99: float = float("nan")  # enqueue to answered, over the whole run
     queue_wait_p99: float = float("nan")  # enqueue to its batch formed, over the whole run
     compute_p99: float = float("nan")  # one batch's model call, over the whole run
     mean_batch: float = float("nan")
     rss: list[tuple[float, float]] = field(default_factory=list)
+    # --server-timing: percentiles (s) of the server's own times of the 200s, after the warm-up
+    server: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    def server_p(self, which: str, q: str = "p99") -> float:
+        v = self.server.get(which, {}).get(q)
+        return float("nan") if v is None else v
 
     @property
     def ratio(self) -> float:
@@ -352,14 +470,23 @@ async def drive(args: argparse.Namespace, port: int, pid: int, label: str) -> Fi
     tasks = [asyncio.ensure_future(client()) for _ in range(args.connections - args.probe)]
     tasks.append(asyncio.ensure_future(lag()))
     counted_at_measure: Counter[str] | None = None
-    cpu0 = (0.0, 0.0, 0.0)
+    cpu0 = (0.0, 0.0, 0.0, 0.0, 0.0)
+    probe_cpu = (lambda: cpu_seconds(probe.pid)) if probe is not None else (lambda: 0.0)
     tick = min(5.0, seconds / 10)
     while time.monotonic() < stop_at:
         await asyncio.sleep(min(tick, max(0.0, stop_at - time.monotonic())))
         now = time.monotonic()
         if counted_at_measure is None and now >= measure_from:
             counted_at_measure = Counter(statuses)
-            cpu0 = (cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time())
+            if args.server_timing:
+                os.kill(pid, signal.SIGUSR1)  # the server's timing hook starts afresh
+            cpu0 = (
+                cpu_seconds(pid),
+                cpu_seconds(pid, pid),
+                time.process_time(),
+                probe_cpu(),
+                machine_busy_seconds(),
+            )
             measured_from = now
         f.rss.append((now - t0, sample(pid)[0]))
         if len(f.rss) % 12 == 0:
@@ -372,6 +499,8 @@ async def drive(args: argparse.Namespace, port: int, pid: int, label: str) -> Fi
     measured = time.monotonic() - measured_from
     server_cpu, loop_cpu = cpu_seconds(pid) - cpu0[0], cpu_seconds(pid, pid) - cpu0[1]
     f.client_cpu = (time.process_time() - cpu0[2]) / measured
+    busy = machine_busy_seconds() - cpu0[4]
+    f.other_cpu = (busy - server_cpu - (probe_cpu() - cpu0[3])) / measured - f.client_cpu
     await asyncio.gather(*tasks)
     assert counted_at_measure is not None
     ok = statuses["200"] - counted_at_measure["200"]
@@ -427,7 +556,7 @@ def report(args: argparse.Namespace, f: Figures) -> bool:
         f"CPU, share of one core: server loop thread {f.loop_cpu:.2f} "
         f"({f.loop_us_per_answer:.0f} us per answer), whole server {f.server_cpu:.2f}, "
         f"load generator {f.client_cpu:.2f} (its loop's timer lateness p99 "
-        f"{f.client_lag_p99 * 1e3:.0f} ms)"
+        f"{f.client_lag_p99 * 1e3:.0f} ms), other processes {f.other_cpu:.2f}"
     )
     print(
         f"server RSS MB after the first 10%: first {first:.1f}, last {last:.1f}, min {low:.1f},"
@@ -446,15 +575,25 @@ def report(args: argparse.Namespace, f: Figures) -> bool:
 
 # The server's settings compared: the first is the baseline (the app's 503, the collector
 # untouched, as before the protocol's 503 and the GC tuning existed).
-CONTENDERS = {
-    "before": {"INFERLINE_FAST_REFUSAL": "0", "INFERLINE_TUNE_GC": "0"},
-    "protocol 503": {"INFERLINE_TUNE_GC": "0"},
-    "GC tuned": {"INFERLINE_FAST_REFUSAL": "0"},
-    "both": {},
+# Each is the server's environment and what it adds to ``inferline serve``'s command ("{queue}"
+# and "{batch}" stand for ``--queue`` and the model's batch size).
+CONTENDERS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "before": ({"INFERLINE_FAST_REFUSAL": "0", "INFERLINE_TUNE_GC": "0"}, []),
+    "protocol 503": ({"INFERLINE_TUNE_GC": "0"}, []),
+    "GC tuned": ({"INFERLINE_FAST_REFUSAL": "0"}, []),
+    "both": ({}, []),
+    # The in-flight bound: the default (the queue plus one batch) against other sizes.
+    "in-flight=q+b": ({}, ["--max-in-flight", "{queue_batch}"]),
+    "in-flight=q": ({}, ["--max-in-flight", "{queue}"]),
+    "in-flight=q-b": ({}, ["--max-in-flight", "{queue_less_batch}"]),
 }
 
 
-def one_run(args: argparse.Namespace, label: str, env: dict[str, str]) -> tuple[int, Figures]:
+def one_run(
+    args: argparse.Namespace, label: str, env: dict[str, str], serve_args: list[str] | None = None
+) -> tuple[int, Figures]:
+    """One run of the server with ``env`` and ``serve_args`` (a contender's: "{queue}" and the
+    like are filled in from ``args``)."""
     result: list[Figures] = []
 
     async def body(port: int, pid: int, tmp: Path) -> int:
@@ -462,29 +601,63 @@ def one_run(args: argparse.Namespace, label: str, env: dict[str, str]) -> tuple[
         return 0 if report(args, result[-1]) else 1
 
     extra = ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
-    code = serve_work_model(
-        "overload",
-        args.queue,
-        args.batch_ms,
-        body,
-        env_extra=env,
-        loop=args.client_loop,
-        serve_args=extra,
-    )
+    sizes = {
+        "queue": args.queue,
+        "queue_batch": args.queue + BATCH,
+        "queue_less_batch": max(1, args.queue - BATCH),
+    }
+    extra += [a.format(**sizes) for a in serve_args or []]
+    with tempfile.TemporaryDirectory(prefix="inferline_overload_timing_") as hook:
+        env = dict(env)
+        timing = Path(hook) / "timing.json"
+        if args.server_timing:
+            (Path(hook) / "sitecustomize.py").write_text(_TIMING_HOOK)
+            python = str(Path(__file__).resolve().parents[2] / "python")
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (hook, python, os.environ.get("PYTHONPATH", "")) if p
+            )
+            env["INFERLINE_BENCH_TIMING"] = str(timing)
+        code = serve_work_model(
+            "overload",
+            args.queue,
+            args.batch_ms,
+            body,
+            env_extra=env,
+            loop=args.client_loop,
+            serve_args=extra,
+        )
+        if result and timing.exists():
+            f = result[0]
+            f.server = json.loads(timing.read_text())
+
+            def ms(which: str, q: str = "p99") -> str:
+                return f"{f.server_p(which, q) * 1e3:.1f}"
+
+            print(
+                f"in the server, the 200s after the first 10% ({f.server['read_to_answer']['n']}):"
+                f" request read to answer written p50 {ms('read_to_answer', 'p50')} ms, p99 "
+                f"{ms('read_to_answer')} ms (p99 / drain = "
+                f"{f.server_p('read_to_answer') / f.drain_s:.2f}); read to its ASGI task "
+                f"p99 {ms('read_to_task')} ms; task (admission) to answer p99 "
+                f"{ms('task_to_answer')} ms; the loop runs a 10 ms timer late by p50 "
+                f"{ms('loop_lag', 'p50')} ms, p99 {ms('loop_lag')} ms",
+                flush=True,
+            )
     return code, result[0] if result else Figures()
 
 
 def compare(args: argparse.Namespace) -> int:
     """Rounds of the contenders, in order then reversed (ABBA for two); a table of each run's
     figures and the ratio of the medians to the baseline's."""
-    names = ["before", *(c for c in args.contenders.split(",") if c != "before")]
+    base_name = args.baseline
+    names = [base_name, *(c for c in args.contenders.split(",") if c != base_name)]
     for c in names:
         if c not in CONTENDERS:
             raise SystemExit(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS)}")
     runs: dict[str, list[Figures]] = {c: [] for c in names}
     for r in range(args.rounds):
         for label in names if r % 2 == 0 else names[::-1]:
-            runs[label].append(one_run(args, label, CONTENDERS[label])[1])
+            runs[label].append(one_run(args, label, *CONTENDERS[label])[1])
     cost: dict[str, float] = {}
     if args.refusal_cost:
         sub = argparse.Namespace(**vars(args))
@@ -492,7 +665,7 @@ def compare(args: argparse.Namespace) -> int:
         # 64 connections beyond what the server lets in (the queue and one batch).
         sub.connections, sub.probe = args.queue + 32 + 64, 0
         for label in names:
-            f = one_run(sub, f"{label}, refusal cost", CONTENDERS[label])[1]
+            f = one_run(sub, f"{label}, refusal cost", *CONTENDERS[label])[1]
             cost[label] = f.loop_us_per_answer
     rows: list[tuple[str, Callable[[Figures], float], str]] = [
         ("p99 / drain", lambda f: f.ratio, "{:.2f}"),
@@ -503,28 +676,38 @@ def compare(args: argparse.Namespace) -> int:
         ("p50 of the 200s (ms)", lambda f: f.p50 * 1e3, "{:.0f}"),
         ("200s per s", lambda f: f.ok_per_s, "{:.0f}"),
         ("503s per s", lambda f: f.refused_per_s, "{:.0f}"),
+        (
+            "503 share of answers",
+            lambda f: f.refused_per_s / (f.refused_per_s + f.ok_per_s),
+            "{:.2f}",
+        ),
         ("server loop CPU (cores)", lambda f: f.loop_cpu, "{:.2f}"),
         ("loop us per answer", lambda f: f.loop_us_per_answer, "{:.1f}"),
         ("load generator CPU (cores)", lambda f: f.client_cpu, "{:.2f}"),
         ("client timer lateness p99 (ms)", lambda f: f.client_lag_p99 * 1e3, "{:.0f}"),
+        ("other processes' CPU (cores)", lambda f: f.other_cpu, "{:.2f}"),
+        ("server: read to answer p99 (ms)", lambda f: f.server_p("read_to_answer") * 1e3, "{:.0f}"),
+        ("server: admitted to answer p99", lambda f: f.server_p("task_to_answer") * 1e3, "{:.0f}"),
+        ("server: loop timer lateness p99", lambda f: f.server_p("loop_lag") * 1e3, "{:.1f}"),
     ]
     print(
         f"\n{args.rounds} round(s), in order then reversed; each run's value, and for each "
-        "contender the ratio of its median to the baseline's (before)"
+        f"contender the ratio of its median to the baseline's ({base_name})"
     )
-    print(f"{'':<31}" + "".join(f"{c:>16}{'x':>6}" for c in names))
+    width = max(16, 2 + max(len(c) for c in names), 6 * args.rounds)
+    print(f"{'':<31}" + "".join(f"{c:>{width}}{'x':>6}" for c in names))
     for name, get, fmt in rows if args.rounds else []:
-        base = statistics.median([get(f) for f in runs["before"]])
+        base = statistics.median([get(f) for f in runs[base_name]])
         line = f"{name:<31}"
         for c in names:
             values = [get(f) for f in runs[c]]
             ratio = statistics.median(values) / base if base else float("nan")
-            line += f"{'/'.join(fmt.format(v) for v in values):>16}{ratio:>6.2f}"
+            line += f"{'/'.join(fmt.format(v) for v in values):>{width}}{ratio:>6.2f}"
         print(line)
     if cost:
         line = f"{'loop us per 503 (refusal cost)':<31}"
         for c in names:
-            line += f"{cost[c]:>16.1f}{cost[c] / cost['before']:>6.2f}"
+            line += f"{cost[c]:>{width}.1f}{cost[c] / cost[base_name]:>6.2f}"
         print(line)
     return 0 if all(f.ratio <= 2 for f in runs[names[-1]]) else 1
 
@@ -551,11 +734,19 @@ def main() -> int:
         default=0,
         help="the server's --max-in-flight (default: derived, the queue plus one batch)",
     )
+    p.add_argument(
+        "--server-timing",
+        action="store_true",
+        help="time the 200s inside the server too (a diagnostic hook; needs the protocol's 503)",
+    )
     p.add_argument("--compare", action="store_true", help="the server's settings compared")
     p.add_argument(
         "--contenders",
         default="protocol 503,GC tuned,both",
-        help=f"--compare: beside 'before', comma-separated from {', '.join(CONTENDERS)}",
+        help=f"--compare: beside the baseline, comma-separated from {', '.join(CONTENDERS)}",
+    )
+    p.add_argument(
+        "--baseline", default="before", help="--compare: the contender the others are set against"
     )
     p.add_argument("--rounds", type=int, default=2, help="--compare: pairs of runs")
     p.add_argument(
