@@ -25,14 +25,32 @@ into the latencies. On a shared machine, ``--repeat 3`` interleaves the servers 
 medians.
 
 The ``inferline-grpc`` row is the same server with ``--grpc-port`` (its own process) driven
-over gRPC: one grpc.aio channel with ``c`` concurrent streams, each sending the same inputs
-as serialized ModelInferRequests with raw contents, as tritonclient.grpc does; the targets
-give its req/s against the HTTP/JSON row at c=64 (``--no-grpc`` leaves it out). That client
-makes one unary ModelInfer call per request. The ``inferline-grpc-stream`` row (another such
-server process) sends the same messages on ``c`` ModelStreamInfer streams of one channel, as
-tritonclient.grpc's ``start_stream``/``async_stream_infer`` does, each stream closed-loop (one
-request in flight: the next is written when the answer is read); its target is beside the
-unary row's (``--no-grpc`` leaves it out too).
+over gRPC with the same inputs as serialized ModelInferRequests with raw contents, as
+tritonclient.grpc sends them: ``c`` concurrent unary ModelInfer calls on one HTTP/2
+connection, each client sending its next call when the previous one has ended. The
+``inferline-grpc-stream`` row (another such server process) sends the same messages on ``c``
+ModelStreamInfer streams of one connection, as tritonclient.grpc's
+``start_stream``/``async_stream_infer`` does, each stream closed-loop (one request in flight:
+the next is written when the answer is read). The targets give both rows' req/s against the
+HTTP/JSON row at c=64 (``--no-grpc`` leaves them out).
+
+Each row's client, all in this process on the same loop, sharing the CPUs with the server:
+
+- HTTP rows: ``_Conn``, a minimal HTTP/1.1 client (one keep-alive connection per concurrent
+  client; the status line and Content-Length are parsed, the body is not);
+- gRPC rows, ``--grpc-client raw`` (the default): ``_H2Conn``, a minimal HTTP/2 client of the
+  same kind (prior-knowledge h2c; SETTINGS, PING and flow control kept; HPACK literals sent,
+  the server's header blocks not decoded). A stream answer counts as OK when it is an
+  ``infer_response`` without ``error_message`` (its first field), a unary call when it ended
+  after an answer (a refused call is trailers only); the trailers' grpc-status is not read,
+  so any other ending counts as one UNKNOWN error;
+- gRPC rows, ``--grpc-client aio``: grpc.aio (one channel), as tritonclient.grpc.aio uses it:
+  the OK/refused counts come from the call's status. It costs about four times the raw
+  client's CPU per message, taken from the same CPUs as the server's.
+
+Before measuring, every server answers one request checked in full (the gRPC ones through a
+grpc channel: outputs present, no error). The ``client us`` column is this process' CPU time
+per answered request, so each row's client cost is printed beside its server's.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at run
@@ -42,6 +60,7 @@ import asyncio
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -357,6 +376,307 @@ async def _grpc_stream_clients(
     return [sender(call) for call in calls], close
 
 
+# ------------------------------------------------------------------------------ raw HTTP/2 (gRPC)
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_HEAD = struct.Struct(">IBI")  # length << 8 | type, flags, stream id: a frame's 9 bytes
+_H2_DATA, _H2_HEADERS, _H2_RST, _H2_SETTINGS, _H2_PING, _H2_GOAWAY, _H2_WINDOW = (
+    0,
+    1,
+    3,
+    4,
+    6,
+    7,
+    8,
+)
+_H2_END_STREAM, _H2_ACK, _H2_END_HEADERS, _H2_PADDED = 0x1, 0x1, 0x4, 0x8
+_H2_MAX_WINDOW = (1 << 31) - 1
+#: The status a raw-client RPC is counted under when it ends without an answer: the client
+#: does not decode the trailers' grpc-status, so every such ending is one "UNKNOWN" error.
+_H2_NO_ANSWER = int(grpc.StatusCode.UNKNOWN.value[0])
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return _H2_HEAD.pack(len(payload) << 8 | kind, flags, stream) + payload
+
+
+def _hpack(name: bytes, value: bytes) -> bytes:
+    """A header as an HPACK literal without indexing and without Huffman coding (RFC 7541
+    6.2.2), so that no table is shared with the server; names and values under 127 bytes."""
+    assert len(name) < 127 and len(value) < 127
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+class _H2Stream:
+    """One gRPC call's side of the connection: its send window, the bytes of answers read so
+    far, and the waiter of the request in flight."""
+
+    __slots__ = ("answered", "buf", "ended", "waiter", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.answered = False  # an answer came since the request (unary: before the end)
+        self.ended: asyncio.Future[None] | None = None
+
+
+class _H2Conn(asyncio.Protocol):
+    """A minimal gRPC client on one cleartext HTTP/2 connection (prior knowledge), as cheap per
+    message as the HTTP/1.1 load generator's :class:`_Conn`: requests are pre-serialized
+    ModelInferRequests, and an answer is read only as far as its first byte.
+
+    It keeps to the protocol's rules that the server checks: the preface and SETTINGS (acked
+    both ways), PING acks, the server's flow-control windows for what it sends (it waits for
+    WINDOW_UPDATE), and its own receive windows, opened wide and topped up. Header blocks are
+    sent as HPACK literals without indexing and the server's are not decoded, so no table is
+    kept; an RPC that ends without an answer (trailers only, RST_STREAM) counts as
+    :data:`_H2_NO_ANSWER`, as its grpc-status is in the trailers it does not decode."""
+
+    def __init__(self, authority: bytes, path: bytes) -> None:
+        self.headers = b"\x83\x86" + b"".join(  # :method POST, :scheme http (static table)
+            _hpack(k, v)
+            for k, v in (
+                (b":path", path),
+                (b":authority", authority),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            )
+        )
+        self.buf = bytearray()
+        self.streams: dict[int, _H2Stream] = {}
+        self.next_id = 1
+        self.window = 65535  # the server's connection window for what we send
+        self.initial_window = 65535  # the server's window for each new stream
+        self.blocked: list[tuple[int, bytes, int]] = []  # DATA waiting for the server's windows
+        self.received = 0  # bytes of DATA since our last connection WINDOW_UPDATE
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+        self.stream_answers = False  # a ModelStreamInfer connection (answers carry an error)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        settings = struct.pack(">HI", 0x4, _H2_MAX_WINDOW)  # INITIAL_WINDOW_SIZE: wide open
+        transport.write(  # type: ignore[attr-defined]
+            _H2_PREFACE
+            + _h2_frame(_H2_SETTINGS, 0, 0, settings)
+            + _h2_frame(_H2_WINDOW, 0, 0, struct.pack(">I", _H2_MAX_WINDOW - 65535))
+        )
+
+    def open(self) -> tuple[int, _H2Stream, bytes]:
+        """A new stream and its HEADERS frame, for the caller to send before its first DATA."""
+        sid = self.next_id
+        self.next_id += 2
+        stream = self.streams[sid] = _H2Stream(self.initial_window)
+        return sid, stream, _h2_frame(_H2_HEADERS, _H2_END_HEADERS, sid, self.headers)
+
+    def send(
+        self, sid: int, stream: _H2Stream, payload: bytes, flags: int = 0, head: bytes = b""
+    ) -> None:
+        """A DATA frame of ``payload`` on the stream, after ``head`` (its HEADERS frame, which
+        flow control does not hold); held until the server's windows have room."""
+        n = len(payload)
+        assert self.transport is not None
+        if self.blocked or n > self.window or n > stream.window:
+            if head:
+                self.transport.write(head)
+            self.blocked.append((sid, payload, flags))
+            return
+        self.window -= n
+        stream.window -= n
+        self.transport.write(head + _h2_frame(_H2_DATA, flags, sid, payload))
+
+    def message(
+        self, sid: int, stream: _H2Stream, message: bytes, flags: int = 0, head: bytes = b""
+    ) -> None:
+        """One gRPC message on the stream (its 5-byte prefix: not compressed, the length)."""
+        self.send(sid, stream, b"\x00" + len(message).to_bytes(4, "big") + message, flags, head)
+
+    def _unblock(self) -> None:
+        assert self.transport is not None
+        while self.blocked:
+            sid, payload, flags = self.blocked[0]
+            stream = self.streams.get(sid)
+            n = len(payload)
+            if stream is not None:
+                if n > self.window or n > stream.window:
+                    return
+                self.window -= n
+                stream.window -= n
+                self.transport.write(_h2_frame(_H2_DATA, flags, sid, payload))
+            del self.blocked[0]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        at = 0
+        end = len(buf)
+        while end - at >= 9:
+            head, flags, sid = _H2_HEAD.unpack_from(buf, at)
+            length = head >> 8
+            if end - at < 9 + length:
+                break
+            kind = head & 0xFF
+            start = at + 9
+            at = start + length
+            if kind == _H2_DATA:
+                self._on_data(sid, flags, buf[start:at], length)
+            elif kind == _H2_HEADERS:
+                if flags & _H2_END_STREAM:
+                    self._on_end(sid)
+            elif kind == _H2_WINDOW:
+                (increment,) = struct.unpack_from(">I", buf, start)
+                increment &= _H2_MAX_WINDOW
+                if sid == 0:
+                    self.window += increment
+                elif sid in self.streams:
+                    self.streams[sid].window += increment
+                if self.blocked:
+                    self._unblock()
+            elif kind == _H2_PING and not flags & _H2_ACK:
+                self._write(_h2_frame(_H2_PING, _H2_ACK, 0, bytes(buf[start:at])))
+            elif kind == _H2_SETTINGS and not flags & _H2_ACK:
+                for i in range(start, at, 6):
+                    key, value = struct.unpack_from(">HI", buf, i)
+                    if key == 0x4:  # INITIAL_WINDOW_SIZE: every open stream's window moves
+                        delta = value - self.initial_window
+                        self.initial_window = value
+                        for s in self.streams.values():
+                            s.window += delta
+                self._write(_h2_frame(_H2_SETTINGS, _H2_ACK, 0))
+                if self.blocked:
+                    self._unblock()
+            elif kind == _H2_RST:
+                self._on_end(sid)
+            elif kind == _H2_GOAWAY:
+                self._fail(ConnectionError("the server sent GOAWAY"))
+        del buf[:at]
+
+    def _write(self, frame: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(frame)
+
+    def _on_data(self, sid: int, flags: int, payload: bytearray, length: int) -> None:
+        self.received += length
+        if self.received >= 1 << 30:  # top the connection's window up again
+            self._write(_h2_frame(_H2_WINDOW, 0, 0, struct.pack(">I", self.received)))
+            self.received = 0
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        if flags & _H2_PADDED:
+            payload = payload[1 : len(payload) - payload[0]]
+        buf = stream.buf
+        buf += payload
+        while len(buf) >= 5:
+            n = 5 + int.from_bytes(buf[1:5], "big")
+            if len(buf) < n:
+                break
+            # ModelStreamInferResponse fields are serialised in number order: an answer with
+            # an error_message starts with field 1 (tag 0x0a), an answer with field 2 (0x12).
+            tag = buf[5:6]
+            del buf[:n]
+            stream.answered = True
+            if self.stream_answers:  # a unary call's answer counts once the call ends
+                waiter, stream.waiter = stream.waiter, None
+                if waiter is not None and not waiter.done():
+                    ok = tag == b"\x12"
+                    waiter.set_result(200 if ok else 503 if tag == b"\x0a" else _H2_NO_ANSWER)
+        if flags & _H2_END_STREAM:
+            self._on_end(sid)
+
+    def _on_end(self, sid: int) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is None:
+            return
+        waiter, stream.waiter = stream.waiter, None
+        if waiter is not None and not waiter.done():
+            # A unary call that ended after its answer is OK (a refusal is trailers only); a
+            # stream that ends while a request waits has left it unanswered.
+            ok = stream.answered and not self.stream_answers
+            waiter.set_result(200 if ok else _H2_NO_ANSWER)
+        if stream.ended is not None and not stream.ended.done():
+            stream.ended.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.lost = exc
+        for stream in self.streams.values():
+            for fut in (stream.waiter, stream.ended):
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+        self.streams.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed"))
+
+
+async def _h2_connect(port: int, method: str, stream_answers: bool) -> _H2Conn:
+    loop = asyncio.get_running_loop()
+    authority = f"127.0.0.1:{port}".encode()
+    path = f"/{GRPC_SERVICE}/{method}".encode()
+    _, conn = await loop.create_connection(lambda: _H2Conn(authority, path), "127.0.0.1", port)
+    conn.stream_answers = stream_answers
+    return conn
+
+
+async def _raw_grpc_clients(port: int, concurrency: int) -> tuple[list[_Send], Callable[[], Any]]:
+    """``concurrency`` concurrent unary ModelInfer calls on one HTTP/2 connection
+    (:class:`_H2Conn`); status 200 for a call that ended after its answer."""
+    conn = await _h2_connect(port, "ModelInfer", stream_answers=False)
+    loop = asyncio.get_running_loop()
+
+    def send(request: bytes) -> asyncio.Future[int]:
+        if conn.lost is not None:
+            raise conn.lost
+        sid, stream, head = conn.open()
+        waiter = stream.waiter = loop.create_future()
+        conn.message(sid, stream, request, _H2_END_STREAM, head)
+        return waiter
+
+    assert conn.transport is not None
+    return [send] * concurrency, conn.transport.close
+
+
+async def _raw_grpc_stream_clients(
+    port: int, concurrency: int
+) -> tuple[list[_Send], Callable[[], Any]]:
+    """``concurrency`` ModelStreamInfer streams on one HTTP/2 connection (:class:`_H2Conn`),
+    each carrying one request at a time; status 200 for an answer without an
+    ``error_message``, 503 for one with it."""
+    conn = await _h2_connect(port, "ModelStreamInfer", stream_answers=True)
+    loop = asyncio.get_running_loop()
+    opened = [conn.open() for _ in range(concurrency)]
+    assert conn.transport is not None
+    conn.transport.write(b"".join(head for _, _, head in opened))
+
+    def sender(sid: int, stream: _H2Stream) -> _Send:
+        def send(request: bytes) -> asyncio.Future[int]:
+            if conn.lost is not None:
+                raise conn.lost
+            waiter = stream.waiter = loop.create_future()
+            if sid in conn.streams:
+                conn.message(sid, stream, request)
+            else:  # the server ended the stream
+                waiter.set_result(_H2_NO_ANSWER)
+            return waiter
+
+        return send
+
+    async def close() -> None:
+        ends = []
+        for sid, stream, _ in opened:
+            if sid in conn.streams:  # half-close; the server answers what is in flight
+                stream.ended = loop.create_future()
+                ends.append(stream.ended)
+                conn.send(sid, stream, b"", _H2_END_STREAM)
+        if ends:
+            await asyncio.wait_for(asyncio.gather(*ends), 30)
+        assert conn.transport is not None
+        conn.transport.close()
+
+    return [sender(sid, stream) for sid, stream, _ in opened], close
+
+
 async def _load_with(
     connect: Awaitable[tuple[list[_Send], Callable[[], Any]]],
     pid: int,
@@ -373,6 +693,7 @@ async def _load_with(
     counter = [0]
     n_requests = len(requests)
     cpu = [float("nan")]
+    client_cpu = [float("nan")]
 
     async def worker(send: _Send) -> None:
         record = latencies.append
@@ -393,8 +714,10 @@ async def _load_with(
     async def cpu_meter() -> None:
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
         before = _cpu_seconds(pid)
+        ours = time.process_time()  # this process: the client alone, all its threads
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu[0] = _cpu_seconds(pid) - before
+        client_cpu[0] = time.process_time() - ours
 
     await asyncio.gather(cpu_meter(), *(worker(s) for s in senders))
     closed = close()
@@ -409,11 +732,16 @@ async def _load_with(
         "ok": len(latencies),
         "errors": errors,
         "cpu_us_per_request": cpu[0] / done * 1e6 if done else float("nan"),
+        "client_cpu_us_per_request": client_cpu[0] / done * 1e6 if done else float("nan"),
     }
 
 
-# The rows driven over gRPC, by their clients (the others are HTTP/1.1).
-_CLIENTS = {"inferline-grpc": _grpc_clients, "inferline-grpc-stream": _grpc_stream_clients}
+# The rows driven over gRPC, by their clients (the others are HTTP/1.1): the raw HTTP/2
+# client (the default) or grpc.aio (--grpc-client aio).
+_CLIENTS = {
+    "raw": {"inferline-grpc": _raw_grpc_clients, "inferline-grpc-stream": _raw_grpc_stream_clients},
+    "aio": {"inferline-grpc": _grpc_clients, "inferline-grpc-stream": _grpc_stream_clients},
+}
 
 
 def _inputs(n_features: int, count: int) -> np.ndarray:
@@ -557,6 +885,13 @@ def main() -> None:
         "grpc.aio client, one channel with c concurrent unary calls, or c ModelStreamInfer "
         "streams with one request in flight each)",
     )
+    ap.add_argument(
+        "--grpc-client",
+        choices=sorted(_CLIENTS),
+        default="raw",
+        help="the gRPC rows' load generator: raw (a minimal HTTP/2 client on asyncio, as cheap "
+        "per message as the HTTP/1.1 one) or aio (grpc.aio, as tritonclient.grpc.aio uses it)",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument(
         "--serve", choices=["inferline", "inferline-grpc", "baseline"], help=argparse.SUPPRESS
@@ -583,6 +918,7 @@ def main() -> None:
     except ImportError:
         run = asyncio.run
     levels = [int(c) for c in args.concurrency.split(",")]
+    grpc_clients = _CLIENTS[args.grpc_client]
     requests = _requests(args.model, args.features, args.distinct)
     common = ["--repo", args.repo, "--model", args.model]
     servers = {"inferline": Server("--serve", "inferline", *common)}
@@ -609,9 +945,9 @@ def main() -> None:
             for c in levels:
                 for name in order:  # same run, back to back, same client, rotated order
                     s = servers[name]
-                    connect = _CLIENTS.get(name, _http_clients)
+                    connect = grpc_clients.get(name, _http_clients)
                     clients = connect(s.port, c)
-                    bodies = grpc_requests if name in _CLIENTS else requests
+                    bodies = grpc_requests if name in grpc_clients else requests
                     samples[c][name].append(
                         run(_load_with(clients, s.proc.pid, bodies, args.warmup, args.duration))
                     )
@@ -625,7 +961,16 @@ def main() -> None:
     results = {
         c: {
             name: {
-                **{k: median(runs, k) for k in ("rps", "p50", "p99", "cpu_us_per_request")},
+                **{
+                    k: median(runs, k)
+                    for k in (
+                        "rps",
+                        "p50",
+                        "p99",
+                        "cpu_us_per_request",
+                        "client_cpu_us_per_request",
+                    )
+                },
                 "errors": sum(sum(r["errors"].values()) for r in runs),
                 "runs": runs,
             }
@@ -637,10 +982,11 @@ def main() -> None:
         f"\nmodel {args.model!r} from {args.repo}; {args.duration:g}s per point"
         + (f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
         + f"; {os.cpu_count()} CPUs shared by the client and the servers"
+        + (f"; gRPC client: {args.grpc_client}" if args.grpc else "")
     )
     header = (
         f"{'conc':>5} {'server':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'cpu us/req':>10}   inferline vs this: req/s  p99"
+        f"{'cpu us/req':>10} {'client us':>9}   inferline vs this: req/s  p99"
     )
     print(header)
     print("-" * len(header))
@@ -652,12 +998,14 @@ def main() -> None:
                 ratio = f"{ours['rps'] / r['rps']:>26.2f}x {ours['p99'] / r['p99']:>5.2f}x"
             print(
                 f"{c:>5} {name:<22} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                f"{r['errors']:>7} {r['cpu_us_per_request']:>10.0f}{ratio}"
+                f"{r['errors']:>7} {r['cpu_us_per_request']:>10.0f} "
+                f"{r['client_cpu_us_per_request']:>9.0f}{ratio}"
             )
     _targets(results, levels)
     print(
         "req/s ratio > 1: inferline serves more; p99 ratio < 1: inferline's p99 is lower.\n"
-        "cpu us/req: the server process' CPU time (all threads) per answered request."
+        "cpu us/req: the server process' CPU time (all threads) per answered request;\n"
+        "client us: the load generator's (this process, all threads) per answered request."
     )
     if args.json:
         Path(args.json).write_text(
