@@ -24,6 +24,7 @@ from test_server import ServerThread, http_count
 import inferline
 from inferline import Batching, TensorSpec
 from inferline.server import create_app
+from inferline.server.admission import version_in_flight
 from inferline.server.errors import HTTPError, ProtocolError
 from inferline.server.outcomes import ERRORS_LOGGED_PER_INTERVAL, Outcomes
 from inferline.server.protocol import MAX_TIMEOUT_US, parse_infer_header
@@ -279,13 +280,28 @@ def test_beyond_max_in_flight_503_at_once_before_the_body(server: ServerThread) 
     assert results == [200, 200, 200]
 
 
+@pytest.mark.parametrize(
+    "queue, batch, bound",
+    [
+        (150, 32, 150),  # the queue: computing requests count against it
+        (64, 8, 64),
+        (48, 32, 64),  # at least two batches: one computing while the next forms
+        (32, 32, 64),
+        (8, 32, 40),  # at most the queue plus one batch
+        (1, 1, 2),
+    ],
+)
+def test_a_versions_share_of_the_in_flight_bound(queue: int, batch: int, bound: int) -> None:
+    assert version_in_flight(queue, batch) == bound
+
+
 def test_default_in_flight_bound_follows_the_models_queues() -> None:
     app = create_app(build_engine())
     with ServerThread(app) as s:
         admission = app.infer_handler.admission  # type: ignore[attr-defined]
         assert httpx.get(f"{s.base}/v2/health/ready", timeout=10).status_code == 200
-        # small: 64 queued + a batch of 8; held: 8 + 1.
-        assert admission.max_in_flight == 64 + 8 + 8 + 1
+        # small: its queue of 64 (over two batches of 8); held: its queue of 8 (batches of 1).
+        assert admission.max_in_flight == 64 + 8
 
 
 # ------------------------------------------------------------------------------ input edges
