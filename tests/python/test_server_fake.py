@@ -315,3 +315,49 @@ def test_disconnect_watch_steps_any_asyncio_receive() -> None:
             assert not never._waiters and not watch.gone
 
     asyncio.run(main())
+
+
+def test_request_body_read_all_checks_the_declared_length() -> None:
+    """A body that comes in one piece is answered as it came; in any number of pieces it
+    must hold exactly its Content-Length."""
+    from inferline.server.body import RequestBody
+    from inferline.server.errors import HTTPError
+
+    class Held:
+        body_bytes = 0
+
+        def reserve_body(self, n: int) -> None:
+            self.body_bytes += n
+
+        def release_body(self, n: int) -> None:
+            self.body_bytes -= n
+
+    async def read(pieces: list[bytes], declared: int) -> bytes | bytearray:
+        messages = [
+            {"type": "http.request", "body": p, "more_body": i < len(pieces) - 1}
+            for i, p in enumerate(pieces)
+        ]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        held = Held()
+        body = RequestBody(receive, 1 << 20, held)  # type: ignore[arg-type]
+        body.declare(declared)
+        try:
+            return await body.read_all()
+        finally:
+            body.release()
+            assert held.body_bytes == 0
+
+    one = b'{"inputs": []}'
+    assert asyncio.run(read([one], len(one))) is one
+    assert asyncio.run(read([one[:3], one[3:]], len(one))) == one
+    for pieces, declared, says in (
+        ([one], len(one) + 1, "shorter"),
+        ([one], len(one) - 1, "longer"),
+        ([one[:3], one[3:]], len(one) + 1, "shorter"),
+        ([one[:3], one[3:]], len(one) - 1, "longer"),
+    ):
+        with pytest.raises(HTTPError, match=f"body is {says} than its Content-Length"):
+            asyncio.run(read(pieces, declared))

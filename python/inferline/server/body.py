@@ -79,6 +79,15 @@ class RequestBody:
     async def read_all(self) -> bytes | bytearray:
         """The whole body."""
         if self.declared is not None and not self.done:
+            if not self.chunks:
+                first = await self._next()
+                if self.done:  # the whole body in one piece, as is usual: no copy
+                    if len(first) > self.declared:
+                        raise HTTPError(400, "the body is longer than its Content-Length")
+                    if len(first) != self.declared:
+                        raise HTTPError(400, "the body is shorter than its Content-Length")
+                    return first
+                self.chunks.append(first)
             buf = bytearray(self.declared)
             pos = 0
             for c in self.chunks:

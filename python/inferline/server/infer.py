@@ -473,8 +473,10 @@ class _DisconnectWatch:
 
     def __init__(self, receive: Receive, delay: float) -> None:
         self.receive = receive
-        self.task = asyncio.current_task()
+        # current_task() would look the loop up once more: on Python 3.11 each look-up costs
+        # a getpid() system call.
         self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(self.loop)
         self.gone = False
         self.coro: Any = None  # the receive() being stepped
         self.waiting: Any = None  # the future it waits on

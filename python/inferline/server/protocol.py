@@ -50,6 +50,8 @@ __all__ = [
     "parse_infer_request",
 ]
 
+_EMPTY = memoryview(b"")
+
 #: Header giving the length of the JSON part of a body that carries binary tensor data.
 INFERENCE_HEADER = "Inference-Header-Content-Length"
 
@@ -236,7 +238,7 @@ class InferHeader:
         """The request with its arrays: JSON data converted, binary data viewed in ``tail``
         (the bytes after the JSON header), which must hold exactly the declared binary data.
         Raises :class:`ProtocolError`."""
-        mv = memoryview(tail).cast("B")
+        mv = memoryview(tail).cast("B") if self.binary_bytes or tail else _EMPTY
         if len(mv) != self.binary_bytes:
             raise _bad(
                 f"the body has {len(mv)} bytes after the JSON header but the inputs' "
@@ -330,14 +332,17 @@ def check_infer_doc(doc: Mapping[str, Any], *, binary_length: int | None) -> Inf
         raise _bad(f"'id' must be a string, got {_jtype(request_id)}")
 
     params = _parameters(doc, "request")
-    priority = _uint_param(params, "priority", "request")
-    timeout_us = _uint_param(params, "timeout", "request")
-    if timeout_us is not None and timeout_us > MAX_TIMEOUT_US:
-        raise _bad(
-            f"request: parameter 'timeout' is {timeout_us} microseconds; at most "
-            f"{MAX_TIMEOUT_US} (one day) is allowed, and 0 means no timeout"
-        )
-    binary_out = _bool_param(params, "binary_data_output", "request") or False
+    priority = timeout_us = None
+    binary_out = False
+    if params:
+        priority = _uint_param(params, "priority", "request")
+        timeout_us = _uint_param(params, "timeout", "request")
+        if timeout_us is not None and timeout_us > MAX_TIMEOUT_US:
+            raise _bad(
+                f"request: parameter 'timeout' is {timeout_us} microseconds; at most "
+                f"{MAX_TIMEOUT_US} (one day) is allowed, and 0 means no timeout"
+            )
+        binary_out = _bool_param(params, "binary_data_output", "request") or False
 
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:

@@ -20,6 +20,7 @@ from .errors import ProtocolError
 __all__ = ["bad", "binary_tensor", "json_tensor", "jtype"]
 
 _INT_TYPES = frozenset(("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"))
+_FLOAT_ONLY = {float}
 _FLOAT_MAX = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32")}
 
 
@@ -80,6 +81,13 @@ def json_tensor(
         raise bad(f"{where}: 'data' must be an array, got {jtype(data)}")
     flat = flatten(data, shape, count, where)
     kinds = set(map(type, flat))
+    if kinds == _FLOAT_ONLY and datatype in _FLOAT_MAX:
+        # The common case, JSON floats for FP32 (or FP16) within range: converted directly,
+        # which rounds each value as the way through float64 below does. (max() and min()
+        # end on NaN only when it comes first; NaN fails the test and takes that way.)
+        fmax = _FLOAT_MAX[datatype]
+        if -fmax <= min(flat) and max(flat) <= fmax:
+            return np.array(flat, dtype=DATATYPES[datatype]).reshape(shape)
     if datatype == "BYTES":
         if kinds - {str}:
             raise bad(f"{where}: BYTES data must be strings, found {kind_names(kinds - {str})}")
