@@ -20,7 +20,7 @@ from .protocol import INFERENCE_HEADER, RequestedOutput
 __all__ = ["EncodedResponse", "binary_values", "encode_infer_response"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncodedResponse:
     """An encoded inference response: the body and the headers that go with it."""
 
@@ -31,10 +31,18 @@ class EncodedResponse:
     def asgi_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers that go with the body, as ASGI's ``http.response.start`` takes them
         (a new list each call: the caller adds its own)."""
+        if self.header_length is None and self.content_type == "application/json":
+            return [_JSON_CONTENT_TYPE]
         headers = [(b"content-type", self.content_type.encode())]
         if self.header_length is not None:
-            headers.append((INFERENCE_HEADER.lower().encode(), str(self.header_length).encode()))
+            headers.append((_INFERENCE_HEADER_KEY, str(self.header_length).encode()))
         return headers
+
+
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+_INFERENCE_HEADER_KEY = INFERENCE_HEADER.lower().encode()
+# Datatypes whose arrays orjson writes as they are (the others need a conversion first).
+_PLAIN = frozenset(DATATYPES) - {"BYTES", "BF16", "FP16"}
 
 
 def _json_values(arr: np.ndarray, datatype: str) -> list[Any] | np.ndarray | None:
@@ -89,6 +97,25 @@ def encode_infer_response(
     are sent as binary data whatever was asked. When any output is binary the body is the
     JSON header followed by the binary tensors and ``header_length`` is set.
     """
+    if requested is None and not binary_data_output:
+        # The common case, every output as JSON numbers: no per-output dispatch.
+        plain: list[dict[str, Any]] = []
+        for name, arr in outputs.items():
+            datatype = datatypes[name]
+            if datatype not in _PLAIN:
+                break
+            arr = np.asarray(arr)
+            plain.append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(arr.shape),
+                    "data": np.ascontiguousarray(arr.reshape(-1), dtype=DATATYPES[datatype]),
+                }
+            )
+        else:
+            doc = _document(model_name, model_version, request_id, parameters, plain)
+            return EncodedResponse(dumps_response(doc, plain), "application/json", None)
     if requested is None:
         selection = [(name, binary_data_output) for name in outputs]
     else:
@@ -110,6 +137,21 @@ def encode_infer_response(
         else:
             entry["data"] = values
         entries.append(entry)
+    header = dumps_response(
+        _document(model_name, model_version, request_id, parameters, entries), entries
+    )
+    if not chunks:
+        return EncodedResponse(header, "application/json", None)
+    return EncodedResponse(header + b"".join(chunks), "application/octet-stream", len(header))
+
+
+def _document(
+    model_name: str,
+    model_version: str | int | None,
+    request_id: str | None,
+    parameters: Mapping[str, Any] | None,
+    entries: list[dict[str, Any]],
+) -> dict[str, Any]:
     doc: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:
         doc["model_version"] = str(model_version)
@@ -118,7 +160,4 @@ def encode_infer_response(
     if parameters:
         doc["parameters"] = dict(parameters)
     doc["outputs"] = entries
-    header = dumps_response(doc, entries)
-    if not chunks:
-        return EncodedResponse(header, "application/json", None)
-    return EncodedResponse(header + b"".join(chunks), "application/octet-stream", len(header))
+    return doc
