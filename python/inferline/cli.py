@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="inference requests in the server at once; beyond it, 503 with Retry-After "
-        "before the body is read (None: the models' queue sizes plus one batch each)",
+        "before the body is read (None: the models' queue sizes, at least two batches each)",
     )
     serve_cmd.add_argument(
         "--allow-code",
