@@ -19,10 +19,10 @@ The load generator is a minimal keep-alive HTTP/1.1 client on asyncio (uvloop wh
 installed): ``c`` connections, each sending its next request as soon as the previous answer
 arrives, for ``--duration`` seconds after a short warm-up. Requests cycle through
 ``--distinct`` different inputs, so a result cache cannot answer them. It prints requests/s,
-p50 and p99 latency and the server's CPU time per request for each server and concurrency,
-and the ratios against each baseline; non-200 answers are counted and reported, never mixed
-into the latencies. On a shared machine, ``--repeat 3`` interleaves the servers and reports
-medians.
+p50 and p99 latency, the server's CPU time per request and the client's for each server
+and concurrency, and the ratios against each baseline; non-200 answers are counted and
+reported, never mixed into the latencies. On a shared machine, ``--repeat 3`` interleaves the
+servers and reports medians.
 
 The ``inferline-grpc`` row is the same server with ``--grpc-port`` (its own process) driven
 over gRPC with the same inputs as serialized ModelInferRequests with raw contents, as
@@ -45,7 +45,7 @@ Each row's client, all in this process on the same loop, sharing the CPUs with t
   after an answer (a refused call is trailers only); the trailers' grpc-status is not read,
   so any other ending counts as one UNKNOWN error;
 - gRPC rows, ``--grpc-client aio``: grpc.aio (one channel), as tritonclient.grpc.aio uses it:
-  the OK/refused counts come from the call's status. It costs about four times the raw
+  the OK/refused counts come from the call's status. It costs three to four times the raw
   client's CPU per message, taken from the same CPUs as the server's.
 
 Before measuring, every server answers one request checked in full (the gRPC ones through a
