@@ -84,7 +84,7 @@ def create_app(
     watches from the start, at a cost of several microseconds of event-loop time per request).
 
     Admission (:mod:`.admission`): beyond ``max_in_flight`` inference requests in the
-    server (default: what the served models' queues hold, plus one batch each) a request is
+    server (default: what the served models' queues hold, at least two batches each) a request is
     answered 503 before its body is read; beyond ``max_body_bytes_in_flight`` bytes of
     request bodies held at once, 503; a request of more than ``max_rows_per_request`` rows,
     413. Refusals, timeouts and disconnects are counted in
