@@ -411,62 +411,55 @@ async def _call_engine(
     for a one-output model, or a dict. For a model with stages (a text model takes its BYTES
     input as the stage's items), the stages' merged parameters go into ``parameters``."""
     if parameters is not None and getattr(info, "stages", None):
-        return await _call_staged(engine, info, inputs, version, priority, timeout, parameters)
-    first = next(iter(inputs.values()))
-    if first.shape[0] == 1:
-        item: Any = first[0] if len(inputs) == 1 else {k: a[0] for k, a in inputs.items()}
+        return await _call_staged(
+            engine, info, inputs, parameters, version=version, priority=priority, timeout=timeout
+        )
+    item = _single_row(inputs)
+    if item is not None:
         one = await engine.infer(
             info.name, item, version=version, priority=priority, timeout=timeout
         )
-        if isinstance(one, dict):
-            return {k: np.asarray(v)[None] for k, v in one.items()}
-        return {_first_output(info): np.asarray(one)[None]}
+        return _by_output(info, one, one_row=True)
     out = await engine.infer_batch(
         info.name, inputs, version=version, priority=priority, timeout=timeout
     )
-    if isinstance(out, dict):
-        return out
-    return {_first_output(info): np.asarray(out)}
+    return _by_output(info, out, one_row=False)
 
 
 async def _call_staged(
-    engine: Any,
-    info: Any,
-    inputs: dict[str, np.ndarray],
-    version: int | str,
-    priority: int,
-    timeout: float | None,
-    parameters: dict[str, Any],
+    engine: Any, info: Any, inputs: dict[str, np.ndarray], parameters: dict[str, Any], **kw: Any
 ) -> dict[str, np.ndarray]:
-    """:func:`_call_engine` for a model with stages: the stages' merged parameters go into
-    ``parameters``."""
-    kw: dict[str, Any] = {
-        "version": version,
-        "priority": priority,
-        "timeout": timeout,
-        "with_parameters": True,
-    }
-    if next(iter(inputs.values())).shape[0] == 1:
-        if len(inputs) == 1:
-            item: Any = next(iter(inputs.values()))[0]
-        else:
-            item = {k: a[0] for k, a in inputs.items()}
+    """:func:`_call_engine` for a model with stages (``kw``: version, priority, timeout): the
+    stages' merged parameters go into ``parameters``."""
+    kw["with_parameters"] = True
+    item = _single_row(inputs)
+    if item is not None:
         one = await engine.infer(info.name, item, **kw)
         parameters.update(one.parameters)
-        one = one.output
-        if isinstance(one, dict):
-            return {k: np.asarray(v)[None] for k, v in one.items()}
-        return {_first_output(info): np.asarray(one)[None]}
+        return _by_output(info, one.output, one_row=True)
     out = await engine.infer_batch(info.name, inputs, **kw)
     parameters.update(out.parameters)
-    out = out.output
-    if isinstance(out, dict):
-        return out
-    return {_first_output(info): np.asarray(out)}
+    return _by_output(info, out.output, one_row=False)
 
 
-def _first_output(info: Any) -> str:
-    return info.outputs[0].name if info.outputs else "output"
+def _single_row(inputs: dict[str, np.ndarray]) -> Any:
+    """The request's one row as an ``infer`` item (an array, or a dict for several inputs);
+    None when it has more rows."""
+    first = next(iter(inputs.values()))
+    if first.shape[0] != 1:
+        return None
+    return first[0] if len(inputs) == 1 else {k: a[0] for k, a in inputs.items()}
+
+
+def _by_output(info: Any, answer: Any, *, one_row: bool) -> dict[str, np.ndarray]:
+    """An engine answer (an array for a one-output model, or a dict) as a dict by output
+    name with the leading batch dimension (put back for ``one_row``)."""
+    if isinstance(answer, dict):
+        if not one_row:
+            return answer
+        return {k: np.asarray(v)[None] for k, v in answer.items()}
+    name = info.outputs[0].name if info.outputs else "output"
+    return {name: np.asarray(answer)[None] if one_row else np.asarray(answer)}
 
 
 class _DisconnectWatch:
