@@ -81,12 +81,10 @@ class RequestBody:
         if self.declared is not None and not self.done:
             if not self.chunks:
                 first = await self._next()
-                if self.done:  # the whole body in one piece, as is usual: no copy
-                    if len(first) > self.declared:
-                        raise HTTPError(400, "the body is longer than its Content-Length")
-                    if len(first) != self.declared:
-                        raise HTTPError(400, "the body is shorter than its Content-Length")
-                    return first
+                if len(first) > self.declared:
+                    raise HTTPError(400, "the body is longer than its Content-Length")
+                if self.done and len(first) == self.declared:
+                    return first  # the whole body in one piece, as is usual: no copy
                 self.chunks.append(first)
             buf = bytearray(self.declared)
             pos = 0

@@ -237,15 +237,6 @@ class InferRoute:
             encoding = b""
         if length is not None:
             body.declare(length)
-        if not encoding and raw_header_length is None:  # all JSON, the common case
-            if length is not None:
-                check_json_length(length, self.max_json_bytes)
-            data = await body.read_all()
-            check_json_length(len(data), self.max_json_bytes)
-            text = data if isinstance(data, bytes) else bytes(data)
-            header = parse_infer_header(text, binary_length=None)
-            self.check(info, header)
-            return header, b""
         if encoding or raw_header_length is None:
             if not encoding and length is not None:
                 check_json_length(length, self.max_json_bytes)
@@ -253,14 +244,19 @@ class InferRoute:
             if encoding:
                 data = decompress(data, encoding, limit)
                 body.hold(len(data))
+            if raw_header_length is None:  # all JSON, the common case
+                check_json_length(len(data), self.max_json_bytes)
+                text = data if isinstance(data, bytes) else bytes(data)
+                header = parse_infer_header(text, binary_length=None)
+                self.check(info, header)
+                return header, b""
             mv = memoryview(data).cast("B")
             hl = parse_header_length(raw_header_length, len(mv))
-            json_end = len(mv) if hl is None else hl
-            check_json_length(json_end, self.max_json_bytes)
-            text = data if hl is None and isinstance(data, bytes) else bytes(mv[:json_end])
-            header = parse_infer_header(text, binary_length=None if hl is None else len(mv) - hl)
+            assert hl is not None
+            check_json_length(hl, self.max_json_bytes)
+            header = parse_infer_header(bytes(mv[:hl]), binary_length=len(mv) - hl)
             self.check(info, header)
-            return header, mv[json_end:]
+            return header, mv[hl:]
         # Binary tensor data: the JSON header first, checked before the tensors are read.
         hl = parse_header_length(raw_header_length, limit if length is None else length)
         assert hl is not None

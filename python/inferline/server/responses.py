@@ -110,7 +110,7 @@ def encode_infer_response(
                     "name": name,
                     "datatype": datatype,
                     "shape": list(arr.shape),
-                    "data": np.ascontiguousarray(arr.reshape(-1), dtype=DATATYPES[datatype]),
+                    "data": _json_values(arr, datatype),
                 }
             )
         else:
