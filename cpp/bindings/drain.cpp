@@ -7,6 +7,7 @@
 #include "batch_call.hpp"
 #include "errors.hpp"
 #include "inferline/clock.hpp"
+#include "pending_infer.hpp"
 #include "py_scheduler.hpp"
 
 namespace py = pybind11;
@@ -75,8 +76,36 @@ PyObject* unbuildable(const std::string& model, const char* why) {
   return PyObject_CallOneArg(errors().model_error.ptr(), py::str(msg).ptr());
 }
 
+// Answers a single request's PendingInfer natively (no set_result, no call_soon): its
+// callbacks wait in `woken`. Returns the outcome to count.
+outcome answer_pending(request* r, py_scheduler* ps, const std::string& model,
+                       std::vector<PyObject*>& woken) {
+  auto* token = static_cast<PyObject*>(r->token);
+  // Cancelled first (by its task, cancel() or close()): the answer is dropped.
+  if (!pending_waiting(token)) return outcome::cancelled;
+  outcome counted = r->result_outcome;
+  PyObject* value = nullptr;
+  PyObject* exc = nullptr;
+  if (r->result_outcome == outcome::success) {
+    try {
+      value = ps ? ps->take_result(r).release().ptr() : Py_NewRef(Py_None);
+    } catch (py::error_already_set& e) {
+      exc = unbuildable(model, e.what());
+      counted = outcome::model_error;
+    }
+  } else {
+    exc = error_for(*r, model);
+  }
+  pending_answer(token, value, exc, woken);
+  return counted;
+}
+
 // Answers a single request's future; returns the outcome to count.
-outcome answer_single(request* r, py_scheduler* ps, const std::string& model) {
+outcome answer_single(request* r, py_scheduler* ps, const std::string& model,
+                      std::vector<PyObject*>& woken) {
+  if (is_pending_infer(static_cast<PyObject*>(r->token))) {
+    return answer_pending(r, ps, model, woken);
+  }
   const names& nm = method_names();
   py::handle fut(static_cast<PyObject*>(r->token));
   outcome counted = r->result_outcome;
@@ -145,9 +174,12 @@ void py_core::adopt(std::shared_ptr<py_scheduler> s) {
   live_.push_back(std::move(s));
 }
 
-std::size_t py_core::drain() {
+std::size_t py_core::drain(bool wake) {
   request* r = queue_.take_all();
   std::size_t n = 0;
+  // PendingInfers answered: their tasks are woken once every request here is finished in its
+  // scheduler, so a woken caller sees its request's counts settled.
+  std::vector<PyObject*> woken;
   while (r != nullptr) {
     request* next = r->next;
     auto* owner_sched = r->owner;
@@ -158,7 +190,7 @@ std::size_t py_core::drain() {
     batch_call* call = batch_call_of(r->token);
     if (r->trace != nullptr) take_stamps(*r, now);  // traced requests only (submit_traced)
     const outcome counted = call != nullptr && ps != nullptr ? answer_row(*call, r, ps, model)
-                                                             : answer_single(r, ps, model);
+                                                             : answer_single(r, ps, model, woken);
     if (trace_ && !trace_.is_none()) {
       try {
         trace_(model, r->id, std::string(outcome_name(counted)), r->t_enqueue, r->t_dispatch,
@@ -180,6 +212,7 @@ std::size_t py_core::drain() {
     r = next;
     ++n;
   }
+  if (!woken.empty()) pending_wake(woken, wake);
   return n;
 }
 
@@ -210,7 +243,11 @@ py_core::~py_core() {
     py::gil_scoped_release nogil;
     s->sched().shutdown();
   }
-  drain();
+  try {
+    drain(false);
+  } catch (py::error_already_set& e) {
+    e.discard_as_unraisable("inferline: answering the last requests");
+  }
   std::lock_guard lock(mutex_);
   live_.clear();
 }

@@ -32,9 +32,11 @@ class py_core {
   /// File descriptor readable while answers wait (for loop.add_reader). Thread-safe.
   int fd() const noexcept { return queue_.fd(); }
   /// Answers every finished request's future (set_result / set_exception with the engine's
-  /// exception classes), calls the trace hook, and finishes the request in its scheduler.
-  /// Returns how many. Loop thread, GIL held.
-  std::size_t drain();
+  /// exception classes; a PendingInfer natively), calls the trace hook, and finishes the
+  /// request in its scheduler. Then wakes the tasks waiting on the PendingInfers answered:
+  /// `wake` calls their wake-ups at once (only from the loop's reader callback, with no task
+  /// running), otherwise through loop.call_soon. Returns how many. Loop thread, GIL held.
+  std::size_t drain(bool wake = false);
   /// Keeps `s` alive until it is stopped and fully answered. GIL held.
   void adopt(std::shared_ptr<py_scheduler> s);
   /// Frees schedulers that only this core holds, are closed and fully answered. GIL held.

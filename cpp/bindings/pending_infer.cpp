@@ -1,6 +1,7 @@
-// The awaitable a native submit returns (_core.PendingInfer): it creates the request's asyncio
-// future, queues the request, and is awaited as the future itself is, so `Engine.infer` needs
-// no Python coroutine frame per request. Cancelling the await cancels the request in the core.
+// The awaitable a native submit returns (_core.PendingInfer): one queued request's answer,
+// which is its own asyncio-compatible future. `Engine.infer`'s common path therefore runs no
+// Python coroutine and makes no asyncio.Future: the task awaiting it waits on it directly, and
+// the drain answers it natively and wakes that task without a loop.call_soon per request.
 #include "pending_infer.hpp"
 
 #include <cstdint>
@@ -15,38 +16,37 @@ namespace py = pybind11;
 namespace inferline::bindings {
 namespace {
 
-// One request's answer, awaitable once. Loop thread, GIL held (like every object of asyncio's).
-// Not tracked by the GC: it references only its future, that future's iterator and the
-// Scheduler, none of which references it once the future is answered.
+enum class state : std::uint8_t { waiting, answered, cancelled };
+
+// One request's answer. Loop thread, GIL held (like every object of asyncio's). Tracked by
+// the GC: a waiting task's wake-up callback references the task, which references this.
 struct pending {
   PyObject_HEAD
-  PyObject* fut;        // the request's asyncio future (owned); null once finished or refused
-  PyObject* iter;       // fut.__await__() while awaited (owned)
-  PyObject* owner;      // the Scheduler object (owned): keeps `sched` alive for a cancel
-  py_scheduler* sched;  // the scheduler the request is queued in
-  PyObject* error;      // the exception submit raised (owned), raised at the first await
+  PyObject* loop;        // the loop it belongs to (owned)
+  PyObject* owner;       // the Scheduler object (owned) while waiting: keeps `sched` alive
+  py_scheduler* sched;   // the scheduler the request is queued in; null when not queued
+  PyObject* result;      // the answer (owned), once answered
+  PyObject* exception;   // the error (owned), once answered with one (or refused at submit)
+  PyObject* cancel_msg;  // cancel(msg)'s message (owned), or null
+  PyObject* cb0;         // the first done callback (owned), or null: most have exactly one
+  PyObject* ctx0;        // its context (owned), or null
+  PyObject* more;        // further callbacks: a list of (callback, context) tuples, or null
   std::uint64_t handle;
-  bool finished;  // answered, raised or closed: a further await raises RuntimeError
+  state st;
+  bool blocking;  // asyncio's _asyncio_future_blocking: set while a task is to wait on it
 };
 
 PyTypeObject* pending_type = nullptr;  // created once at import, never freed
 
-// Interned names and asyncio callables, leaked on purpose (they outlive interpreter teardown).
+// Interned names and asyncio objects, leaked on purpose (they outlive interpreter teardown).
 struct statics {
-  PyObject* throw_name = PyUnicode_InternFromString("throw");
-  PyObject* cancel_name = PyUnicode_InternFromString("cancel");
-  PyObject* done_name = PyUnicode_InternFromString("done");
-  PyObject* create_future_name = PyUnicode_InternFromString("create_future");
+  PyObject* call_soon_name = PyUnicode_InternFromString("call_soon");
+  PyObject* handler_name = PyUnicode_InternFromString("call_exception_handler");
+  PyObject* context_kwnames = Py_BuildValue("(s)", "context");
+  PyObject* blocking_name = PyUnicode_InternFromString("_asyncio_future_blocking");
   PyObject* get_running_loop = nullptr;  // asyncio.events._get_running_loop
-  PyObject* future_type = nullptr;       // asyncio.Future
-  PyObject* base_create_future = nullptr;  // asyncio.BaseEventLoop.create_future
-  // The last loop seen and how it makes futures: asyncio.Future(loop=loop) directly when its
-  // create_future is BaseEventLoop's (that is all it does), else its bound create_future.
-  PyObject* loop = nullptr;
-  PyObject* factory = nullptr;
-  PyObject* loop_kwargs = nullptr;  // {"loop": loop}, reused: Future.__init__ only reads it
-  PyObject* no_args = PyTuple_New(0);
-  bool direct = false;
+  PyObject* cancelled_error = nullptr;   // asyncio.CancelledError
+  PyObject* invalid_state = nullptr;     // asyncio.InvalidStateError
   // The loop last found running on thread `loop_thread` (a thread state's unique id): asking
   // asyncio again costs a getpid() system call per request.
   PyObject* running_loop = nullptr;
@@ -57,30 +57,25 @@ statics& st() {
   return *s;
 }
 
-// A new future of `loop` (as loop.create_future()); null with the error set when it failed.
-PyObject* new_future(PyObject* loop) {
-  statics& s = st();
-  if (loop != s.loop) {
-    PyObject* own = PyObject_GetAttr(reinterpret_cast<PyObject*>(Py_TYPE(loop)),
-                                     s.create_future_name);
-    if (own == nullptr) return nullptr;
-    const bool direct = own == s.base_create_future;
-    Py_DECREF(own);
-    PyObject* factory = direct ? Py_NewRef(s.future_type)
-                               : PyObject_GetAttr(loop, s.create_future_name);
-    if (factory == nullptr) return nullptr;
-    PyObject* kwargs = Py_BuildValue("{sO}", "loop", loop);
-    if (kwargs == nullptr) {
-      Py_DECREF(factory);
-      return nullptr;
-    }
-    Py_XSETREF(s.factory, factory);
-    Py_XSETREF(s.loop_kwargs, kwargs);
-    Py_XSETREF(s.loop, Py_NewRef(loop));
-    s.direct = direct;
-  }
-  if (!s.direct) return PyObject_CallNoArgs(s.factory);
-  return PyObject_Call(s.factory, s.no_args, s.loop_kwargs);
+pending* as_pending(PyObject* self) { return reinterpret_cast<pending*>(self); }
+
+// The Python error now set, normalised, with its traceback attached; cleared. (3.12's
+// PyErr_GetRaisedException, for 3.10 and 3.11 too.)
+PyObject* take_error() {
+  PyObject *t, *v, *tb;
+  PyErr_Fetch(&t, &v, &tb);
+  PyErr_NormalizeException(&t, &v, &tb);
+  if (tb != nullptr && v != nullptr) PyException_SetTraceback(v, tb);
+  Py_XDECREF(t);
+  Py_XDECREF(tb);
+  return v;
+}
+
+// Raises `exc` (a reference stolen; null: nothing).
+void restore_error(PyObject* exc) {
+  if (exc == nullptr) return;
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
+  Py_DECREF(exc);
 }
 
 // 1 when `loop` is the loop running on this thread (as asyncio.events._get_running_loop() is
@@ -99,76 +94,158 @@ int on_loop_thread(PyObject* loop) {
   return 1;
 }
 
-// Ends the await: drops the future. A CancelledError (the caller's task was cancelled, or a
-// timeout around the await fired) cancels the request in the core at once: a queued request
-// is never computed and frees its slot. The Python error, if any, is left set.
-void finish(pending* p, bool cancelled) {
-  if (cancelled && p->sched != nullptr) p->sched->sched().cancel(p->handle, false);
-  p->finished = true;
-  Py_CLEAR(p->iter);
-  Py_CLEAR(p->fut);
+// -- done callbacks ---------------------------------------------------------------------------
+
+// loop.call_soon(cb, fut, context=ctx) (no context keyword when ctx is null); false with the
+// error set when it failed.
+bool schedule_callback(pending* p, PyObject* cb, PyObject* ctx) {
+  PyObject* args[4] = {p->loop, cb, reinterpret_cast<PyObject*>(p), ctx};
+  PyObject* r = PyObject_VectorcallMethod(st().call_soon_name, args, 3,
+                                          ctx != nullptr ? st().context_kwnames : nullptr);
+  Py_XDECREF(r);
+  return r != nullptr;
 }
 
-bool cancelled_error_set() {
-  return PyErr_Occurred() != nullptr && PyErr_ExceptionMatches(errors().cancelled.ptr());
+// The callbacks, taken out of `p` (a new list of (callback, context-or-None) pairs); the first
+// one is returned apart in *cb0 / *ctx0 (references moved out). `more` may be null.
+void take_callbacks(pending* p, PyObject** cb0, PyObject** ctx0, PyObject** more) {
+  *cb0 = p->cb0;
+  *ctx0 = p->ctx0;
+  *more = p->more;
+  p->cb0 = p->ctx0 = p->more = nullptr;
 }
 
-// Abandons a request whose future is still pending: cancels it in the core and the future, so
-// the drain's late answer is dropped. Keeps any Python error that is set.
-void abandon(pending* p) {
-  PyObject *t, *v, *tb;
-  PyErr_Fetch(&t, &v, &tb);
-  PyObject* done = PyObject_CallMethodNoArgs(p->fut, st().done_name);
-  if (done == Py_False) {
-    PyObject* r = PyObject_CallMethodNoArgs(p->fut, st().cancel_name);
-    if (r == nullptr) PyErr_WriteUnraisable(p->fut);
-    Py_XDECREF(r);
-  } else if (done == nullptr) {
-    PyErr_WriteUnraisable(p->fut);
+// Reports a callback's error as asyncio's Handle does: SystemExit and KeyboardInterrupt are
+// kept in *stash (the first one; raised by the caller once every callback ran), anything else
+// goes to loop.call_exception_handler. The Python error is cleared.
+void report_callback_error(pending* p, PyObject* cb, PyObject** stash) {
+  if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    if (*stash == nullptr) {
+      *stash = take_error();
+    } else {
+      PyErr_WriteUnraisable(cb);
+    }
+    return;
   }
-  Py_XDECREF(done);
-  PyErr_Restore(t, v, tb);
-  finish(p, true);
+  PyObject* exc = take_error();
+  PyObject* msg = PyUnicode_FromFormat("Exception in callback %R(%R)", cb, p);
+  PyObject* context = msg == nullptr ? nullptr
+                                     : Py_BuildValue("{sOsOsO}", "message", msg, "exception",
+                                                     exc, "future", p);
+  PyObject* r = context == nullptr
+                    ? nullptr
+                    : PyObject_CallMethodOneArg(p->loop, st().handler_name, context);
+  if (r == nullptr) PyErr_WriteUnraisable(cb);
+  Py_XDECREF(r);
+  Py_XDECREF(context);
+  Py_XDECREF(msg);
+  Py_XDECREF(exc);
 }
 
-// fut.__await__(), the future's own iterator; null with the error set.
-PyObject* await_iter(PyObject* fut) {
-  PyAsyncMethods* am = Py_TYPE(fut)->tp_as_async;
-  if (am == nullptr || am->am_await == nullptr) {
-    PyErr_Format(PyExc_TypeError, "create_future() returned %.100s, which is not awaitable",
-                 Py_TYPE(fut)->tp_name);
-    return nullptr;
+// Calls cb(p) in context `ctx` (null or None: the current one), on the loop thread from a loop
+// callback with no task running: what loop.call_soon would do a moment later. A context that
+// cannot be entered (it is already) has the call scheduled instead.
+void run_callback(pending* p, PyObject* cb, PyObject* ctx, PyObject** stash) {
+  const bool enter = ctx != nullptr && ctx != Py_None;
+  if (enter && PyContext_Enter(ctx) < 0) {
+    PyErr_Clear();
+    if (!schedule_callback(p, cb, ctx)) report_callback_error(p, cb, stash);
+    return;
   }
-  return am->am_await(fut);
+  PyObject* r = PyObject_CallOneArg(cb, reinterpret_cast<PyObject*>(p));
+  if (enter) {
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (PyContext_Exit(ctx) < 0) PyErr_WriteUnraisable(cb);
+    PyErr_Restore(t, v, tb);
+  }
+  if (r == nullptr) {
+    report_callback_error(p, cb, stash);
+  } else {
+    Py_DECREF(r);
+  }
 }
 
-PySendResult pending_send(PyObject* self, PyObject* arg, PyObject** result) {
-  auto* p = reinterpret_cast<pending*>(self);
-  *result = nullptr;
-  if (p->finished) {
-    PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
-    return PYGEN_ERROR;
-  }
-  if (p->error != nullptr) {  // refused at submit: raised here, as the coroutine path does
-    p->finished = true;
-    PyObject* e = p->error;
-    p->error = nullptr;
-    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(e)), e);
-    Py_DECREF(e);
-    return PYGEN_ERROR;
-  }
-  if (p->iter == nullptr) {
-    // The future's own iterator: it yields the future to the task (which then waits on it)
-    // and returns its result once answered.
-    p->iter = await_iter(p->fut);
-    if (p->iter == nullptr) {
-      finish(p, false);
-      return PYGEN_ERROR;
+// Runs (`direct`) or schedules with loop.call_soon every done callback of `p`, in the order
+// they were added; each is dropped from `p` first.
+void fire_callbacks(pending* p, bool direct, PyObject** stash) {
+  PyObject *cb0, *ctx0, *more;
+  take_callbacks(p, &cb0, &ctx0, &more);
+  auto one = [&](PyObject* cb, PyObject* ctx) {
+    if (ctx == Py_None) ctx = nullptr;
+    if (direct) {
+      run_callback(p, cb, ctx, stash);
+    } else if (!schedule_callback(p, cb, ctx)) {
+      report_callback_error(p, cb, stash);
+    }
+  };
+  if (cb0 != nullptr) one(cb0, ctx0);
+  if (more != nullptr) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(more); ++i) {
+      PyObject* pair = PyList_GET_ITEM(more, i);
+      one(PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
     }
   }
-  const PySendResult r = PyIter_Send(p->iter, arg, result);
-  if (r != PYGEN_NEXT) finish(p, r == PYGEN_ERROR && cancelled_error_set());
-  return r;
+  Py_XDECREF(cb0);
+  Py_XDECREF(ctx0);
+  Py_XDECREF(more);
+}
+
+// Ends a waiting request as cancelled (by cancel(), close() or a CancelledError thrown into its
+// await): cancelled in the core at once (a queued request is never computed and frees its
+// slot), its callbacks scheduled. The drain's later answer is dropped. False with the error
+// set when scheduling a callback raised SystemExit or KeyboardInterrupt.
+bool cancel_waiting(pending* p, PyObject* msg) {
+  p->st = state::cancelled;
+  Py_XSETREF(p->cancel_msg, Py_XNewRef(msg));
+  if (p->sched != nullptr) p->sched->sched().cancel(p->handle, false);
+  p->sched = nullptr;
+  Py_CLEAR(p->owner);
+  PyObject* stash = nullptr;
+  fire_callbacks(p, false, &stash);
+  restore_error(stash);  // a KeyboardInterrupt in call_soon itself: unlikely
+  return stash == nullptr;
+}
+
+// Sets the CancelledError a cancelled answer raises (with cancel()'s message, if any).
+void set_cancelled_error(pending* p) {
+  if (p->cancel_msg != nullptr && p->cancel_msg != Py_None) {
+    PyErr_SetObject(st().cancelled_error, p->cancel_msg);
+  } else {
+    PyErr_SetNone(st().cancelled_error);
+  }
+}
+
+// Raises the stored exception (as Future.result() does).
+void set_stored_exception(pending* p) {
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(p->exception)), p->exception);
+}
+
+// -- the await protocol -----------------------------------------------------------------------
+
+// The await's step: yields itself to the task (which then waits on it as on a future) while
+// waiting; the answer (PYGEN_RETURN) or its error once done. Like asyncio.Future.__await__,
+// it can be awaited any number of times.
+PySendResult pending_send(PyObject* self, PyObject*, PyObject** result) {
+  auto* p = as_pending(self);
+  *result = nullptr;
+  switch (p->st) {
+    case state::waiting:
+      p->blocking = true;
+      *result = Py_NewRef(self);
+      return PYGEN_NEXT;
+    case state::cancelled:
+      set_cancelled_error(p);
+      return PYGEN_ERROR;
+    case state::answered:
+      break;
+  }
+  if (p->exception != nullptr) {
+    set_stored_exception(p);
+    return PYGEN_ERROR;
+  }
+  *result = Py_NewRef(p->result);
+  return PYGEN_RETURN;
 }
 
 // __next__ and send(): pending_send with StopIteration carrying the answer.
@@ -199,61 +276,249 @@ PyObject* pending_send_method(PyObject* self, PyObject* arg) {
 
 PyObject* pending_await(PyObject* self) { return Py_NewRef(self); }
 
-// throw(exc): raised where the await is suspended. A CancelledError (a task cancelled before
-// its wait, or woken by its cancelled future) cancels the request in the core.
+// throw(exc): raised where the await is suspended. A CancelledError while waiting (its task
+// was cancelled other than through this future) cancels the request in the core.
 PyObject* pending_throw(PyObject* self, PyObject* args) {
-  auto* p = reinterpret_cast<pending*>(self);
-  if (p->fut != nullptr && p->iter == nullptr) {
-    p->iter = await_iter(p->fut);
-    if (p->iter == nullptr) return nullptr;
+  auto* p = as_pending(self);
+  PyObject *typ = nullptr, *val = nullptr, *tb = nullptr;
+  if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) return nullptr;
+  if (PyExceptionInstance_Check(typ)) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(typ)), typ);
+  } else if (PyExceptionClass_Check(typ)) {
+    PyErr_SetObject(typ, val);
+  } else {
+    PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    return nullptr;
   }
-  Py_CLEAR(p->error);
-  PyObject* res = nullptr;
-  if (p->iter != nullptr) {  // the future's iterator raises the exception, normalised
-    PyObject* meth = PyObject_GetAttr(p->iter, st().throw_name);
-    if (meth == nullptr) return nullptr;
-    res = PyObject_Call(meth, args, nullptr);
-    Py_DECREF(meth);
-  } else {  // finished or refused: raise it as a finished coroutine does
-    PyObject *typ = nullptr, *val = nullptr, *tb = nullptr;
-    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) return nullptr;
-    if (PyExceptionInstance_Check(typ)) {
-      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(typ)), typ);
-    } else if (PyExceptionClass_Check(typ)) {
-      PyErr_SetObject(typ, val);
-    } else {
-      PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+  if (p->st == state::waiting && PyErr_ExceptionMatches(st().cancelled_error)) {
+    PyObject* exc = take_error();
+    const bool ok = cancel_waiting(p, nullptr);
+    if (!ok) {
+      Py_XDECREF(exc);
+      return nullptr;
     }
+    restore_error(exc);
   }
-  if (res != nullptr) return res;  // never for a future's iterator; kept for any other
-  if (p->fut != nullptr && cancelled_error_set()) {
-    abandon(p);
-  } else if (p->fut != nullptr) {
-    finish(p, false);
-  }
-  p->finished = true;
   return nullptr;
 }
 
-// close(): the answer will never be read; a request still pending is cancelled in the core.
+// close(): the answer will never be read; a request still waiting is cancelled in the core.
 PyObject* pending_close(PyObject* self, PyObject*) {
-  auto* p = reinterpret_cast<pending*>(self);
-  Py_CLEAR(p->error);
-  if (p->fut != nullptr) abandon(p);
-  p->finished = true;
+  auto* p = as_pending(self);
+  if (p->st == state::waiting && !cancel_waiting(p, nullptr)) return nullptr;
   Py_RETURN_NONE;
 }
 
+// -- the future protocol ----------------------------------------------------------------------
+
+PyObject* pending_result(PyObject* self, PyObject*) {
+  auto* p = as_pending(self);
+  switch (p->st) {
+    case state::waiting:
+      PyErr_SetString(st().invalid_state, "Result is not ready.");
+      return nullptr;
+    case state::cancelled:
+      set_cancelled_error(p);
+      return nullptr;
+    case state::answered:
+      break;
+  }
+  if (p->exception != nullptr) {
+    set_stored_exception(p);
+    return nullptr;
+  }
+  return Py_NewRef(p->result);
+}
+
+PyObject* pending_exception(PyObject* self, PyObject*) {
+  auto* p = as_pending(self);
+  switch (p->st) {
+    case state::waiting:
+      PyErr_SetString(st().invalid_state, "Exception is not set.");
+      return nullptr;
+    case state::cancelled:
+      set_cancelled_error(p);
+      return nullptr;
+    case state::answered:
+      break;
+  }
+  return Py_NewRef(p->exception != nullptr ? p->exception : Py_None);
+}
+
+PyObject* pending_done(PyObject* self, PyObject*) {
+  return PyBool_FromLong(as_pending(self)->st != state::waiting);
+}
+
+PyObject* pending_cancelled(PyObject* self, PyObject*) {
+  return PyBool_FromLong(as_pending(self)->st == state::cancelled);
+}
+
+PyObject* pending_get_loop(PyObject* self, PyObject*) {
+  return Py_NewRef(as_pending(self)->loop);
+}
+
+// cancel(msg=None): True when it was waiting (the request is cancelled in the core).
+PyObject* pending_cancel(PyObject* self, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"msg", nullptr};
+  PyObject* msg = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:cancel", const_cast<char**>(kwlist), &msg))
+    return nullptr;
+  auto* p = as_pending(self);
+  if (p->st != state::waiting) Py_RETURN_FALSE;
+  if (!cancel_waiting(p, msg)) return nullptr;
+  Py_RETURN_TRUE;
+}
+
+// add_done_callback(fn, *, context=None): fn(self) once done, in `context` (by default a copy
+// of the current one); scheduled with loop.call_soon at once when already done.
+PyObject* pending_add_done_callback(PyObject* self, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"fn", "context", nullptr};
+  PyObject* fn = nullptr;
+  PyObject* ctx = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$O:add_done_callback",
+                                   const_cast<char**>(kwlist), &fn, &ctx))
+    return nullptr;
+  auto* p = as_pending(self);
+  PyObject* own_ctx = ctx == Py_None ? PyContext_CopyCurrent() : Py_NewRef(ctx);
+  if (own_ctx == nullptr) return nullptr;
+  if (p->st != state::waiting) {
+    const bool ok = schedule_callback(p, fn, own_ctx);
+    Py_DECREF(own_ctx);
+    if (!ok) return nullptr;
+    Py_RETURN_NONE;
+  }
+  if (p->cb0 == nullptr && p->more == nullptr) {
+    p->cb0 = Py_NewRef(fn);
+    p->ctx0 = own_ctx;
+    Py_RETURN_NONE;
+  }
+  if (p->more == nullptr) {
+    p->more = PyList_New(0);
+    if (p->more == nullptr) {
+      Py_DECREF(own_ctx);
+      return nullptr;
+    }
+  }
+  PyObject* pair = PyTuple_Pack(2, fn, own_ctx);
+  Py_DECREF(own_ctx);
+  if (pair == nullptr) return nullptr;
+  const int rc = PyList_Append(p->more, pair);
+  Py_DECREF(pair);
+  if (rc < 0) return nullptr;
+  Py_RETURN_NONE;
+}
+
+// remove_done_callback(fn): removes every callback equal to fn; returns how many.
+PyObject* pending_remove_done_callback(PyObject* self, PyObject* fn) {
+  auto* p = as_pending(self);
+  Py_ssize_t removed = 0;
+  if (p->cb0 != nullptr) {
+    const int eq = PyObject_RichCompareBool(p->cb0, fn, Py_EQ);
+    if (eq < 0) return nullptr;
+    if (eq == 1) {
+      Py_CLEAR(p->cb0);
+      Py_CLEAR(p->ctx0);
+      ++removed;
+    }
+  }
+  if (p->more != nullptr) {
+    PyObject* kept = PyList_New(0);
+    if (kept == nullptr) return nullptr;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(p->more); ++i) {
+      PyObject* pair = PyList_GET_ITEM(p->more, i);
+      const int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(pair, 0), fn, Py_EQ);
+      if (eq < 0 || (eq == 0 && PyList_Append(kept, pair) < 0)) {
+        Py_DECREF(kept);
+        return nullptr;
+      }
+      removed += eq;
+    }
+    Py_SETREF(p->more, kept);
+  }
+  return PyLong_FromSsize_t(removed);
+}
+
+// _asyncio_future_blocking, the marker by which a task waits on what an await yields, is an
+// attribute of each instance only, not of the class: asyncio.isfuture() stays False, so
+// ensure_future, gather and wait wrap a PendingInfer in a task, as the coroutine it also is.
+bool is_blocking_name(PyObject* name) {
+  PyObject* interned = st().blocking_name;
+  if (name == interned) return true;
+  return PyUnicode_Check(name) && PyUnicode_Compare(name, interned) == 0;
+}
+
+PyObject* pending_getattro(PyObject* self, PyObject* name) {
+  if (name == st().blocking_name) return PyBool_FromLong(as_pending(self)->blocking);
+  PyObject* r = PyObject_GenericGetAttr(self, name);
+  if (r == nullptr && PyErr_ExceptionMatches(PyExc_AttributeError) && is_blocking_name(name)) {
+    PyErr_Clear();
+    return PyBool_FromLong(as_pending(self)->blocking);
+  }
+  return r;
+}
+
+int pending_setattro(PyObject* self, PyObject* name, PyObject* value) {
+  if (!is_blocking_name(name)) return PyObject_GenericSetAttr(self, name, value);
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete _asyncio_future_blocking");
+    return -1;
+  }
+  const int truth = PyObject_IsTrue(value);
+  if (truth < 0) return -1;
+  as_pending(self)->blocking = truth == 1;
+  return 0;
+}
+
+PyObject* pending_repr(PyObject* self) {
+  auto* p = as_pending(self);
+  switch (p->st) {
+    case state::waiting:
+      return PyUnicode_FromFormat("<PendingInfer waiting>");
+    case state::cancelled:
+      return PyUnicode_FromFormat("<PendingInfer cancelled>");
+    case state::answered:
+      break;
+  }
+  if (p->exception != nullptr) return PyUnicode_FromFormat("<PendingInfer exception=%R>", p->exception);
+  return PyUnicode_FromFormat("<PendingInfer answered>");
+}
+
+int pending_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* p = as_pending(self);
+  Py_VISIT(Py_TYPE(self));  // instances of a heap type own a reference to it
+  Py_VISIT(p->loop);
+  Py_VISIT(p->owner);
+  Py_VISIT(p->result);
+  Py_VISIT(p->exception);
+  Py_VISIT(p->cancel_msg);
+  Py_VISIT(p->cb0);
+  Py_VISIT(p->ctx0);
+  Py_VISIT(p->more);
+  return 0;
+}
+
+int pending_clear(PyObject* self) {
+  auto* p = as_pending(self);
+  Py_CLEAR(p->loop);
+  Py_CLEAR(p->owner);
+  p->sched = nullptr;
+  Py_CLEAR(p->result);
+  Py_CLEAR(p->exception);
+  Py_CLEAR(p->cancel_msg);
+  Py_CLEAR(p->cb0);
+  Py_CLEAR(p->ctx0);
+  Py_CLEAR(p->more);
+  return 0;
+}
+
 void pending_dealloc(PyObject* self) {
-  // Never awaited: the request stays queued and is answered (the core holds the future).
-  auto* p = reinterpret_cast<pending*>(self);
+  // Never awaited: the request stays queued and is answered (the core holds a reference, so
+  // a queued request's PendingInfer is never freed before its answer).
   PyTypeObject* tp = Py_TYPE(self);
-  Py_XDECREF(p->fut);
-  Py_XDECREF(p->iter);
-  Py_XDECREF(p->owner);
-  Py_XDECREF(p->error);
-  PyObject_Free(self);
-  Py_DECREF(tp);  // instances of a heap type own a reference to it
+  PyObject_GC_UnTrack(self);
+  pending_clear(self);
+  PyObject_GC_Del(self);
+  Py_DECREF(tp);
 }
 
 PyMethodDef pending_methods[] = {
@@ -262,26 +527,67 @@ PyMethodDef pending_methods[] = {
      "Raises an exception where the await is suspended; a CancelledError cancels the request "
      "in the core."},
     {"close", pending_close, METH_NOARGS,
-     "Abandons the answer; a request still pending is cancelled in the core."},
+     "Abandons the answer; a request still waiting is cancelled in the core."},
+    {"result", pending_result, METH_NOARGS,
+     "The answer; raises its error, CancelledError, or InvalidStateError while waiting."},
+    {"exception", pending_exception, METH_NOARGS,
+     "The error it was answered with, or None; as result() while waiting or cancelled."},
+    {"done", pending_done, METH_NOARGS, "True once answered or cancelled."},
+    {"cancelled", pending_cancelled, METH_NOARGS, "True once cancelled."},
+    {"cancel", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(pending_cancel)),
+     METH_VARARGS | METH_KEYWORDS,
+     "cancel(msg=None): cancels the request in the core (a queued one is never computed); "
+     "False when already done."},
+    {"add_done_callback",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(pending_add_done_callback)),
+     METH_VARARGS | METH_KEYWORDS,
+     "add_done_callback(fn, *, context=None): fn(self) once done, as asyncio.Future's."},
+    {"remove_done_callback", pending_remove_done_callback, METH_O,
+     "Removes every callback equal to fn; returns how many."},
+    {"get_loop", pending_get_loop, METH_NOARGS, "The event loop it belongs to."},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyType_Slot pending_slots[] = {
     {Py_tp_doc, const_cast<char*>(
-                    "One queued request's answer (from Scheduler.submit_await): await it once, "
-                    "or hand it to asyncio.create_task / gather / wait_for like a coroutine. "
-                    "Cancelling the await cancels the request in the core.")},
+                    "One queued request's answer (from Scheduler.submit_await): a coroutine "
+                    "for asyncio (await it, any number of times, or hand it to create_task, "
+                    "gather, wait_for, shield), which a task awaits as a future of the "
+                    "engine's loop; it has asyncio.Future's methods (result, done, cancel, "
+                    "add_done_callback, ...). Cancelling it, or the task awaiting it, cancels "
+                    "the request in the core.")},
     {Py_tp_dealloc, reinterpret_cast<void*>(pending_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(pending_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(pending_clear)},
+    {Py_tp_repr, reinterpret_cast<void*>(pending_repr)},
     {Py_tp_iter, reinterpret_cast<void*>(PyObject_SelfIter)},
     {Py_tp_iternext, reinterpret_cast<void*>(pending_iternext)},
     {Py_tp_methods, pending_methods},
+    {Py_tp_getattro, reinterpret_cast<void*>(pending_getattro)},
+    {Py_tp_setattro, reinterpret_cast<void*>(pending_setattro)},
     {Py_am_await, reinterpret_cast<void*>(pending_await)},
     {Py_am_send, reinterpret_cast<void*>(pending_send)},
     {0, nullptr},
 };
 
 PyType_Spec pending_spec = {"inferline._core.PendingInfer", sizeof(pending), 0,
-                            Py_TPFLAGS_DEFAULT, pending_slots};
+                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, pending_slots};
+
+// A new PendingInfer of `loop`, waiting, GC-tracked; null with the error set.
+pending* new_pending(PyObject* loop, PyObject* owner, py_scheduler* sched) {
+  auto* p = PyObject_GC_New(pending, pending_type);
+  if (p == nullptr) return nullptr;
+  p->loop = Py_NewRef(loop);
+  p->owner = Py_NewRef(owner);
+  p->sched = sched;
+  p->result = p->exception = p->cancel_msg = nullptr;
+  p->cb0 = p->ctx0 = p->more = nullptr;
+  p->handle = 0;
+  p->st = state::waiting;
+  p->blocking = false;
+  PyObject_GC_Track(p);
+  return p;
+}
 
 // Scheduler.submit_await(x, priority, loop): METH_FASTCALL, so a call costs no pybind11
 // dispatch. None when the request needs the coroutine path: not on `loop`'s running thread,
@@ -315,70 +621,84 @@ PyObject* submit_await(PyObject* self, PyObject* const* args, Py_ssize_t nargs) 
     PyErr_SetString(PyExc_TypeError, e.what());
     return nullptr;
   }
-  PyObject* fut = new_future(loop);
-  if (fut == nullptr) return nullptr;
-  auto* p = PyObject_New(pending, pending_type);
-  if (p == nullptr) {
-    Py_DECREF(fut);
-    return nullptr;
-  }
-  p->fut = fut;
-  p->iter = nullptr;
-  p->owner = Py_NewRef(self);
-  p->sched = ps;
-  p->error = nullptr;
-  p->handle = 0;
-  p->finished = false;
+  pending* p = new_pending(loop, self, ps);
+  if (p == nullptr) return nullptr;
+  auto* obj = reinterpret_cast<PyObject*>(p);
   try {
+    // The request's token is the PendingInfer itself: the drain answers it natively.
     const std::optional<std::uint64_t> h =
         ps->submit(py::handle(x), static_cast<std::uint32_t>(priority), std::nullopt,
-                   py::handle(fut), false);
+                   py::handle(obj), false);
     if (!h) {
-      Py_DECREF(p);
+      Py_DECREF(obj);
       Py_RETURN_NONE;
     }
     p->handle = *h;
   } catch (py::error_already_set& e) {
-    // Refused (queue full, stopped, a NaN, a priority out of range): raised at the await.
+    // Refused (queue full, stopped, a NaN, a priority out of range): answered with the error,
+    // raised at the await.
     e.restore();
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb != nullptr) PyException_SetTraceback(v, tb);
-    Py_XDECREF(t);
-    Py_XDECREF(tb);
-    p->error = v;
-    Py_CLEAR(p->fut);
+    p->exception = take_error();
+    p->st = state::answered;
     p->sched = nullptr;
+    Py_CLEAR(p->owner);
   } catch (const std::exception& e) {
-    Py_DECREF(p);
+    Py_DECREF(obj);
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
   }
-  return reinterpret_cast<PyObject*>(p);
+  return obj;
 }
 
 PyMethodDef submit_await_def = {
     "submit_await", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(submit_await)),
     METH_FASTCALL,
     "submit_await(x, priority, loop) -> PendingInfer | None\n\n"
-    "Creates the request's future on `loop`, queues `x` (no timeout) and returns the "
-    "awaitable of its answer; errors of the submit (QueueFullError, EngineStopped, "
-    "InvalidInput) are raised when it is awaited. None, with nothing queued, when the call "
-    "is not on `loop`'s running thread, the priority is not an int in 0..2**32-1, or x is "
-    "not exact "
-    "(convert it and use submit)."};
+    "Queues `x` (no timeout) and returns its answer, a future of `loop`; errors of the "
+    "submit (QueueFullError, EngineStopped, InvalidInput) are raised when it is awaited. "
+    "None, with nothing queued, when the call is not on `loop`'s running thread, the priority "
+    "is not an int in 0..2**32-1, or x is not exact (convert it and use submit)."};
 
 }  // namespace
+
+bool is_pending_infer(PyObject* token) noexcept { return Py_IS_TYPE(token, pending_type); }
+
+bool pending_waiting(PyObject* token) noexcept {
+  return as_pending(token)->st == state::waiting;
+}
+
+void pending_answer(PyObject* token, PyObject* value, PyObject* exc,
+                    std::vector<PyObject*>& woken) {
+  auto* p = as_pending(token);
+  if (value == nullptr && exc == nullptr) exc = take_error();  // building the answer failed
+  p->result = value;
+  p->exception = exc;
+  p->st = state::answered;
+  p->sched = nullptr;
+  Py_CLEAR(p->owner);
+  if (p->cb0 != nullptr || p->more != nullptr) woken.push_back(Py_NewRef(token));
+}
+
+void pending_wake(std::vector<PyObject*>& woken, bool direct) {
+  PyObject* stash = nullptr;
+  for (PyObject* token : woken) {
+    fire_callbacks(as_pending(token), direct, &stash);
+    Py_DECREF(token);
+  }
+  woken.clear();
+  if (stash != nullptr) {
+    restore_error(stash);
+    throw py::error_already_set();
+  }
+}
 
 void register_pending(py::module_& m, py::handle scheduler_type) {
   statics& s = st();
   py::module_ events = py::module_::import("asyncio.events");
   py::module_ asyncio = py::module_::import("asyncio");
   s.get_running_loop = py::object(events.attr("_get_running_loop")).release().ptr();
-  s.future_type = py::object(asyncio.attr("Future")).release().ptr();
-  s.base_create_future =
-      py::object(asyncio.attr("BaseEventLoop").attr("create_future")).release().ptr();
+  s.cancelled_error = py::object(asyncio.attr("CancelledError")).release().ptr();
+  s.invalid_state = py::object(asyncio.attr("InvalidStateError")).release().ptr();
   pending_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&pending_spec));
   if (pending_type == nullptr) throw py::error_already_set();
   m.add_object("PendingInfer", py::handle(reinterpret_cast<PyObject*>(pending_type)));

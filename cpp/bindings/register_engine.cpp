@@ -69,8 +69,10 @@ void register_engine(py::module_& m) {
       .def(py::init<>())
       .def_property_readonly("fd", &py_core::fd,
                              "File descriptor readable when answers wait (add_reader it).")
-      .def("drain", &py_core::drain,
-           "Answers every finished request's future; returns how many. Loop thread only.")
+      .def("drain", &py_core::drain, py::arg("wake") = false,
+           "Answers every finished request's future; returns how many. Loop thread only. "
+           "wake=True (the loop's reader callback only, no task running) wakes the tasks "
+           "waiting on answered PendingInfers at once rather than through loop.call_soon.")
       .def("reap", &py_core::reap, "Frees schedulers that are stopped and fully answered.")
       .def("set_trace", &py_core::set_trace, py::arg("fn").none(true),
            "Per-request hook fn(model, id, outcome, t_enqueue, t_dispatch, t_compute_start, "

@@ -1,9 +1,11 @@
-"""``Engine.infer``'s native awaitable (``_core.PendingInfer``): awaited, as a task, gathered,
-under ``wait_for``, cancelled (in the core at once), refused, failed, awaited twice, dropped."""
+"""``Engine.infer``'s native awaitable (``_core.PendingInfer``, an asyncio-compatible future):
+awaited, as a task, gathered, under ``wait_for``, cancelled (in the core at once), refused,
+failed, awaited twice, dropped; its future protocol (callbacks, contexts, errors in them)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import inspect
 from collections.abc import Awaitable, Callable
@@ -97,7 +99,8 @@ async def close_unawaited(engine: inferline.Engine, marker: float) -> None:
     pending = engine.infer("m", item(marker))
     assert queued(engine) == 1
     pending.close()
-    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+    assert pending.cancelled()
+    with pytest.raises(asyncio.CancelledError):
         await pending
 
 
@@ -193,13 +196,13 @@ async def test_an_input_to_convert_takes_the_coroutine_path() -> None:
 
 
 @pytest.mark.asyncio
-async def test_awaited_twice_raises_and_never_awaited_is_still_answered() -> None:
+async def test_awaited_twice_answers_twice_and_never_awaited_is_still_answered() -> None:
     model = Recorder()
     async with make_engine(model) as engine:
         pending = engine.infer("m", item(1))
-        np.testing.assert_array_equal(await pending, item(1) * 2.0)
-        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
-            await pending
+        first = await pending
+        np.testing.assert_array_equal(first, item(1) * 2.0)
+        assert await pending is first  # a future: the same answer again
         engine.infer("m", item(2))  # dropped at once: the request is still computed
         gc.collect()
         await until(lambda: engine.stats("m")["requests"]["success"] == 2)
@@ -221,3 +224,84 @@ async def test_off_the_loop_thread_it_is_a_coroutine_for_the_loop() -> None:
 
         y = await loop.run_in_executor(None, from_a_thread)
         np.testing.assert_array_equal(y, item(6) * 2.0)
+
+
+@pytest.mark.asyncio
+async def test_it_has_the_future_protocol_but_asyncio_wraps_it_as_a_coroutine() -> None:
+    async with make_engine(Recorder()) as engine:
+        # Not a future to asyncio.isfuture: ensure_future and wait take it as a coroutine.
+        wrapped = asyncio.ensure_future(engine.infer("m", item(3)))
+        assert isinstance(wrapped, asyncio.Task)
+        done, _ = await asyncio.wait({wrapped})
+        np.testing.assert_array_equal(done.pop().result(), item(3) * 2.0)
+        pending = engine.infer("m", item(2))
+        assert not asyncio.isfuture(pending) and asyncio.iscoroutine(pending)
+        assert pending.get_loop() is asyncio.get_running_loop()
+        assert not pending.done() and not pending.cancelled()
+        with pytest.raises(asyncio.InvalidStateError):
+            pending.result()
+        with pytest.raises(asyncio.InvalidStateError):
+            pending.exception()
+        seen: list[object] = []
+        pending.add_done_callback(seen.append)
+        pending.add_done_callback(seen.append)
+        dropped = seen.append
+        pending.add_done_callback(dropped)
+        assert pending.remove_done_callback(dropped) == 3  # every callback equal to it
+        pending.add_done_callback(seen.append)
+        await asyncio.gather(pending)
+        assert pending.done()
+        await until(lambda: len(seen) == 1)
+        np.testing.assert_array_equal(pending.result(), item(2) * 2.0)
+        assert pending.exception() is None and not pending.cancel()
+        late: list[object] = []
+        pending.add_done_callback(late.append)  # already done: scheduled at once
+        await until(lambda: late == [pending])
+
+
+@pytest.mark.asyncio
+async def test_a_woken_caller_sees_its_request_finished_and_its_own_context() -> None:
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("var", default=-1)
+
+    async def caller(engine: inferline.Engine, k: int) -> tuple[int, int]:
+        var.set(k)
+        await engine.infer("m", item(k))
+        # Woken by the drain directly: its request is already counted, in its own context.
+        return var.get(), engine.stats("m")["in_flight"]
+
+    async with make_engine(Recorder(), max_batch_size=8) as engine:
+        results = await asyncio.gather(*(caller(engine, k) for k in range(40)))
+    assert [k for k, _ in results] == list(range(40))
+    assert results[-1][1] == 0
+
+
+@pytest.mark.asyncio
+async def test_cancel_with_a_message_and_a_failing_callback_goes_to_the_loops_handler() -> None:
+    model = Recorder()
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with make_engine(model, max_batch_size=2) as engine:
+            blocker = await hold_worker(engine, model)
+            pending = engine.infer("m", item(5))
+            assert pending.cancel("no longer needed") and not pending.cancel()
+            with pytest.raises(asyncio.CancelledError, match="no longer needed"):
+                pending.result()
+            model.gate.set()
+            await blocker
+
+            def broken(fut: object) -> None:
+                raise ValueError("callback broke")
+
+            answered = engine.infer("m", item(6))
+            answered.add_done_callback(broken)
+            np.testing.assert_array_equal(await answered, item(6) * 2.0)
+            await until(lambda: len(reported) == 1)
+            stats = engine.stats("m")
+    finally:
+        loop.set_exception_handler(None)
+    assert 5.0 not in model.seen_markers()
+    assert stats["requests"]["cancelled"] == 1
+    assert isinstance(reported[0]["exception"], ValueError)
+    assert reported[0]["future"] is answered

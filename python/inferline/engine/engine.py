@@ -1,12 +1,13 @@
 """The asyncio engine: register models, ``await engine.infer(...)``, start and stop.
 
 The hot path is native. ``infer`` is a plain function: on the common path one native call
-(``inferline._core.Scheduler.submit_await``) creates the request's future, copies the item into
-a pooled slot of the model version's scheduler, queues it without taking any lock a worker
-holds, and returns the awaitable of its answer (no Python coroutine per request). Worker
-threads form batches, run the model off the event loop, and push answers onto one completion
-queue; the loop is woken through a file descriptor at most once per batch and resolves every
-finished future in one native call (``Core.drain``, in ``runtime.py``).
+(``inferline._core.Scheduler.submit_await``) copies the item into a pooled slot of the model
+version's scheduler, queues it without taking any lock a worker holds, and returns its answer,
+a ``_core.PendingInfer``: no Python coroutine and no asyncio.Future per request; the awaiting
+task waits on the PendingInfer itself. Worker threads form batches, run the model off the event
+loop, and push answers onto one completion queue; the loop is woken through a file descriptor
+at most once per batch and answers every finished request in one native call (``Core.drain``,
+in ``runtime.py``), which then wakes the waiting tasks directly, with no ``call_soon`` each.
 """
 
 from __future__ import annotations
@@ -337,11 +338,13 @@ class Engine(ModelCatalog):
         is what its pre stage takes (e.g. a ``str``); ``with_parameters=True`` returns an
         :class:`~inferline.engine.stages.Answer` (the output and the stages' parameters).
 
-        Returns a coroutine (await it once, or hand it to ``asyncio.create_task``, ``gather``,
+        Returns a coroutine (await it, or hand it to ``asyncio.create_task``, ``gather``,
         ``wait_for``); every error is raised when it is awaited. On the common path (the
         serving version, no timeout, stages, cache or tracing, an exact input, called on the
         engine's loop) it is a native ``_core.PendingInfer`` whose request is queued by this
-        call already: one that is never awaited is still computed and answered.
+        call already: one that is never awaited is still computed and answered. It also has
+        ``asyncio.Future``'s methods (``done``, ``result``, ``cancel``,
+        ``add_done_callback``, ...) and can be awaited more than once.
         """
         entry = self._router.models.get(name)
         if entry is not None and timeout is None and not with_parameters and self._tracing is None:
