@@ -311,18 +311,21 @@ PyObject* pending_close(PyObject* self, PyObject*) {
 
 // -- the future protocol ----------------------------------------------------------------------
 
+// True once answered; otherwise false with InvalidStateError(`not_ready`) set while waiting,
+// or the CancelledError once cancelled (as asyncio.Future's result() and exception()).
+bool answered_or_raise(pending* p, const char* not_ready) {
+  if (p->st == state::answered) return true;
+  if (p->st == state::waiting) {
+    PyErr_SetString(st().invalid_state, not_ready);
+  } else {
+    set_cancelled_error(p);
+  }
+  return false;
+}
+
 PyObject* pending_result(PyObject* self, PyObject*) {
   auto* p = as_pending(self);
-  switch (p->st) {
-    case state::waiting:
-      PyErr_SetString(st().invalid_state, "Result is not ready.");
-      return nullptr;
-    case state::cancelled:
-      set_cancelled_error(p);
-      return nullptr;
-    case state::answered:
-      break;
-  }
+  if (!answered_or_raise(p, "Result is not ready.")) return nullptr;
   if (p->exception != nullptr) {
     set_stored_exception(p);
     return nullptr;
@@ -332,16 +335,7 @@ PyObject* pending_result(PyObject* self, PyObject*) {
 
 PyObject* pending_exception(PyObject* self, PyObject*) {
   auto* p = as_pending(self);
-  switch (p->st) {
-    case state::waiting:
-      PyErr_SetString(st().invalid_state, "Exception is not set.");
-      return nullptr;
-    case state::cancelled:
-      set_cancelled_error(p);
-      return nullptr;
-    case state::answered:
-      break;
-  }
+  if (!answered_or_raise(p, "Exception is not set.")) return nullptr;
   return Py_NewRef(p->exception != nullptr ? p->exception : Py_None);
 }
 
@@ -479,7 +473,9 @@ PyObject* pending_repr(PyObject* self) {
     case state::answered:
       break;
   }
-  if (p->exception != nullptr) return PyUnicode_FromFormat("<PendingInfer exception=%R>", p->exception);
+  if (p->exception != nullptr) {
+    return PyUnicode_FromFormat("<PendingInfer exception=%R>", p->exception);
+  }
   return PyUnicode_FromFormat("<PendingInfer answered>");
 }
 
@@ -670,7 +666,13 @@ bool pending_waiting(PyObject* token) noexcept {
 void pending_answer(PyObject* token, PyObject* value, PyObject* exc,
                     std::vector<PyObject*>& woken) {
   auto* p = as_pending(token);
-  if (value == nullptr && exc == nullptr) exc = take_error();  // building the answer failed
+  if (value == nullptr && exc == nullptr) {  // building the answer (or its error) failed
+    exc = take_error();
+    if (exc == nullptr) {  // no error said why: still an answer, never a hang
+      PyErr_SetString(PyExc_RuntimeError, "inferline: no answer could be built");
+      exc = take_error();
+    }
+  }
   p->result = value;
   p->exception = exc;
   p->st = state::answered;
