@@ -32,7 +32,11 @@ connection, each client sending its next call when the previous one has ended. T
 ModelStreamInfer streams of one connection, as tritonclient.grpc's
 ``start_stream``/``async_stream_infer`` does, each stream closed-loop (one request in flight:
 the next is written when the answer is read). The targets give both rows' req/s against the
-HTTP/JSON row at c=64 (``--no-grpc`` leaves them out).
+HTTP/JSON row at c=64 (``--no-grpc`` leaves them out). ``--grpc-ceiling`` adds the
+``grpc.aio-echo-stream`` row: a grpc.aio server (its own process, on uvloop) that answers each
+ModelStreamInfer message at once with the real server's answer bytes, without parsing it or
+running a model, driven like the stream row. No server built on grpc.aio can serve more here,
+so its ratio against the HTTP/JSON row bounds what the stream row can reach.
 
 Each row's client, all in this process on the same loop, sharing the CPUs with the server:
 
@@ -63,6 +67,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -85,6 +90,8 @@ from inferline.server.grpc import kserve_v2_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("inline", "threadpool", "batched")
+#: The row of ``--grpc-ceiling``: a grpc.aio server that answers without doing anything.
+GRPC_ECHO = "grpc.aio-echo-stream"
 
 # ------------------------------------------------------------------------------ servers
 
@@ -106,6 +113,38 @@ def serve_inferline(repo: str, model: str, grpc: bool = False) -> None:
         on_started=None if grpc else say,
         **({"grpc_port": 0, "on_grpc_started": say} if grpc else {}),
     )
+
+
+def serve_grpc_echo(answer_file: str) -> None:
+    """The ceiling of any grpc.aio server: ModelStreamInfer answered at once, each message read
+    with the same prebuilt answer bytes (the real server's answer to one request), no parsing
+    and no model. Same process setup as inferline's gRPC server: grpc.aio on uvloop."""
+    import uvloop
+
+    answer = Path(answer_file).read_bytes()
+
+    async def stream(requests: Any, context: Any) -> None:
+        del requests  # context.read() gives the same messages, one generator step fewer
+        read, write = context.read, context.write
+        while (await read()) is not grpc.aio.EOF:
+            await write(answer)
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    GRPC_SERVICE,
+                    {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream)},
+                ),
+            )
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    uvloop.run(main())
 
 
 def serve_baseline(repo: str, model: str, mode: str) -> None:
@@ -787,13 +826,16 @@ def _check_grpc(port: int, request: bytes) -> None:
     assert pb.ModelInferResponse.FromString(answer).raw_output_contents, answer
 
 
-def _check_grpc_stream(port: int, request: bytes) -> None:
-    """One request on a ModelStreamInfer stream: one answer, without an error, with outputs."""
+def _check_grpc_stream(port: int, request: bytes) -> bytes:
+    """One request on a ModelStreamInfer stream: one answer, without an error, with outputs;
+    returns the answer's bytes."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         rpc = channel.stream_stream(f"/{GRPC_SERVICE}/ModelStreamInfer")
         (answer,) = list(rpc(iter([request]), timeout=30))
     message = pb.ModelStreamInferResponse.FromString(answer)
     assert not message.error_message and message.infer_response.raw_output_contents, message
+    answer_bytes: bytes = answer
+    return answer_bytes
 
 
 def _check(port: int, request: bytes) -> None:
@@ -824,6 +866,9 @@ def _targets(results: dict[int, dict[str, dict[str, Any]]], levels: list[int]) -
                 got = row[name]["rps"] / ours
                 what = f"c=64 {name} req/s vs HTTP/JSON"
                 lines.append((got >= 1.5, what, f"{got:.2f}x (>= 1.5x)"))
+        if GRPC_ECHO in row:  # not a target: what no grpc.aio server can exceed
+            got = row[GRPC_ECHO]["rps"] / ours
+            print(f"  (ceiling) c=64 {GRPC_ECHO} req/s vs HTTP/JSON: {got:.2f}x")
         for name, need in (("fastapi-batched", 2.0), ("fastapi-inline", 5.0)):
             if name in row:
                 got = ours / row[name]["rps"]
@@ -890,10 +935,20 @@ def main() -> None:
         "a comma-separated list adds rows for the others (e.g. inferline-grpc-stream/aio), "
         "each against its own server process, measured in the same run",
     )
+    ap.add_argument(
+        "--grpc-ceiling",
+        action="store_true",
+        help=f"add the {GRPC_ECHO} row: a grpc.aio server answering each ModelStreamInfer "
+        "message at once with the real server's answer bytes (no parsing, no model), driven "
+        "like the stream row: what no server on grpc.aio can exceed here",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument(
-        "--serve", choices=["inferline", "inferline-grpc", "baseline"], help=argparse.SUPPRESS
+        "--serve",
+        choices=["inferline", "inferline-grpc", "grpc-echo", "baseline"],
+        help=argparse.SUPPRESS,
     )
+    ap.add_argument("--answer-file", help=argparse.SUPPRESS)
     ap.add_argument("--baseline-mode", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -908,6 +963,11 @@ def main() -> None:
     if args.serve == "baseline":
         serve_baseline(args.repo, args.model, args.baseline_mode)
         return
+    if args.serve == "grpc-echo":
+        serve_grpc_echo(args.answer_file)
+        return
+    if args.grpc_ceiling and not args.grpc:
+        ap.error("--grpc-ceiling needs the gRPC rows (leave out --no-grpc)")
 
     try:
         import uvloop
@@ -937,14 +997,26 @@ def main() -> None:
     samples: dict[int, dict[str, list[dict[str, Any]]]] = {
         c: {name: [] for name in servers} for c in levels
     }
+    answer_dir = None
     try:
-        for name, s in servers.items():
+        for name, s in list(servers.items()):
             if name.startswith("inferline-grpc-stream"):
-                _check_grpc_stream(s.port, grpc_requests[0])
+                answer = _check_grpc_stream(s.port, grpc_requests[0])
+                if args.grpc_ceiling and GRPC_ECHO not in servers:
+                    answer_dir = tempfile.TemporaryDirectory(prefix="http_bench_")
+                    answer_file = Path(answer_dir.name) / "answer.bin"
+                    answer_file.write_bytes(answer)
+                    servers[GRPC_ECHO] = echo = Server(
+                        "--serve", "grpc-echo", "--answer-file", str(answer_file)
+                    )
+                    grpc_clients[GRPC_ECHO] = _CLIENTS[kinds[0]]["inferline-grpc-stream"]
+                    assert _check_grpc_stream(echo.port, grpc_requests[0]) == answer
             elif name.startswith("inferline-grpc"):
                 _check_grpc(s.port, grpc_requests[0])
             else:
                 _check(s.port, requests[0])
+        for c in levels:
+            samples[c].update({name: [] for name in servers if name not in samples[c]})
         names = list(servers)
         for rep in range(args.repeat):
             order = names[rep % len(names) :] + names[: rep % len(names)]
@@ -960,6 +1032,8 @@ def main() -> None:
     finally:
         for s in servers.values():
             s.stop()
+        if answer_dir is not None:
+            answer_dir.cleanup()
 
     def median(runs: list[dict[str, Any]], key: str) -> float:
         return float(np.median([r[key] for r in runs]))

@@ -66,3 +66,33 @@ def test_unary_counts_answers_and_refusals(served: base.Served) -> None:
 
     no_answer = http_bench._H2_NO_ANSWER
     assert asyncio.run(run()) == [200, no_answer, 200, 200]
+
+
+def test_the_echo_ceiling_server_answers_every_message_with_its_answer_bytes(
+    tmp_path: Path,
+) -> None:
+    # --grpc-ceiling's server (its own process, stopped by its PID): every message on every
+    # stream is answered with the file's bytes, which the stream client counts as OK.
+    answer = pb.ModelStreamInferResponse()
+    answer.infer_response.model_name = "mlp"
+    answer.infer_response.raw_output_contents.append(b"\0" * 16)
+    answer_file = tmp_path / "answer.bin"
+    answer_file.write_bytes(answer.SerializeToString())
+    echo = http_bench.Server("--serve", "grpc-echo", "--answer-file", str(answer_file))
+    try:
+        assert (
+            http_bench._check_grpc_stream(echo.port, request("mlp", 0)) == answer_file.read_bytes()
+        )
+
+        async def run() -> list[int]:
+            senders, close = await http_bench._raw_grpc_stream_clients(echo.port, 3)
+            sends = [send(request("mlp", i)) for i, send in enumerate(senders)]
+            statuses = list(await asyncio.wait_for(asyncio.gather(*sends), 10))
+            statuses.append(await asyncio.wait_for(senders[0](request("mlp", 9)), 10))
+            await asyncio.wait_for(close(), 10)
+            return statuses
+
+        assert asyncio.run(run()) == [200, 200, 200, 200]
+    finally:
+        echo.stop()
+    assert echo.proc.returncode is not None
