@@ -1,7 +1,7 @@
 """The benchmark's raw HTTP/2 gRPC load generator (``_H2Conn`` in bench/python/http_bench.py)
 against the real server: an answer counts 200 only when the server answered OK, a refusal is
 never counted as one, and a stream that carries more than the server's first flow-control
-window goes on (its WINDOW_UPDATEs are honoured).
+window goes on (its WINDOW_UPDATEs are honoured). Also ``--grpc-ceiling``'s echo server.
 
 The server is test_grpc's (``serve(..., grpc_port=0)`` in a thread); every wait is bounded.
 """
