@@ -106,8 +106,8 @@ bool schedule_callback(pending* p, PyObject* cb, PyObject* ctx) {
   return r != nullptr;
 }
 
-// The callbacks, taken out of `p` (a new list of (callback, context-or-None) pairs); the first
-// one is returned apart in *cb0 / *ctx0 (references moved out). `more` may be null.
+// Moves the callbacks out of `p` (their references with them): the first and its context in
+// *cb0 / *ctx0, the rest in *more (a list of (callback, context) pairs); any may be null.
 void take_callbacks(pending* p, PyObject** cb0, PyObject** ctx0, PyObject** more) {
   *cb0 = p->cb0;
   *ctx0 = p->ctx0;
@@ -128,10 +128,12 @@ void report_callback_error(pending* p, PyObject* cb, PyObject** stash) {
     return;
   }
   PyObject* exc = take_error();
-  PyObject* msg = PyUnicode_FromFormat("Exception in callback %R(%R)", cb, p);
+  auto* self = reinterpret_cast<PyObject*>(p);
+  PyObject* msg = PyUnicode_FromFormat("Exception in callback %R(%R)", cb, self);
   PyObject* context = msg == nullptr ? nullptr
                                      : Py_BuildValue("{sOsOsO}", "message", msg, "exception",
-                                                     exc, "future", p);
+                                                     exc != nullptr ? exc : Py_None, "future",
+                                                     self);
   PyObject* r = context == nullptr
                     ? nullptr
                     : PyObject_CallMethodOneArg(p->loop, st().handler_name, context);
