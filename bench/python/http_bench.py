@@ -264,9 +264,10 @@ class Server:
 
     def __init__(self, *args: str) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT / "python"), env.get("PYTHONPATH", "")) if p
-        )
+        # The inferline this process imported (a checkout's python/ or an installed package):
+        # a checkout without a built module must not shadow the installed one.
+        here = str(Path(inferline.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env
         )
