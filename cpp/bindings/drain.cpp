@@ -216,6 +216,15 @@ std::size_t py_core::drain(bool wake) {
   return n;
 }
 
+std::vector<std::shared_ptr<py_scheduler>> py_core::on_loop() {
+  std::vector<std::shared_ptr<py_scheduler>> out;
+  std::lock_guard lock(mutex_);
+  for (const auto& s : live_) {
+    if (s->sched().config().on_loop) out.push_back(s);
+  }
+  return out;
+}
+
 void py_core::reap() {
   std::vector<std::shared_ptr<py_scheduler>> dead;
   {
@@ -234,6 +243,8 @@ void py_core::reap() {
 }
 
 py_core::~py_core() {
+  pump_->core_gone();
+  pump_->detach();
   std::vector<std::shared_ptr<py_scheduler>> all;
   {
     std::lock_guard lock(mutex_);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "inferline/completion_queue.hpp"
+#include "loop_pump.hpp"
 
 namespace inferline::bindings {
 
@@ -21,7 +22,7 @@ class py_scheduler;
 class py_core {
  public:
   /// An empty core. GIL required.
-  py_core() = default;
+  py_core() : pump_(std::make_shared<loop_pump>(this)) {}
   /// Shuts down every scheduler (GIL released while they stop), answers what is left.
   ~py_core();
   py_core(const py_core&) = delete;
@@ -39,6 +40,10 @@ class py_core {
   std::size_t drain(bool wake = false);
   /// Keeps `s` alive until it is stopped and fully answered. GIL held.
   void adopt(std::shared_ptr<py_scheduler> s);
+  /// The live schedulers whose model runs on the event loop (isolation "loop"). GIL held.
+  std::vector<std::shared_ptr<py_scheduler>> on_loop();
+  /// What runs the loop-run schedulers' batches on the event loop. Loop thread, GIL held.
+  const std::shared_ptr<loop_pump>& pump() noexcept { return pump_; }
   /// Frees schedulers that only this core holds, are closed and fully answered. GIL held.
   void reap();
   /// Per-request hook fn(model, id, outcome, t_enqueue, t_dispatch, t_compute_start,
@@ -50,6 +55,7 @@ class py_core {
   std::mutex mutex_;
   std::vector<std::shared_ptr<py_scheduler>> live_;
   pybind11::object trace_;
+  std::shared_ptr<loop_pump> pump_;
 };
 
 }  // namespace inferline::bindings

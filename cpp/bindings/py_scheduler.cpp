@@ -12,6 +12,7 @@
 #include "batch_call.hpp"
 #include "checked_backend.hpp"
 #include "drain.hpp"
+#include "loop_pump.hpp"
 #include "errors.hpp"
 #include "inferline/clock.hpp"
 #include "python_backend.hpp"
@@ -93,6 +94,7 @@ std::shared_ptr<py_scheduler> py_scheduler::create(py_core& core, scheduler_conf
   }
   auto s = std::make_shared<py_scheduler>(core.queue(), std::move(config), std::move(inputs),
                                           std::move(outputs), std::move(be));
+  if (s->sched().config().on_loop) s->pump_ = core.pump();
   core.adopt(s);
   return s;
 }
@@ -264,6 +266,7 @@ std::optional<std::uint64_t> py_scheduler::submit_one(py::handle x, std::uint32_
   }
   Py_INCREF(future.ptr());  // the request owns a reference until the drain answers it
   sched_->commit(r, future.ptr(), deadline_ns, ++next_id_);
+  if (pump_) pump_->wake();
   return handle;
 }
 
@@ -321,6 +324,7 @@ std::optional<py::array_t<std::uint64_t>> py_scheduler::submit_many(
     r->wake_group = &call->unpushed;
     sched_->commit(r, as_token(call), deadline_ns, call->first_id + i);
   }
+  if (pump_) pump_->wake();
   return handles;
 }
 

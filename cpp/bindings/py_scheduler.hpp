@@ -16,6 +16,7 @@
 namespace inferline::bindings {
 
 class py_core;
+class loop_pump;
 struct batch_call;
 
 /// What the core stamped on one traced request (`_core.Stamps`): steady-clock nanoseconds
@@ -146,6 +147,7 @@ class py_scheduler {
   bool dict_outputs_;
   std::uint64_t next_id_ = 0;
   std::unique_ptr<model_scheduler> sched_;
+  std::shared_ptr<loop_pump> pump_;  // on_loop models: woken at each submit
 };
 
 }  // namespace inferline::bindings

@@ -73,6 +73,13 @@ void register_engine(py::module_& m) {
            "Answers every finished request's future; returns how many. Loop thread only. "
            "wake=True (the loop's reader callback only, no task running) wakes the tasks "
            "waiting on answered PendingInfers at once rather than through loop.call_soon.")
+      .def(
+          "attach_loop", [](py_core& c, const py::object& loop) { c.pump()->attach(loop); },
+          py::arg("loop"),
+          "Runs the batches of models with isolation 'loop' on `loop` (its thread).")
+      .def(
+          "detach_loop", [](py_core& c) { c.pump()->detach(); },
+          "Stops running loop-isolated batches (the engine stopped).")
       .def("reap", &py_core::reap, "Frees schedulers that are stopped and fully answered.")
       .def("set_trace", &py_core::set_trace, py::arg("fn").none(true),
            "Per-request hook fn(model, id, outcome, t_enqueue, t_dispatch, t_compute_start, "

@@ -80,7 +80,7 @@ void register_types(py::module_& m) {
                        std::size_t max_queue_size, std::size_t priority_levels,
                        std::size_t instances, double idle_spin_us, const std::string& policy,
                        double max_latency_ms, double execution_timeout_ms,
-                       std::size_t max_batch_tokens, int cost_input) {
+                       std::size_t max_batch_tokens, int cost_input, bool on_loop) {
              scheduler_config c;
              c.name = std::move(name);
              c.max_batch_size = max_batch_size;
@@ -99,6 +99,7 @@ void register_types(py::module_& m) {
              c.execution_timeout_ns = to_ns(execution_timeout_ms, 1e6, "execution_timeout_ms");
              c.max_batch_tokens = max_batch_tokens;
              c.cost_input = cost_input;
+             c.on_loop = on_loop;
              validate(c);  // std::invalid_argument -> ValueError naming the setting
              return c;
            }),
@@ -112,7 +113,9 @@ void register_types(py::module_& m) {
            py::arg("policy") = std::string(batch_policy_name(batch_policy::work_conserving)),
            py::arg("max_latency_ms") = 0.0,
            py::arg("execution_timeout_ms") = defaults.execution_timeout_ms,
-           py::arg("max_batch_tokens") = std::size_t{0}, py::arg("cost_input") = -1)
+           py::arg("max_batch_tokens") = std::size_t{0}, py::arg("cost_input") = -1,
+           py::arg("on_loop") = false)
+      .def_readonly("on_loop", &scheduler_config::on_loop)
       .def_readonly("max_batch_tokens", &scheduler_config::max_batch_tokens)
       .def_readonly("cost_input", &scheduler_config::cost_input)
       .def_readonly("name", &scheduler_config::name)
@@ -154,7 +157,8 @@ void register_types(py::module_& m) {
                py::repr(py::float_(static_cast<double>(c.execution_timeout_ns) / 1e6))
                    .cast<std::string>() +
                ", max_batch_tokens=" + std::to_string(c.max_batch_tokens) +
-               ", cost_input=" + std::to_string(c.cost_input) + ")";
+               ", cost_input=" + std::to_string(c.cost_input) +
+               (c.on_loop ? ", on_loop=True" : "") + ")";
       });
 }
 

@@ -56,6 +56,10 @@ void model_scheduler::start() {
   // seen and joined by it or never started; none is left joinable for the destructor.
   if (started_ || stopping_.load(std::memory_order_seq_cst)) return;
   started_ = true;
+  if (config_.on_loop) {  // run_on_loop drives the one instance; nothing to start
+    loop_instance_ = std::make_shared<worker>(0, backend_, config_.max_batch_size);
+    return;
+  }
   workers_.reserve(config_.instances);
   for (std::size_t i = 0; i < config_.instances; ++i) {
     workers_.push_back(spawn(static_cast<int>(i)));
@@ -338,6 +342,29 @@ bool model_scheduler::form_batch(std::vector<request*>& items) {
     }
     sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
+}
+
+std::int64_t model_scheduler::run_on_loop() {
+  std::lock_guard form(form_mutex_);
+  if (!loop_instance_) return no_deadline;  // not started (or not on_loop)
+  worker& w = *loop_instance_;
+  if (stopping_.load(std::memory_order_acquire)) {
+    answer_stopped(w.items);  // what it held, and whatever is still in the lanes
+    w.items.clear();
+    return no_deadline;
+  }
+  const std::int64_t now = now_ns();
+  const bool capped = pull(w.items, now);
+  if (w.items.empty()) return no_deadline;
+  if (!capped && w.items.size() < config_.max_batch_size) {
+    std::int64_t oldest = no_deadline;
+    for (const request* r : w.items) oldest = std::min(oldest, r->t_enqueue);
+    const std::int64_t due = batch_due(w.items.size(), oldest);
+    if (now < due) return due;  // held for a fuller batch (fixed_window, latency_target)
+  }
+  compute(w);  // never abandoned: no watchdog, and shutdown leaves this instance alone
+  w.items.clear();
+  return ready_.load(std::memory_order_acquire) > 0 ? run_again : no_deadline;
 }
 
 std::int64_t model_scheduler::batch_due(std::size_t held, std::int64_t oldest) const noexcept {

@@ -75,6 +75,14 @@ void validate(const scheduler_config& config) {
         std::to_string(config.execution_timeout_ns) + " ns");
   }
   validate_policy(config);
+  if (config.on_loop && config.instances != 1) {
+    throw std::invalid_argument("a model run on the event loop has one instance (the loop's "
+                                "thread), got instances " + std::to_string(config.instances));
+  }
+  if (config.on_loop && config.execution_timeout_ns != 0) {
+    throw std::invalid_argument("a model run on the event loop cannot have an execution "
+                                "timeout: a batch on the loop's thread cannot be abandoned");
+  }
   if (config.max_batch_tokens > limits.max_batch_tokens) {
     throw std::invalid_argument("max_batch_tokens must be between 0 (no cap) and " +
                                 std::to_string(limits.max_batch_tokens) + ", got " +

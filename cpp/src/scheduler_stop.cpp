@@ -52,9 +52,16 @@ void model_scheduler::shutdown(std::int64_t grace_ns) {
     }
     for (auto& w : joinable) w->thread.join();
     backend_->on_shutdown();  // ends child processes, so an abandoned worker's wait ends too
-    // Workers answered what they found; sweep what arrived after (or if never started).
+    // Workers answered what they found; sweep what arrived after (or if never started), and
+    // what the loop's instance held for a fuller batch (run_on_loop is not computing: it
+    // holds form_mutex_ while it does).
     std::lock_guard form(form_mutex_);
-    answer_stopped({});
+    if (loop_instance_) {
+      answer_stopped(loop_instance_->items);
+      loop_instance_->items.clear();
+    } else {
+      answer_stopped({});
+    }
   });
 }
 

@@ -218,7 +218,9 @@ def test_a_callable_a_child_cannot_import_is_refused() -> None:
         engine.register("e", local, inputs=X, outputs=Y, isolation="process")
     with pytest.raises(ValueError, match=r"isolation='process' needs declared outputs"):
         engine.register("c", double, inputs=X, isolation="process")
-    with pytest.raises(ValueError, match=r"isolation must be one of \('thread', 'process'\)"):
+    with pytest.raises(
+        ValueError, match=r"isolation must be one of \('thread', 'process', 'loop'\)"
+    ):
         engine.register("d", double, inputs=X, outputs=Y, isolation="fork")
 
 
@@ -261,7 +263,7 @@ def test_an_unknown_isolation_in_model_toml_names_the_field(tmp_path: Path) -> N
         load_model_config(repo / "doubler")
     assert str(err.value) == (
         f"{repo / 'doubler' / 'model.toml'}: isolation: expected one of 'thread', 'process', "
-        "got 'fork'"
+        "'loop', got 'fork'"
     )
 
 

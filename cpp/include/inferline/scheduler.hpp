@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -170,6 +171,17 @@ class model_scheduler {
   /// grace). Call without holding anything a worker needs (for a Python backend: the GIL).
   void shutdown(std::int64_t grace_ns = ms_to_ns(defaults.shutdown_grace_ms));
 
+  /// With `config.on_loop` only, on the one thread that drives this scheduler (the event
+  /// loop's; a Python backend's GIL held): forms a batch from what is queued, as an idle
+  /// instance would, and computes it on this thread when the policy lets it leave (its answers
+  /// go to the completion queue). Returns `run_again` when more is ready to run at once, the
+  /// steady-clock instant the batch it holds is due, or `no_deadline` with nothing queued.
+  /// After `shutdown` it answers what it held engine_stopped. Throws nothing the model throws
+  /// (a failing model fails its batch).
+  std::int64_t run_on_loop();
+  /// What `run_on_loop` returns when more work is ready now.
+  static constexpr std::int64_t run_again = std::numeric_limits<std::int64_t>::min();
+
   /// Runs one batch of `batch_size` items with `inputs` (one pointer per input, rows back to
   /// back; nullptr for zeros) on the calling thread, outside the queue. For warm-up. Throws
   /// what the backend throws.
@@ -296,6 +308,7 @@ class model_scheduler {
   std::condition_variable workers_cv_;  // a worker exited
   std::condition_variable watch_cv_;    // the watchdog should stop
   std::vector<std::shared_ptr<worker>> workers_;
+  std::shared_ptr<worker> loop_instance_;  // config_.on_loop: the instance run_on_loop drives
   std::thread watchdog_;
   bool watch_stop_ = false;
   std::once_flag shutdown_once_;

@@ -75,6 +75,11 @@ struct scheduler_config {
   /// Where an item's cost comes from: -1, every item costs 1; else the index of a 4-byte
   /// (INT32 [1]) input whose value, read at submit, is the cost (values below 1 count as 1).
   int cost_input = -1;
+  /// No worker threads: batches are formed and computed by `model_scheduler::run_on_loop`,
+  /// on the thread that calls it (the engine's event loop), so a model that holds the GIL
+  /// costs no thread hand-over. Needs instances = 1 and no execution timeout (a batch running
+  /// on the caller's thread cannot be abandoned).
+  bool on_loop = false;
   void* user = nullptr;  ///< opaque owner data (the bindings' handle)
 };
 

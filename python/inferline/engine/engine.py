@@ -133,6 +133,10 @@ class Engine(ModelCatalog):
         ``warmup``: True runs one batch of every size 1..max_batch_size at ``start``; a list
         names the sizes; False skips warm-up. ``cache=(max_entries, max_bytes)`` turns on the
         result cache for this version. ``notes`` are shown by ``model_info`` and the logs.
+        ``isolation="loop"`` runs the model on the engine's event loop thread, between its
+        other callbacks: no worker thread and no GIL hand-over, so a cheap model that holds the
+        GIL serves the most requests per second and a lone request the soonest; but a batch
+        that hangs stalls the whole loop (one instance; no ``execution_timeout_ms``).
         ``isolation="process"`` runs each of the ``instances`` in a child process with its own
         GIL, fed through shared memory (outputs must be declared; ``model`` must be importable
         by ``module:qualname``, else ValueError); a crashed child fails its batch with

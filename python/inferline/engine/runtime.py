@@ -38,6 +38,7 @@ class Runtime:
         """Answers futures on ``loop``: the core's fd wakes it once per finished batch."""
         self.loop = loop
         loop.add_reader(self.core.fd, self._on_answers)
+        self.core.attach_loop(loop)  # runs the batches of models with isolation="loop"
         if trace_log.isEnabledFor(logging.DEBUG):
             self.core.set_trace(_trace_request)
 
@@ -146,6 +147,7 @@ class Runtime:
         for task in list(self._background):
             task.cancel()
         self.loop.remove_reader(self.core.fd)
+        self.core.detach_loop()
         self.core.set_trace(None)
         self.core.reap()
 

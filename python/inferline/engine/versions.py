@@ -177,6 +177,7 @@ def _new_scheduler(
     batching: Batching,
     queue_size: int,
     instances: int,
+    on_loop: bool = False,
 ) -> _core.Scheduler:
     # The one call of the native scheduler's constructor.
     cost_name = batching.cost_input
@@ -204,6 +205,7 @@ def _new_scheduler(
         execution_timeout_ms=batching.execution_timeout_ms or 0.0,
         max_batch_tokens=batching.max_batch_tokens or 0,
         cost_input=cost_input,
+        on_loop=on_loop,
     )
     return _core.Scheduler(
         core,
@@ -320,7 +322,15 @@ class ServedVersion:
         else:
             runner = model
         self.sched = _new_scheduler(
-            core, name, runner, inputs, outputs, batching, queue_size, instances
+            core,
+            name,
+            runner,
+            inputs,
+            outputs,
+            batching,
+            queue_size,
+            instances,
+            on_loop=isolation == "loop",
         )
         self.platform = platform or self.sched.platform
         self.model = model

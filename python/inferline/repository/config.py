@@ -35,8 +35,8 @@ __all__ = [
 
 BACKENDS = ("onnx", "python", "native", "text_encoder")
 Backend = Literal["onnx", "python", "native", "text_encoder"]
-ISOLATIONS = ("thread", "process")  # where a model instance runs
-Isolation = Literal["thread", "process"]
+ISOLATIONS = ("thread", "process", "loop")  # where a model instance runs
+Isolation = Literal["thread", "process", "loop"]
 
 
 @dataclass(frozen=True)

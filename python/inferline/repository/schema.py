@@ -393,9 +393,12 @@ class ModelToml(Table):
     isolation: Annotated[Isolation, one_of(ISOLATIONS)] = Field(
         default="thread",
         description='where each instance runs: "thread" (a worker thread sharing the '
-        'server\'s GIL) or "process" (a child process with its own GIL that loads the version '
+        'server\'s GIL), "process" (a child process with its own GIL that loads the version '
         "by path and gets batches through shared memory; a crash fails only its batch and the "
-        "instance restarts; needs declared outputs)",
+        'instance restarts; needs declared outputs) or "loop" (on the server\'s event loop '
+        "thread: no hand-over between threads, the fastest for a cheap model that holds the "
+        "GIL, but a batch that hangs stalls the whole server; one instance, no "
+        "execution_timeout)",
     )
     warmup: WarmupTable = Field(
         default_factory=WarmupTable,
