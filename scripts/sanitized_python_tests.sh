@@ -41,7 +41,7 @@ cp "$build"/_core*.so "$overlay/inferline/"
 # The binding-heavy tests: engine, registry, lifecycle and hung models in process, the server
 # over HTTP (and `inferline serve` children, which inherit the preload and the overlay).
 tests=(test_engine.py test_registry.py test_lifecycle.py test_hung_model.py test_server.py
-  test_admission.py test_shutdown.py test_infer_awaitable.py)
+  test_admission.py test_shutdown.py test_infer_awaitable.py test_loop_isolation.py)
 cc="${CC:-gcc}"
 export LD_PRELOAD="$("$cc" -print-file-name=libasan.so):$("$cc" -print-file-name=libubsan.so)"
 # CPython leaks by design at exit; PYTHONMALLOC=malloc lets ASan see Python objects' memory too.

@@ -11,7 +11,8 @@ namespace py = pybind11;
 
 namespace inferline::bindings {
 
-void loop_pump::attach(const py::object& loop) {
+void loop_pump::attach(const py::object& loop, const py::object& after) {
+  after_ = after;
   call_soon_ = loop.attr("call_soon");
   call_later_ = loop.attr("call_later");
   std::weak_ptr<loop_pump> weak = weak_from_this();
@@ -27,7 +28,7 @@ void loop_pump::attach(const py::object& loop) {
 }
 
 void loop_pump::detach() {
-  call_soon_ = call_later_ = soon_fn_ = timer_fn_ = py::object();
+  call_soon_ = call_later_ = soon_fn_ = timer_fn_ = after_ = py::object();
 }
 
 void loop_pump::wake() {
@@ -65,6 +66,9 @@ void loop_pump::run(bool from_timer) {
   const std::vector<std::shared_ptr<py_scheduler>> scheds = core_->on_loop();
   bool again = false;
   std::int64_t next = no_deadline;
+  // The answers computed here are drained right after, in this callback (no task is running,
+  // so their tasks are woken at once): the fd need not wake the loop for them.
+  core_->queue().hold_wake();
   for (const auto& s : scheds) {
     const std::int64_t r = s->sched().run_on_loop();
     if (r == model_scheduler::run_again) {
@@ -72,6 +76,11 @@ void loop_pump::run(bool from_timer) {
     } else {
       next = std::min(next, r);
     }
+  }
+  if (after_ && !after_.is_none()) {
+    after_();  // take_all first: the held wake is released even if a woken task raises
+  } else {
+    core_->drain(true);
   }
   if (again) {
     wake();  // after the callbacks queued meanwhile (the answers' wake-ups among them)

@@ -22,8 +22,10 @@ class loop_pump : public std::enable_shared_from_this<loop_pump> {
  public:
   /// A pump for `core`'s schedulers; attach a loop before it runs anything.
   explicit loop_pump(py_core* core) : core_(core) {}
-  /// Runs on `loop` from now on (its call_soon and call_later).
-  void attach(const pybind11::object& loop);
+  /// Runs on `loop` from now on (its call_soon and call_later). After each pass it calls
+  /// `after` (no arguments), which must drain the core's answers (the engine's reader
+  /// callback, which also settles its own bookkeeping); None: the pump drains them itself.
+  void attach(const pybind11::object& loop, const pybind11::object& after);
   /// Stops scheduling runs; one already scheduled does nothing.
   void detach();
   /// The core is being destroyed: runs still scheduled do nothing.
@@ -42,6 +44,7 @@ class loop_pump : public std::enable_shared_from_this<loop_pump> {
   py_core* core_;
   pybind11::object call_soon_, call_later_;
   pybind11::object soon_fn_, timer_fn_;  // callables holding this pump weakly
+  pybind11::object after_;                // drains the answers after a pass (or None)
   bool soon_pending_ = false;
   std::int64_t timer_due_ = no_deadline;  // earliest timer scheduled and not yet run
 };

@@ -366,14 +366,34 @@ PyObject* pending_cancel(PyObject* self, PyObject* args, PyObject* kwargs) {
 }
 
 // add_done_callback(fn, *, context=None): fn(self) once done, in `context` (by default a copy
-// of the current one); scheduled with loop.call_soon at once when already done.
-PyObject* pending_add_done_callback(PyObject* self, PyObject* args, PyObject* kwargs) {
-  static const char* kwlist[] = {"fn", "context", nullptr};
+// of the current one); scheduled with loop.call_soon at once when already done. FASTCALL with
+// keywords: the awaiting task calls it on every request with context=..., and the tuple-and-
+// dict protocol would build a kwargs dict and compare keyword names as C strings each time.
+PyObject* pending_add_done_callback(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                                    PyObject* kwnames) {
+  static PyObject* context_name = PyUnicode_InternFromString("context");
+  if (context_name == nullptr) return nullptr;
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
   PyObject* fn = nullptr;
   PyObject* ctx = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$O:add_done_callback",
-                                   const_cast<char**>(kwlist), &fn, &ctx))
+  if (nargs == 1) {
+    fn = args[0];
+  } else {
+    PyErr_Format(PyExc_TypeError, "add_done_callback() takes 1 positional argument (%zd given)",
+                 nargs);
     return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* name = PyTuple_GET_ITEM(kwnames, i);
+    const int is_context = name == context_name ? 1 : PyObject_RichCompareBool(name, context_name, Py_EQ);
+    if (is_context < 0) return nullptr;
+    if (is_context == 0) {
+      PyErr_Format(PyExc_TypeError, "add_done_callback() got an unexpected keyword argument %R",
+                   name);
+      return nullptr;
+    }
+    ctx = args[nargs + i];
+  }
   auto* p = as_pending(self);
   PyObject* own_ctx = ctx == Py_None ? PyContext_CopyCurrent() : Py_NewRef(ctx);
   if (own_ctx == nullptr) return nullptr;
@@ -538,7 +558,7 @@ PyMethodDef pending_methods[] = {
      "False when already done."},
     {"add_done_callback",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(pending_add_done_callback)),
-     METH_VARARGS | METH_KEYWORDS,
+     METH_FASTCALL | METH_KEYWORDS,
      "add_done_callback(fn, *, context=None): fn(self) once done, as asyncio.Future's."},
     {"remove_done_callback", pending_remove_done_callback, METH_O,
      "Removes every callback equal to fn; returns how many."},

@@ -74,9 +74,13 @@ void register_engine(py::module_& m) {
            "wake=True (the loop's reader callback only, no task running) wakes the tasks "
            "waiting on answered PendingInfers at once rather than through loop.call_soon.")
       .def(
-          "attach_loop", [](py_core& c, const py::object& loop) { c.pump()->attach(loop); },
-          py::arg("loop"),
-          "Runs the batches of models with isolation 'loop' on `loop` (its thread).")
+          "attach_loop",
+          [](py_core& c, const py::object& loop, const py::object& after) {
+            c.pump()->attach(loop, after);
+          },
+          py::arg("loop"), py::arg("after").none(true),
+          "Runs the batches of models with isolation 'loop' on `loop` (its thread), then "
+          "calls after() (which drains the answers; None: drain(wake=True)).")
       .def(
           "detach_loop", [](py_core& c) { c.pump()->detach(); },
           "Stops running loop-isolated batches (the engine stopped).")

@@ -30,6 +30,7 @@ class BatchedFunction:
         inputs: Sequence[TensorSpec] | None,
         outputs: Sequence[TensorSpec] | None,
         instances: int,
+        isolation: str = "thread",
     ) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
@@ -37,6 +38,7 @@ class BatchedFunction:
         self._inputs = list(inputs) if inputs else None
         self._outputs = list(outputs) if outputs else None
         self._instances = instances
+        self._isolation = isolation
         self._engines: dict[asyncio.AbstractEventLoop, asyncio.Future[Engine]] = {}
         self._name = getattr(fn, "__name__", "batched")
 
@@ -61,6 +63,7 @@ class BatchedFunction:
                     outputs=self._outputs,
                     batching=self._batching,
                     instances=self._instances,
+                    isolation=self._isolation,
                     warmup=self._inputs is not None,
                 )
                 await engine.start()
@@ -99,9 +102,12 @@ def batch(
     inputs: Sequence[TensorSpec] | None = None,
     outputs: Sequence[TensorSpec] | None = None,
     instances: int = 1,
+    isolation: str = "thread",
 ) -> Any:
     """Decorator: ``@inferline.batch(max_batch_size=32, max_queue_delay_ms=2)`` over a function
-    taking a batch ``[B, ...]`` and returning ``[B, ...]`` makes ``await f(item)`` work."""
+    taking a batch ``[B, ...]`` and returning ``[B, ...]`` makes ``await f(item)`` work.
+    ``isolation="loop"`` runs the function on the event loop's thread (see
+    ``Engine.register``): the fastest for a cheap function, but one that hangs stalls the loop."""
     batching = Batching(
         max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
@@ -110,6 +116,6 @@ def batch(
     )
 
     def wrap(f: Callable[[Any], Any]) -> BatchedFunction:
-        return BatchedFunction(f, batching, inputs, outputs, instances)
+        return BatchedFunction(f, batching, inputs, outputs, instances, isolation)
 
     return wrap(fn) if fn is not None else wrap

@@ -181,3 +181,23 @@ async def test_a_repository_model_with_isolation_loop_runs_on_the_loop(tmp_path:
         ys = await asyncio.gather(*(engine.infer("doubler", x) for _ in range(50)))
     for y in ys:
         np.testing.assert_array_equal(y, x * 2)
+
+
+def test_the_batch_decorator_runs_its_function_on_the_loop() -> None:
+    threads: set[int] = set()
+
+    @inferline.batch(max_batch_size=4, isolation="loop")
+    def double(batch: np.ndarray) -> np.ndarray:
+        threads.add(threading.get_ident())
+        return batch * 2
+
+    async def main() -> list[Any]:
+        try:
+            return list(await asyncio.gather(*(double(item(i)) for i in range(10))))
+        finally:
+            await double.stop()
+
+    ys = asyncio.run(main())
+    for i, y in enumerate(ys):
+        np.testing.assert_array_equal(y, item(i) * 2)
+    assert threads == {threading.get_ident()}

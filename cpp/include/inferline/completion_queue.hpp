@@ -30,6 +30,10 @@ class completion_queue {
   /// wake-up first, so a push that races with this call wakes the loop again. Call from one
   /// thread at a time.
   request* take_all() noexcept;
+  /// Marks the loop as already woken, so pushes from now until the next `take_all` write no
+  /// wake-up: for the consumer thread when it computes answers itself and drains right after
+  /// (it must then call `take_all`, or later pushes never wake it). Consumer thread only.
+  void hold_wake() noexcept { armed_.store(true, std::memory_order_seq_cst); }
 
   /// The file descriptor that becomes readable when answers are waiting.
   int fd() const noexcept { return read_fd_; }

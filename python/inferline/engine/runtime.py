@@ -38,7 +38,8 @@ class Runtime:
         """Answers futures on ``loop``: the core's fd wakes it once per finished batch."""
         self.loop = loop
         loop.add_reader(self.core.fd, self._on_answers)
-        self.core.attach_loop(loop)  # runs the batches of models with isolation="loop"
+        # Runs the batches of models with isolation="loop", draining after each pass.
+        self.core.attach_loop(loop, self._on_answers)
         if trace_log.isEnabledFor(logging.DEBUG):
             self.core.set_trace(_trace_request)
 
