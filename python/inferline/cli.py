@@ -40,6 +40,8 @@ def _demo_model(dim: int) -> Any:
 
 async def _demo(args: argparse.Namespace) -> int:
     dim = args.dim
+    # The model is cheap and ours (it cannot hang): on the loop unless several instances.
+    isolation = args.isolation or ("loop" if args.instances == 1 else "thread")
     engine = Engine(blas_threads=args.blas_threads)
     engine.register(
         "demo-mlp",
@@ -52,11 +54,13 @@ async def _demo(args: argparse.Namespace) -> int:
             max_queue_size=max(1024, 2 * args.concurrency),
         ),
         instances=args.instances,
+        isolation=isolation,
     )
     print(
         f"inferline {__version__} demo: a {dim}x{dim} two-layer MLP (float32), "
         f"{args.concurrency} concurrent callers, max_batch_size={args.max_batch_size}, "
-        f"max_queue_delay={args.max_queue_delay_ms}ms, {args.seconds:g}s"
+        f"max_queue_delay={args.max_queue_delay_ms}ms, isolation={isolation}, "
+        f"{args.seconds:g}s"
     )
     info = build_info()
     print(
@@ -215,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-queue-delay-ms", type=float, default=2.0, help="batching window (fixed_window)"
     )
     demo.add_argument("--instances", type=int, default=1, help="model worker threads")
+    demo.add_argument(
+        "--isolation",
+        choices=("loop", "thread"),
+        default=None,
+        help="where the model runs (default: loop with one instance, else thread)",
+    )
     demo.add_argument("--dim", type=int, default=128, help="width of the MLP")
     demo.add_argument(
         "--loop",

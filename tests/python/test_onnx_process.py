@@ -170,8 +170,8 @@ async def test_the_server_process_builds_no_session_for_a_process_onnx_model(
     shutil.copytree(CLASSIFIER, repo / "classifier")
     toml = repo / "classifier" / "model.toml"
     text = toml.read_text()
-    assert "instances = 1\n" in text
-    toml.write_text(text.replace("instances = 1\n", 'instances = 1\nisolation = "process"\n'))
+    assert 'isolation = "loop"\n' in text
+    toml.write_text(text.replace('isolation = "loop"\n', 'isolation = "process"\n'))
     rows = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
     reference = OnnxModel(CLASSIFIER / "2" / "model.onnx")  # a session, in this process
     expected = reference(rows)
