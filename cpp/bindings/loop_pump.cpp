@@ -77,15 +77,17 @@ void loop_pump::run(bool from_timer) {
       next = std::min(next, r);
     }
   }
+  // The next pass is scheduled before the drain, which runs the callers' code (a woken task
+  // that raises must not leave queued work without a pass).
+  if (again) {
+    wake();  // after the callbacks queued meanwhile
+  } else if (next != no_deadline) {
+    schedule_timer(next);
+  }
   if (after_ && !after_.is_none()) {
     after_();  // take_all first: the held wake is released even if a woken task raises
   } else {
     core_->drain(true);
-  }
-  if (again) {
-    wake();  // after the callbacks queued meanwhile (the answers' wake-ups among them)
-  } else if (next != no_deadline) {
-    schedule_timer(next);
   }
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import uvloop
 from python_models import python_model_toml
-from test_engine import DIM, Recorder, X, Y, item
+from test_engine import DIM, Recorder, X, Y, item, until
 
 import inferline
 from inferline import Batching
@@ -201,3 +201,37 @@ def test_the_batch_decorator_runs_its_function_on_the_loop() -> None:
     for i, y in enumerate(ys):
         np.testing.assert_array_equal(y, item(i) * 2)
     assert threads == {threading.get_ident()}
+
+
+@pytest.mark.asyncio
+async def test_a_new_version_takes_over_under_load_and_the_old_one_drains() -> None:
+    engine = inferline.Engine()
+    opts: dict[str, Any] = {"inputs": X, "outputs": Y, "isolation": "loop", "warmup": False}
+    engine.register("m", OnLoop(lambda b: b * 1.0), version=1, **opts)
+    answers: list[float] = []
+    failures: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        for _ in range(20000):
+            if stop.is_set():
+                return
+            try:
+                answers.append(float((await engine.infer("m", item(1.0)))[0]))
+            except Exception as exc:  # any failure breaks the swap's promise
+                failures.append(exc)
+
+    async with engine:
+        clients = [asyncio.ensure_future(client()) for _ in range(16)]
+        await until(lambda: len(answers) >= 200 or bool(failures))
+        engine.register("m", OnLoop(lambda b: b * 2.0), version=2, **opts)
+        await until(lambda: engine.model_info("m").version == 2)
+        swapped_at = len(answers)
+        await until(lambda: len(answers) >= swapped_at + 200 or bool(failures))
+        await engine.retire("m", 1, drain_timeout=10.0)  # its drain is seen by the loop's pass
+        stop.set()
+        await asyncio.gather(*clients)
+        assert [i.version for i in engine.models()] == [2]
+    assert not failures
+    assert set(answers) == {1.0, 2.0}
+    assert answers[-1] == 2.0
