@@ -91,6 +91,14 @@ scheduler_config batches_of(std::size_t n) {
   return c;
 }
 
+// Batches of `n` under fixed_window with a window no test waits out: partial ones are held.
+scheduler_config held_batches_of(std::size_t n) {
+  scheduler_config c = batches_of(n);
+  c.policy = batch_policy::fixed_window;
+  c.max_queue_delay_ns = 10'000 * ms;
+  return c;
+}
+
 TEST(SchedulerOnLoop, RunsEachBatchOnTheCallingThreadUntilNothingIsReady) {
   fixture f(batches_of(8));
   EXPECT_EQ(f.sched->run_on_loop(), no_deadline);  // nothing queued
@@ -107,9 +115,7 @@ TEST(SchedulerOnLoop, RunsEachBatchOnTheCallingThreadUntilNothingIsReady) {
 }
 
 TEST(SchedulerOnLoop, FixedWindowHoldsAPartialBatchUntilItIsDueOrFull) {
-  scheduler_config c = batches_of(4);
-  c.policy = batch_policy::fixed_window;
-  c.max_queue_delay_ns = 10'000 * ms;
+  const scheduler_config c = held_batches_of(4);
   fixture f(c);
   const std::int64_t before = now_ns();
   f.submit(1, 1);
@@ -139,9 +145,7 @@ TEST(SchedulerOnLoop, AThrowingModelFailsItsBatchOnly) {
 }
 
 TEST(SchedulerOnLoop, AHeldRequestCancelledIsAnsweredCancelledAndNeverComputed) {
-  scheduler_config c = batches_of(4);
-  c.policy = batch_policy::fixed_window;
-  c.max_queue_delay_ns = 10'000 * ms;
+  const scheduler_config c = held_batches_of(4);
   fixture f(c);
   const std::uint64_t h = f.submit(1, 1);
   f.submit(2, 2);
@@ -158,9 +162,7 @@ TEST(SchedulerOnLoop, AHeldRequestCancelledIsAnsweredCancelledAndNeverComputed) 
 }
 
 TEST(SchedulerOnLoop, ShutdownAnswersWhatItHeldAndWhatWaited) {
-  scheduler_config c = batches_of(4);
-  c.policy = batch_policy::fixed_window;
-  c.max_queue_delay_ns = 10'000 * ms;
+  const scheduler_config c = held_batches_of(4);
   fixture f(c);
   f.submit(1, 1);
   f.submit(2, 2);
