@@ -5,6 +5,7 @@ deadlines, multi-row calls, stopping, and the settings it refuses."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,14 @@ async def test_every_caller_gets_its_row_from_batches_run_on_the_loop_thread() -
 
 def test_the_same_on_uvloop() -> None:
     uvloop.run(_many_callers_on_the_loop_thread())
+
+
+@pytest.mark.asyncio
+async def test_the_settings_log_line_names_the_isolation(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="inferline"):
+        async with loop_engine(OnLoop()):
+            pass
+    assert any("instances=1 (default), isolation=loop" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.asyncio

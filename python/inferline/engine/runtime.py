@@ -172,7 +172,8 @@ class Runtime:
 def describe_settings(v: ServedVersion) -> str:
     """The batching settings a version runs with, "(default)" after each that equals the
     engine's default (whether left out or written out), e.g. "batching max_batch_size=8
-    (default), policy=work_conserving (default), ...; instances=1 (default)"."""
+    (default), policy=work_conserving (default), ...; instances=1 (default), isolation=thread
+    (default)"."""
     defaults = Batching()
     parts = []
     for f in dataclasses.fields(Batching):
@@ -182,7 +183,8 @@ def describe_settings(v: ServedVersion) -> str:
         shown = f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}"
         parts.append(shown + (" (default)" if value == getattr(defaults, f.name) else ""))
     instances = f"instances={v.instances}" + (" (default)" if v.instances == 1 else "")
-    return "batching " + ", ".join(parts) + "; " + instances
+    isolation = f"isolation={v.isolation}" + (" (default)" if v.isolation == "thread" else "")
+    return "batching " + ", ".join(parts) + "; " + instances + ", " + isolation
 
 
 def _in_flight(versions: list[ServedVersion]) -> int:

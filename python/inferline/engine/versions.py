@@ -280,6 +280,7 @@ class ServedVersion:
         self.outputs = outputs
         self.batching = batching
         self.instances = instances
+        self.isolation = isolation
         self.cache = cache
         self.notes = list(notes)
         self.state = "loading"
