@@ -711,7 +711,9 @@ def test_a_client_deadline_is_the_timeout_the_core_drops_the_item_by(
             r"model 'slow': no answer within the [0-9.]+s timeout", info.value.details()
         ), info.value.details()
         (timeout,) = submitted
-        assert timeout is not None and 0 < timeout <= 1.5, submitted
+        # gRPC sends the deadline in its grpc-timeout header, whose encoding may round it up
+        # (gRPC core's timeout_encoding): the server can see a little more than the 1.5 s.
+        assert timeout is not None and 0 < timeout <= 1.5 * 1.1, submitted
         # The item left the queue at the deadline, while the blocker still computes.
         wait_for(lambda: served.stats("slow")["queue_depth"] == 0, "the slot to be freed")
     # The core dropped it: expired by its own deadline, or cancelled when the client's
