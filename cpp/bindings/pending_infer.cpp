@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "errors.hpp"
+#include "pending_state.hpp"
 #include "py_scheduler.hpp"
 
 namespace py = pybind11;
@@ -16,67 +17,9 @@ namespace py = pybind11;
 namespace inferline::bindings {
 namespace {
 
-enum class state : std::uint8_t { waiting, answered, cancelled };
-
-// One request's answer. Loop thread, GIL held (like every object of asyncio's). Tracked by
-// the GC: a waiting task's wake-up callback references the task, which references this.
-struct pending {
-  PyObject_HEAD
-  PyObject* loop;        // the loop it belongs to (owned)
-  PyObject* owner;       // the Scheduler object (owned) while waiting: keeps `sched` alive
-  py_scheduler* sched;   // the scheduler the request is queued in; null when not queued
-  PyObject* result;      // the answer (owned), once answered
-  PyObject* exception;   // the error (owned), once answered with one (or refused at submit)
-  PyObject* cancel_msg;  // cancel(msg)'s message (owned), or null
-  PyObject* cb0;         // the first done callback (owned), or null: most have exactly one
-  PyObject* ctx0;        // its context (owned), or null
-  PyObject* more;        // further callbacks: a list of (callback, context) tuples, or null
-  std::uint64_t handle;
-  state st;
-  bool blocking;  // asyncio's _asyncio_future_blocking: set while a task is to wait on it
-};
+using namespace pending_detail;
 
 PyTypeObject* pending_type = nullptr;  // created once at import, never freed
-
-// Interned names and asyncio objects, leaked on purpose (they outlive interpreter teardown).
-struct statics {
-  PyObject* call_soon_name = PyUnicode_InternFromString("call_soon");
-  PyObject* handler_name = PyUnicode_InternFromString("call_exception_handler");
-  PyObject* context_kwnames = Py_BuildValue("(s)", "context");
-  PyObject* blocking_name = PyUnicode_InternFromString("_asyncio_future_blocking");
-  PyObject* get_running_loop = nullptr;  // asyncio.events._get_running_loop
-  PyObject* cancelled_error = nullptr;   // asyncio.CancelledError
-  PyObject* invalid_state = nullptr;     // asyncio.InvalidStateError
-  // The loop last found running on thread `loop_thread` (a thread state's unique id): asking
-  // asyncio again costs a getpid() system call per request.
-  PyObject* running_loop = nullptr;
-  std::uint64_t loop_thread = 0;
-};
-statics& st() {
-  static statics* s = new statics();
-  return *s;
-}
-
-pending* as_pending(PyObject* self) { return reinterpret_cast<pending*>(self); }
-
-// The Python error now set, normalised, with its traceback attached; cleared. (3.12's
-// PyErr_GetRaisedException, for 3.10 and 3.11 too.)
-PyObject* take_error() {
-  PyObject *t, *v, *tb;
-  PyErr_Fetch(&t, &v, &tb);
-  PyErr_NormalizeException(&t, &v, &tb);
-  if (tb != nullptr && v != nullptr) PyException_SetTraceback(v, tb);
-  Py_XDECREF(t);
-  Py_XDECREF(tb);
-  return v;
-}
-
-// Raises `exc` (a reference stolen; null: nothing).
-void restore_error(PyObject* exc) {
-  if (exc == nullptr) return;
-  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
-  Py_DECREF(exc);
-}
 
 // 1 when `loop` is the loop running on this thread (as asyncio.events._get_running_loop() is
 // loop), 0 when not, -1 with the error set.
@@ -92,105 +35,6 @@ int on_loop_thread(PyObject* loop) {
   Py_XSETREF(s.running_loop, Py_NewRef(loop));
   s.loop_thread = thread;
   return 1;
-}
-
-// -- done callbacks ---------------------------------------------------------------------------
-
-// loop.call_soon(cb, fut, context=ctx) (no context keyword when ctx is null); false with the
-// error set when it failed.
-bool schedule_callback(pending* p, PyObject* cb, PyObject* ctx) {
-  PyObject* args[4] = {p->loop, cb, reinterpret_cast<PyObject*>(p), ctx};
-  PyObject* r = PyObject_VectorcallMethod(st().call_soon_name, args, 3,
-                                          ctx != nullptr ? st().context_kwnames : nullptr);
-  Py_XDECREF(r);
-  return r != nullptr;
-}
-
-// Moves the callbacks out of `p` (their references with them): the first and its context in
-// *cb0 / *ctx0, the rest in *more (a list of (callback, context) pairs); any may be null.
-void take_callbacks(pending* p, PyObject** cb0, PyObject** ctx0, PyObject** more) {
-  *cb0 = p->cb0;
-  *ctx0 = p->ctx0;
-  *more = p->more;
-  p->cb0 = p->ctx0 = p->more = nullptr;
-}
-
-// Reports a callback's error as asyncio's Handle does: SystemExit and KeyboardInterrupt are
-// kept in *stash (the first one; raised by the caller once every callback ran), anything else
-// goes to loop.call_exception_handler. The Python error is cleared.
-void report_callback_error(pending* p, PyObject* cb, PyObject** stash) {
-  if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
-    if (*stash == nullptr) {
-      *stash = take_error();
-    } else {
-      PyErr_WriteUnraisable(cb);
-    }
-    return;
-  }
-  PyObject* exc = take_error();
-  auto* self = reinterpret_cast<PyObject*>(p);
-  PyObject* msg = PyUnicode_FromFormat("Exception in callback %R(%R)", cb, self);
-  PyObject* context = msg == nullptr ? nullptr
-                                     : Py_BuildValue("{sOsOsO}", "message", msg, "exception",
-                                                     exc != nullptr ? exc : Py_None, "future",
-                                                     self);
-  PyObject* r = context == nullptr
-                    ? nullptr
-                    : PyObject_CallMethodOneArg(p->loop, st().handler_name, context);
-  if (r == nullptr) PyErr_WriteUnraisable(cb);
-  Py_XDECREF(r);
-  Py_XDECREF(context);
-  Py_XDECREF(msg);
-  Py_XDECREF(exc);
-}
-
-// Calls cb(p) in context `ctx` (null or None: the current one), on the loop thread from a loop
-// callback with no task running: what loop.call_soon would do a moment later. A context that
-// cannot be entered (it is already) has the call scheduled instead.
-void run_callback(pending* p, PyObject* cb, PyObject* ctx, PyObject** stash) {
-  const bool enter = ctx != nullptr && ctx != Py_None;
-  if (enter && PyContext_Enter(ctx) < 0) {
-    PyErr_Clear();
-    if (!schedule_callback(p, cb, ctx)) report_callback_error(p, cb, stash);
-    return;
-  }
-  PyObject* r = PyObject_CallOneArg(cb, reinterpret_cast<PyObject*>(p));
-  if (enter) {
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (PyContext_Exit(ctx) < 0) PyErr_WriteUnraisable(cb);
-    PyErr_Restore(t, v, tb);
-  }
-  if (r == nullptr) {
-    report_callback_error(p, cb, stash);
-  } else {
-    Py_DECREF(r);
-  }
-}
-
-// Runs (`direct`) or schedules with loop.call_soon every done callback of `p`, in the order
-// they were added; each is dropped from `p` first.
-void fire_callbacks(pending* p, bool direct, PyObject** stash) {
-  PyObject *cb0, *ctx0, *more;
-  take_callbacks(p, &cb0, &ctx0, &more);
-  auto one = [&](PyObject* cb, PyObject* ctx) {
-    if (ctx == Py_None) ctx = nullptr;
-    if (direct) {
-      run_callback(p, cb, ctx, stash);
-    } else if (!schedule_callback(p, cb, ctx)) {
-      report_callback_error(p, cb, stash);
-    }
-  };
-  if (cb0 != nullptr) one(cb0, ctx0);
-  if (more != nullptr) {
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(more); ++i) {
-      PyObject* pair = PyList_GET_ITEM(more, i);
-      one(PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
-    }
-  }
-  Py_XDECREF(cb0);
-  Py_XDECREF(ctx0);
-  Py_XDECREF(more);
 }
 
 // Ends a waiting request as cancelled (by cancel(), close() or a CancelledError thrown into its
@@ -679,42 +523,9 @@ PyMethodDef submit_await_def = {
 
 }  // namespace
 
+using namespace pending_detail;
+
 bool is_pending_infer(PyObject* token) noexcept { return Py_IS_TYPE(token, pending_type); }
-
-bool pending_waiting(PyObject* token) noexcept {
-  return as_pending(token)->st == state::waiting;
-}
-
-void pending_answer(PyObject* token, PyObject* value, PyObject* exc,
-                    std::vector<PyObject*>& woken) {
-  auto* p = as_pending(token);
-  if (value == nullptr && exc == nullptr) {  // building the answer (or its error) failed
-    exc = take_error();
-    if (exc == nullptr) {  // no error said why: still an answer, never a hang
-      PyErr_SetString(PyExc_RuntimeError, "inferline: no answer could be built");
-      exc = take_error();
-    }
-  }
-  p->result = value;
-  p->exception = exc;
-  p->st = state::answered;
-  p->sched = nullptr;
-  Py_CLEAR(p->owner);
-  if (p->cb0 != nullptr || p->more != nullptr) woken.push_back(Py_NewRef(token));
-}
-
-void pending_wake(std::vector<PyObject*>& woken, bool direct) {
-  PyObject* stash = nullptr;
-  for (PyObject* token : woken) {
-    fire_callbacks(as_pending(token), direct, &stash);
-    Py_DECREF(token);
-  }
-  woken.clear();
-  if (stash != nullptr) {
-    restore_error(stash);
-    throw py::error_already_set();
-  }
-}
 
 void register_pending(py::module_& m, py::handle scheduler_type) {
   statics& s = st();
