@@ -84,11 +84,7 @@ void loop_pump::run(bool from_timer) {
   } else if (next != no_deadline) {
     schedule_timer(next);
   }
-  if (after_ && !after_.is_none()) {
-    after_();  // take_all first: the held wake is released even if a woken task raises
-  } else {
-    core_->drain(true);
-  }
+  after_();  // take_all first: the held wake is released even if a woken task raises
 }
 
 }  // namespace inferline::bindings

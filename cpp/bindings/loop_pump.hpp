@@ -16,15 +16,16 @@ class py_core;
 /// Schedules the loop-run schedulers of one core on its event loop: one `loop.call_soon` while
 /// work is ready (so the batch forms from every request the callbacks before it submitted, as a
 /// hand-written asyncio batcher's would), and one `loop.call_later` while a batch is held for a
-/// fuller one (fixed_window, latency_target). Answers go to the core's completion queue, whose
-/// fd the loop already watches. Loop thread, GIL held, for every method.
+/// fuller one (fixed_window, latency_target). A pass drains the answers it computed itself,
+/// through the engine's reader callback, without writing the completion fd. Loop thread, GIL
+/// held, for every method.
 class loop_pump : public std::enable_shared_from_this<loop_pump> {
  public:
   /// A pump for `core`'s schedulers; attach a loop before it runs anything.
   explicit loop_pump(py_core* core) : core_(core) {}
   /// Runs on `loop` from now on (its call_soon and call_later). After each pass it calls
-  /// `after` (no arguments), which must drain the core's answers (the engine's reader
-  /// callback, which also settles its own bookkeeping); None: the pump drains them itself.
+  /// `after` (no arguments), which must drain the core's answers: the engine's reader
+  /// callback, which also settles its own bookkeeping.
   void attach(const pybind11::object& loop, const pybind11::object& after);
   /// Stops scheduling runs; one already scheduled does nothing.
   void detach();
@@ -44,7 +45,7 @@ class loop_pump : public std::enable_shared_from_this<loop_pump> {
   py_core* core_;
   pybind11::object call_soon_, call_later_;
   pybind11::object soon_fn_, timer_fn_;  // callables holding this pump weakly
-  pybind11::object after_;                // drains the answers after a pass (or None)
+  pybind11::object after_;                // drains the answers after a pass
   bool soon_pending_ = false;
   std::int64_t timer_due_ = no_deadline;  // earliest timer scheduled and not yet run
 };

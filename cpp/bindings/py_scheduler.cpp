@@ -12,9 +12,9 @@
 #include "batch_call.hpp"
 #include "checked_backend.hpp"
 #include "drain.hpp"
-#include "loop_pump.hpp"
 #include "errors.hpp"
 #include "inferline/clock.hpp"
+#include "loop_pump.hpp"
 #include "python_backend.hpp"
 
 namespace py = pybind11;

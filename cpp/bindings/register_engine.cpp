@@ -78,9 +78,9 @@ void register_engine(py::module_& m) {
           [](py_core& c, const py::object& loop, const py::object& after) {
             c.pump()->attach(loop, after);
           },
-          py::arg("loop"), py::arg("after").none(true),
+          py::arg("loop"), py::arg("after"),
           "Runs the batches of models with isolation 'loop' on `loop` (its thread), then "
-          "calls after() (which drains the answers; None: drain(wake=True)).")
+          "calls after(), which must drain the answers (as the loop's reader callback does).")
       .def(
           "detach_loop", [](py_core& c) { c.pump()->detach(); },
           "Stops running loop-isolated batches (the engine stopped).")
